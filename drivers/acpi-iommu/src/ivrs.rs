@@ -1,0 +1,1 @@
+//! IVRS (AMD IOMMU spec rev 3.08, chapter 5). To be written.

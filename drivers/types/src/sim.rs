@@ -1,0 +1,314 @@
+//! Simulated hardware for host tests: sparse physical memory, a frame allocator with failure
+//! injection, and a register block that records every access.
+extern crate std;
+
+use std::boxed::Box;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::vec::Vec;
+
+use crate::{FrameAllocator, Mmio, PhysAddr, PhysMem, PAGE_SIZE};
+
+const PAGE: usize = PAGE_SIZE as usize;
+
+/// Sparse simulated RAM: untouched memory reads as zero.
+#[derive(Default)]
+pub struct SimMemory {
+    frames: RefCell<HashMap<u64, Box<[u8; PAGE]>>>,
+}
+
+impl SimMemory {
+    pub fn new() -> SimMemory {
+        SimMemory::default()
+    }
+
+    fn with_byte_range<R>(
+        &self,
+        addr: PhysAddr,
+        len: usize,
+        mut f: impl FnMut(&mut [u8], usize) -> R,
+    ) {
+        let mut frames = self.frames.borrow_mut();
+        let mut done = 0;
+        while done < len {
+            let a = addr.0 + done as u64;
+            let frame = a / PAGE_SIZE;
+            let off = (a % PAGE_SIZE) as usize;
+            let n = (PAGE - off).min(len - done);
+            let page = frames.entry(frame).or_insert_with(|| Box::new([0; PAGE]));
+            f(&mut page[off..off + n], done);
+            done += n;
+        }
+    }
+}
+
+impl PhysMem for SimMemory {
+    fn read_u64(&self, addr: PhysAddr) -> u64 {
+        let mut b = [0u8; 8];
+        self.read_bytes(addr, &mut b);
+        u64::from_le_bytes(b)
+    }
+
+    fn write_u64(&self, addr: PhysAddr, value: u64) {
+        self.write_bytes(addr, &value.to_le_bytes());
+    }
+
+    fn compare_exchange_u128(
+        &self,
+        addr: PhysAddr,
+        current: u128,
+        new: u128,
+    ) -> Result<u128, u128> {
+        assert_eq!(addr.0 % 16, 0, "cmpxchg16b needs a 16-byte aligned address");
+        let found = self.read_u128(addr);
+        if found == current {
+            self.write_bytes(addr, &new.to_le_bytes());
+            Ok(found)
+        } else {
+            Err(found)
+        }
+    }
+
+    fn zero(&self, addr: PhysAddr, len: u64) {
+        self.with_byte_range(addr, len as usize, |chunk, _| chunk.fill(0));
+    }
+
+    fn read_bytes(&self, addr: PhysAddr, buf: &mut [u8]) {
+        let len = buf.len();
+        self.with_byte_range(addr, len, |chunk, done| {
+            buf[done..done + chunk.len()].copy_from_slice(chunk)
+        });
+    }
+
+    fn write_bytes(&self, addr: PhysAddr, data: &[u8]) {
+        self.with_byte_range(addr, data.len(), |chunk, done| {
+            let n = chunk.len();
+            chunk.copy_from_slice(&data[done..done + n])
+        });
+    }
+}
+
+/// Hands out frames from a fixed physical window, counts them, and can be told to fail.
+pub struct SimFrameAllocator<'m> {
+    memory: &'m SimMemory,
+    next: u64,
+    end: u64,
+    free: Vec<u64>,
+    in_use: BTreeSet<u64>,
+    allocations: usize,
+    fail_at: Option<usize>,
+}
+
+impl<'m> SimFrameAllocator<'m> {
+    /// Frames come from `[start, start + frames * 4 KiB)`.
+    pub fn new(memory: &'m SimMemory, start: PhysAddr, frames: u64) -> Self {
+        SimFrameAllocator {
+            memory,
+            next: start.0,
+            end: start.0 + frames * PAGE_SIZE,
+            free: Vec::new(),
+            in_use: BTreeSet::new(),
+            allocations: 0,
+            fail_at: None,
+        }
+    }
+
+    /// The `n`-th allocation from now on (0 = the next one) returns `None`, once.
+    pub fn fail_allocation(&mut self, n: usize) {
+        self.fail_at = Some(self.allocations + n);
+    }
+
+    /// Successful and failed allocation attempts so far.
+    pub fn allocation_attempts(&self) -> usize {
+        self.allocations
+    }
+
+    pub fn is_allocated(&self, frame: PhysAddr) -> bool {
+        self.in_use.contains(&frame.0)
+    }
+}
+
+impl FrameAllocator for SimFrameAllocator<'_> {
+    fn alloc_frame(&mut self) -> Option<PhysAddr> {
+        let attempt = self.allocations;
+        self.allocations += 1;
+        if self.fail_at == Some(attempt) {
+            self.fail_at = None;
+            return None;
+        }
+        let frame = match self.free.pop() {
+            Some(f) => f,
+            None if self.next < self.end => {
+                self.next += PAGE_SIZE;
+                self.next - PAGE_SIZE
+            }
+            None => return None,
+        };
+        self.memory.zero(PhysAddr(frame), PAGE_SIZE);
+        self.in_use.insert(frame);
+        Some(PhysAddr(frame))
+    }
+
+    fn free_frame(&mut self, frame: PhysAddr) {
+        assert!(
+            self.in_use.remove(&frame.0),
+            "double free or foreign frame {frame}"
+        );
+        self.free.push(frame.0);
+    }
+
+    fn frames_in_use(&self) -> usize {
+        self.in_use.len()
+    }
+}
+
+/// One recorded register access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegAccess {
+    Read32(usize),
+    Write32(usize, u32),
+    Read64(usize),
+    Write64(usize, u64),
+}
+
+type WriteHook = Box<dyn FnMut(&mut BTreeMap<usize, u64>, usize, u64)>;
+
+/// A register block backed by a map, with an optional hook that models the device's reaction
+/// to a write (a command register that sets a status bit, a doorbell that consumes a queue).
+#[derive(Default)]
+pub struct SimRegisters {
+    values: RefCell<BTreeMap<usize, u64>>,
+    log: RefCell<Vec<RegAccess>>,
+    hook: RefCell<Option<WriteHook>>,
+    writes: Cell<usize>,
+}
+
+impl SimRegisters {
+    pub fn new() -> SimRegisters {
+        SimRegisters::default()
+    }
+
+    /// Presets a register without recording an access (the device's reset value).
+    pub fn set(&self, offset: usize, value: u64) {
+        self.values.borrow_mut().insert(offset, value);
+    }
+
+    /// Current value without recording an access.
+    pub fn get(&self, offset: usize) -> u64 {
+        self.values.borrow().get(&offset).copied().unwrap_or(0)
+    }
+
+    /// Called after every write with the register map, the offset and the written value.
+    pub fn on_write(&self, hook: impl FnMut(&mut BTreeMap<usize, u64>, usize, u64) + 'static) {
+        *self.hook.borrow_mut() = Some(Box::new(hook));
+    }
+
+    pub fn accesses(&self) -> Vec<RegAccess> {
+        self.log.borrow().clone()
+    }
+
+    /// Writes since creation: the "MMIO writes per owner switch" figure counts these.
+    pub fn write_count(&self) -> usize {
+        self.writes.get()
+    }
+
+    fn write(&self, offset: usize, value: u64) {
+        self.writes.set(self.writes.get() + 1);
+        let mut values = self.values.borrow_mut();
+        values.insert(offset, value);
+        if let Some(hook) = self.hook.borrow_mut().as_mut() {
+            hook(&mut values, offset, value);
+        }
+    }
+}
+
+impl Mmio for SimRegisters {
+    fn read32(&self, offset: usize) -> u32 {
+        self.log.borrow_mut().push(RegAccess::Read32(offset));
+        // A 32-bit register may be the upper half of a 64-bit one stored at offset - 4.
+        match self.values.borrow().get(&offset) {
+            Some(v) => *v as u32,
+            None => self
+                .values
+                .borrow()
+                .get(&(offset.wrapping_sub(4)))
+                .map_or(0, |v| (v >> 32) as u32),
+        }
+    }
+
+    fn write32(&self, offset: usize, value: u32) {
+        self.log
+            .borrow_mut()
+            .push(RegAccess::Write32(offset, value));
+        self.write(offset, value as u64);
+    }
+
+    fn read64(&self, offset: usize) -> u64 {
+        self.log.borrow_mut().push(RegAccess::Read64(offset));
+        self.get(offset)
+    }
+
+    fn write64(&self, offset: usize, value: u64) {
+        self.log
+            .borrow_mut()
+            .push(RegAccess::Write64(offset, value));
+        self.write(offset, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_reads_back_across_page_boundaries() {
+        let m = SimMemory::new();
+        m.write_bytes(PhysAddr(0x1ffc), &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            m.read_u64(PhysAddr(0x1ffc)),
+            u64::from_le_bytes([1, 2, 3, 4, 5, 6, 7, 8])
+        );
+        assert_eq!(m.read_u64(PhysAddr(0x8000)), 0);
+    }
+
+    #[test]
+    fn cmpxchg_only_replaces_the_expected_value() {
+        let m = SimMemory::new();
+        assert_eq!(m.compare_exchange_u128(PhysAddr(0x10), 0, 7), Ok(0));
+        assert_eq!(m.compare_exchange_u128(PhysAddr(0x10), 0, 9), Err(7));
+        assert_eq!(m.read_u128(PhysAddr(0x10)), 7);
+    }
+
+    #[test]
+    fn allocator_counts_zeroes_and_fails_on_request() {
+        let m = SimMemory::new();
+        m.write_u64(PhysAddr(0x10_0000), 0xdead);
+        let mut a = SimFrameAllocator::new(&m, PhysAddr(0x10_0000), 2);
+        a.fail_allocation(1);
+        let f = a.alloc_frame().expect("first frame");
+        assert_eq!(m.read_u64(f), 0, "frames come zeroed");
+        assert_eq!(a.alloc_frame(), None, "injected failure");
+        assert!(a.alloc_frame().is_some());
+        assert_eq!(a.alloc_frame(), None, "window exhausted");
+        assert_eq!(a.frames_in_use(), 2);
+        a.free_frame(f);
+        assert_eq!(a.frames_in_use(), 1);
+    }
+
+    #[test]
+    fn registers_record_and_react() {
+        let r = SimRegisters::new();
+        r.on_write(|regs, off, v| {
+            if off == 0x18 {
+                regs.insert(0x1c, v);
+            }
+        });
+        r.write32(0x18, 5);
+        assert_eq!(r.read32(0x1c), 5);
+        assert_eq!(r.write_count(), 1);
+        assert_eq!(
+            r.accesses(),
+            vec![RegAccess::Write32(0x18, 5), RegAccess::Read32(0x1c)]
+        );
+    }
+}
