@@ -14,7 +14,7 @@ impl PhysAddr {
     }
 
     pub const fn is_page_aligned(self) -> bool {
-        self.0 % PAGE_SIZE == 0
+        self.0.is_multiple_of(PAGE_SIZE)
     }
 
     /// `self + offset`, or `None` on overflow.

@@ -1,0 +1,160 @@
+//! IDT and exception reporting. Every vector has a handler on an IST stack; an exception is
+//! reported with vector, error code, RIP, CR2 and the top of the faulting stack, and ends
+//! the run with the failure status. (Device interrupts arrive in later work; until then
+//! nothing is routed to the CPU and the IOMMUs are polled.)
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use x86::dtables::{lidt, DescriptorTablePointer};
+
+use super::gdt::{IST_DOUBLE_FAULT, IST_EXCEPTION, IST_NMI, KERNEL_CODE};
+use crate::console::emergency_print;
+
+core::arch::global_asm!(include_str!("exceptions.s"), options(att_syntax));
+
+extern "C" {
+    static isr_stubs: u8;
+}
+
+/// What `isr_common` leaves on the stack, lowest address first.
+#[repr(C)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Gate {
+    offset_lo: u16,
+    selector: u16,
+    ist: u8,
+    flags: u8,
+    offset_mid: u16,
+    offset_hi: u32,
+    reserved: u32,
+}
+
+static mut IDT: [Gate; 256] = [Gate {
+    offset_lo: 0,
+    selector: 0,
+    ist: 0,
+    flags: 0,
+    offset_mid: 0,
+    offset_hi: 0,
+    reserved: 0,
+}; 256];
+
+/// Fills and loads the IDT. Call once, after `gdt::init`.
+pub fn init() {
+    let stubs = core::ptr::addr_of!(isr_stubs) as u64;
+    // SAFETY: single-threaded bring-up with interrupts off: nothing reads IDT while it is
+    // written, and each gate points at its stub in `exceptions.s` with a valid selector/IST.
+    unsafe {
+        let idt = &mut *core::ptr::addr_of_mut!(IDT);
+        for (vector, gate) in idt.iter_mut().enumerate() {
+            let handler = stubs + 16 * vector as u64;
+            let ist = match vector {
+                8 => IST_DOUBLE_FAULT,
+                2 | 18 => IST_NMI,
+                _ => IST_EXCEPTION,
+            };
+            *gate = Gate {
+                offset_lo: handler as u16,
+                selector: KERNEL_CODE,
+                ist,
+                flags: 0x8e, // present, DPL 0, 64-bit interrupt gate
+                offset_mid: (handler >> 16) as u16,
+                offset_hi: (handler >> 32) as u32,
+                reserved: 0,
+            };
+        }
+        lidt(&DescriptorTablePointer::new_from_slice(&idt[..]));
+    }
+}
+
+pub fn name(vector: u64) -> &'static str {
+    const NAMES: [&str; 21] = [
+        "divide error",
+        "debug",
+        "NMI",
+        "breakpoint",
+        "overflow",
+        "bound range",
+        "invalid opcode",
+        "device not available",
+        "double fault",
+        "coprocessor overrun",
+        "invalid TSS",
+        "segment not present",
+        "stack fault",
+        "general protection",
+        "page fault",
+        "reserved",
+        "x87 FP",
+        "alignment check",
+        "machine check",
+        "SIMD FP",
+        "virtualization",
+    ];
+    NAMES
+        .get(vector as usize)
+        .copied()
+        .unwrap_or(if vector < 32 { "reserved" } else { "interrupt" })
+}
+
+static IN_HANDLER: AtomicBool = AtomicBool::new(false);
+
+#[no_mangle]
+extern "C" fn exception_dispatch(frame: &TrapFrame) {
+    if IN_HANDLER.swap(true, Ordering::SeqCst) {
+        emergency_print(format_args!(
+            "EXCEPTION {} inside the exception handler\n",
+            frame.vector
+        ));
+        lazaret_rt::exit::exit(lazaret_rt::exit::ExitCode::Failure);
+    }
+    // SAFETY: reading CR2 has no side effects.
+    let cr2 = unsafe { x86::controlregs::cr2() };
+    emergency_print(format_args!(
+        "EXCEPTION vector {} ({}) error {:#x} rip {:#x} cs {:#x} rflags {:#x} cr2 {:#x} rsp {:#x}\n",
+        frame.vector, name(frame.vector), frame.error_code, frame.rip, frame.cs, frame.rflags, cr2, frame.rsp
+    ));
+    emergency_print(format_args!(
+        "  rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rbp {:#x}\n",
+        frame.rax, frame.rbx, frame.rcx, frame.rdx, frame.rsi, frame.rdi, frame.rbp
+    ));
+    // The faulting stack, if it is an aligned address in the kernel's identity map.
+    if frame.rsp % 8 == 0
+        && super::paging::is_mapped(frame.rsp)
+        && super::paging::is_mapped(frame.rsp + 63)
+    {
+        for i in 0..8u64 {
+            let addr = frame.rsp + 8 * i;
+            // SAFETY: the address is 8-byte aligned and mapped (checked above).
+            let value = unsafe { (addr as *const u64).read_volatile() };
+            emergency_print(format_args!("  stack[{addr:#x}] = {value:#018x}\n"));
+        }
+    }
+    emergency_print(format_args!("LAZARET EXIT failure\n"));
+    lazaret_rt::exit::exit(lazaret_rt::exit::ExitCode::Failure);
+}

@@ -1,0 +1,6 @@
+//! x86_64 bring-up: time (TSC), descriptor tables with IST stacks, exception reporting, and
+//! the kernel's own page tables.
+pub mod gdt;
+pub mod idt;
+pub mod paging;
+pub mod tsc;

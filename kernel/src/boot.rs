@@ -1,0 +1,267 @@
+//! The bring-up sequence (`design.md` §1), each stage logged, then the chosen scenario.
+use alloc::vec::Vec;
+
+use hermit_entry::boot_info::{BootInfo, PlatformInfo, RawBootInfo};
+use lazaret_rt::exit::{exit, ExitCode};
+use lazaret_rt::multiboot::{MultibootInfo, RegionKind};
+use lazaret_types::FrameAllocator;
+use log::{info, warn};
+
+use crate::arch::paging::{self, Kind};
+use crate::arch::{gdt, idt, tsc};
+use crate::console::{self, figure};
+use crate::mm::frames::{self, Frames};
+use crate::mm::heap::KernelHeap;
+use crate::mm::ranges::{self, Range};
+use crate::{cmdline, platform, scenario};
+
+const HEAP_SIZE: u64 = 16 << 20;
+const FOUR_GIB: u64 = 1 << 32;
+
+extern "C" {
+    static __kernel_start: u8;
+    static __text_end: u8;
+    static __rodata_end: u8;
+    static __kernel_end: u8;
+}
+
+/// The kernel image's sections, as loaded (the kernel is relocated, so these are the real
+/// addresses).
+struct Layout {
+    start: u64,
+    text_end: u64,
+    rodata_end: u64,
+    end: u64,
+}
+
+fn layout() -> Layout {
+    Layout {
+        start: core::ptr::addr_of!(__kernel_start) as u64,
+        text_end: core::ptr::addr_of!(__text_end) as u64,
+        rodata_end: core::ptr::addr_of!(__rodata_end) as u64,
+        end: core::ptr::addr_of!(__kernel_end) as u64,
+    }
+}
+
+fn fatal(what: &str, why: &dyn core::fmt::Display) -> ! {
+    log::error!("{what}: {why}");
+    console::print(format_args!("LAZARET EXIT failure\n"));
+    exit(ExitCode::Failure)
+}
+
+pub fn start(
+    raw: &'static RawBootInfo,
+    cpu_id: u32,
+    entry_tsc: u64,
+    heap: &'static KernelHeap,
+) -> ! {
+    tsc::set_entry(entry_tsc);
+    let boot_info = BootInfo::from(*raw);
+    let port = boot_info
+        .hardware_info
+        .serial_port_base
+        .map_or(0x3f8, |p| p.get());
+    let serial = console::init(port);
+    let (ticks_per_ms, pit_ok) = tsc::calibrate();
+    console::init_logger(log::LevelFilter::Info);
+    info!("Lazaret {} on CPU {cpu_id}", env!("CARGO_PKG_VERSION"));
+    // SAFETY: reading CR4 has no side effects.
+    let cr4 = unsafe { x86::controlregs::cr4() };
+    info!(
+        "sse: enabled (CR4.OSFXSR={})",
+        cr4.contains(x86::controlregs::Cr4::CR4_ENABLE_SSE) as u8
+    );
+    info!(
+        "serial: COM1 at {port:#x} ({})",
+        if serial { "16550 answered" } else { "no UART" }
+    );
+    if pit_ok {
+        info!(
+            "tsc: {}.{:03} MHz, calibrated against the PIT",
+            ticks_per_ms / 1000,
+            ticks_per_ms % 1000
+        );
+    } else {
+        warn!("tsc: PIT did not answer; assuming 1 GHz (timestamps approximate)");
+    }
+
+    gdt::init();
+    idt::init();
+    info!("cpu: GDT, TSS and IDT loaded; 256 vectors, each on an IST stack");
+
+    let (command_line, mbi) = match boot_info.platform_info {
+        PlatformInfo::Multiboot {
+            command_line,
+            multiboot_info_addr,
+        } => (command_line.unwrap_or(""), multiboot_info_addr.get()),
+        _ => fatal(
+            "boot",
+            &"the loader did not use the multiboot platform; no memory map",
+        ),
+    };
+    // SAFETY: the loader passed the firmware's multiboot information, which lies below the
+    // kernel image and is identity-mapped by the loader's tables we still run on.
+    let mb = unsafe { MultibootInfo::read(mbi) }.unwrap_or_else(|e| fatal("memory map", &e));
+    let kernel = layout();
+    for r in mb.regions() {
+        info!("memory: {:#014x}-{:#014x} {:?}", r.base, r.end(), r.kind);
+    }
+    let module_size = mb.modules().first().map_or(0, |m| m.end - m.start);
+
+    // Everything below the kernel's end is the loader's, the firmware's or the modules'
+    // (the loader puts the kernel above all of them).
+    let avail: [Range; lazaret_rt::multiboot::MAX_REGIONS] = core::array::from_fn(|i| {
+        mb.regions()
+            .get(i)
+            .filter(|r| r.kind == RegionKind::Available)
+            .map_or(Range::new(0, 0), |r| Range::new(r.base, r.end()))
+    });
+    let reserved = [Range::new(0, kernel.end)];
+    // The heap comes first (the frame allocator's bookkeeping lives on it), from a static
+    // list so nothing allocates before it exists.
+    let mut heap_range = None;
+    let mut free_static = avail;
+    for r in free_static.iter_mut() {
+        let clipped = Range::new(r.start.max(kernel.end), r.end).pages_inside();
+        if heap_range.is_none()
+            && clipped.len() >= HEAP_SIZE
+            && clipped.start + HEAP_SIZE <= FOUR_GIB
+        {
+            heap_range = Some(Range::new(clipped.start, clipped.start + HEAP_SIZE));
+        }
+    }
+    let heap_range =
+        heap_range.unwrap_or_else(|| fatal("heap", &"no free RAM range of 16 MiB below 4 GiB"));
+    // SAFETY: the range is free RAM above the kernel, identity-mapped, used by nothing else.
+    unsafe { heap.init(heap_range) };
+    info!("heap: {} MiB at {:#x}", HEAP_SIZE >> 20, heap_range.start);
+
+    let (options, warnings) = cmdline::parse(command_line);
+    log::set_max_level(options.log);
+    info!("cmdline: \"{command_line}\"");
+    for w in &warnings {
+        warn!("cmdline: {w}");
+    }
+    info!(
+        "options: log={} quarantine={} scenario={}",
+        options.log,
+        options.quarantine,
+        options.scenario.name()
+    );
+
+    let free = ranges::free_ranges(&avail, &[reserved[0], heap_range]);
+    let mut frames = Frames::new(frames::zero_identity_mapped);
+    for r in free.iter().filter(|r| r.end <= FOUR_GIB) {
+        frames.add(*r);
+    }
+    let mut map: Vec<(Range, Kind)> = Vec::new();
+    map.push((Range::new(0, 1 << 20), Kind::Firmware));
+    for r in mb.regions() {
+        let kind = match r.kind {
+            RegionKind::Available => Kind::Ram,
+            RegionKind::AcpiReclaimable | RegionKind::AcpiNvs => Kind::ReadOnly,
+            _ if r.base < FOUR_GIB => Kind::Firmware,
+            _ => continue,
+        };
+        map.push((Range::new(r.base, r.end()), kind));
+    }
+    map.push((Range::new(kernel.start, kernel.text_end), Kind::Text));
+    map.push((
+        Range::new(kernel.text_end, kernel.rodata_end),
+        Kind::ReadOnly,
+    ));
+    map.push((Range::new(kernel.rodata_end, kernel.end), Kind::Ram));
+    let table_frames = paging::init(&map, &mut frames).unwrap_or_else(|e| fatal("paging", &e));
+    for r in free.iter().filter(|r| r.end > FOUR_GIB) {
+        frames.add(Range::new(r.start.max(FOUR_GIB), r.end));
+    }
+    info!(
+        "paging: own tables live ({table_frames} frames): RAM RW+NX, text RX, rodata R, firmware uncached"
+    );
+    info!(
+        "frames: {} free of {} MiB usable, {} in use",
+        frames.total() - frames.frames_in_use(),
+        frames.total() * 4 / 1024,
+        frames.frames_in_use()
+    );
+    info!(
+        "image: kernel {} KiB in memory (text {} KiB, rodata {} KiB, data+bss {} KiB), module {} KiB",
+        (kernel.end - kernel.start) / 1024,
+        (kernel.text_end - kernel.start) / 1024,
+        (kernel.rodata_end - kernel.text_end) / 1024,
+        (kernel.end - kernel.rodata_end) / 1024,
+        module_size / 1024
+    );
+    figure(
+        "kernel-image-memory",
+        (kernel.end - kernel.start) / 1024,
+        "KiB",
+    );
+    figure("kernel-module-size", module_size / 1024, "KiB");
+
+    let platform = match platform::acpi::discover() {
+        Ok(p) => p,
+        Err(e) => fatal("acpi", &e),
+    };
+    info!(
+        "acpi: RSDP at {:#x} rev {} OEM {:?}; {} CPU(s); tables: {}",
+        platform.rsdp,
+        platform.revision,
+        acpi_iommu::reader::Ascii(&platform.oem_id),
+        platform.cpus.len(),
+        TableList(&platform.tables)
+    );
+    for w in &platform.ecam {
+        info!(
+            "acpi: ECAM segment {} buses {:#04x}-{:#04x} at {:#x}",
+            w.segment, w.bus_start, w.bus_end, w.base
+        );
+    }
+
+    let ready_us = tsc::micros_since_entry();
+    info!(
+        "ready: {}.{:03} ms from kernel entry; heap {} KiB used",
+        ready_us / 1000,
+        ready_us % 1000,
+        heap.used() / 1024
+    );
+    figure(
+        "boot-to-ready",
+        format_args!("{}.{:03}", ready_us / 1000, ready_us % 1000),
+        "ms",
+    );
+    let code = scenario::run(options.scenario);
+    console::print(format_args!(
+        "LAZARET EXIT {}\n",
+        if code == ExitCode::Success {
+            "success"
+        } else {
+            "failure"
+        }
+    ));
+    exit(code)
+}
+
+struct TableList<'a>(&'a [([u8; 4], u64, usize)]);
+
+impl core::fmt::Display for TableList<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, (sig, _, _)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            for b in sig {
+                write!(
+                    f,
+                    "{}",
+                    if b.is_ascii_graphic() {
+                        *b as char
+                    } else {
+                        '?'
+                    }
+                )?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! The kernel command line: `key=value` options separated by spaces.
+//!
+//! A later option overrides an earlier one. Unknown keys, bad values and words that are not
+//! `key=value` each give one warning naming the option and keep the default: a typo on a
+//! test box's command line must never stop it from booting.
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use log::LevelFilter;
+
+/// What happens to a device that belongs to no guest (`design.md` §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuarantineMode {
+    /// No translation: all DMA from unowned devices is blocked.
+    None,
+    /// DMA faults, except the device's RMRR / unity ranges.
+    Basic,
+    /// DMA lands in a zeroed page private to the device.
+    Scratch,
+}
+
+impl QuarantineMode {
+    pub const NAMES: &'static str = "none|basic|scratch";
+
+    fn parse(s: &str) -> Option<QuarantineMode> {
+        match s {
+            "none" => Some(QuarantineMode::None),
+            "basic" => Some(QuarantineMode::Basic),
+            "scratch" => Some(QuarantineMode::Scratch),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for QuarantineMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QuarantineMode::None => "none",
+            QuarantineMode::Basic => "basic",
+            QuarantineMode::Scratch => "scratch",
+        })
+    }
+}
+
+/// What the kernel does once it is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Boot, report, exit with success.
+    Boot,
+    /// Panic on purpose: proves the panic path reports and fails the run.
+    Panic,
+    /// Touch an unmapped page on purpose: proves the exception path.
+    PageFault,
+}
+
+impl Scenario {
+    pub const NAMES: &'static str = "boot|panic|page-fault";
+
+    fn parse(s: &str) -> Option<Scenario> {
+        match s {
+            "boot" => Some(Scenario::Boot),
+            "panic" => Some(Scenario::Panic),
+            "page-fault" => Some(Scenario::PageFault),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Boot => "boot",
+            Scenario::Panic => "panic",
+            Scenario::PageFault => "page-fault",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub log: LevelFilter,
+    pub quarantine: QuarantineMode,
+    pub scenario: Scenario,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            log: LevelFilter::Info,
+            quarantine: QuarantineMode::Scratch,
+            scenario: Scenario::Boot,
+        }
+    }
+}
+
+/// One ignored option, with why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning(pub String);
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub const KEYS: &str = "log, quarantine, scenario";
+
+pub fn parse(line: &str) -> (Options, Vec<Warning>) {
+    let mut options = Options::default();
+    let mut warnings = Vec::new();
+    let mut warn = |args: fmt::Arguments| warnings.push(Warning(alloc::format!("{args}")));
+    for word in line.split_ascii_whitespace() {
+        let Some((key, value)) = word.split_once('=') else {
+            warn(format_args!(
+                "ignoring '{word}': options are key=value (keys: {KEYS})"
+            ));
+            continue;
+        };
+        match key {
+            "log" => match parse_level(value) {
+                Some(level) => options.log = level,
+                None => warn(format_args!(
+                    "ignoring log={value}: expected off|error|warn|info|debug|trace; keeping {}",
+                    options.log
+                )),
+            },
+            "quarantine" => match QuarantineMode::parse(value) {
+                Some(mode) => options.quarantine = mode,
+                None => warn(format_args!(
+                    "ignoring quarantine={value}: expected {}; keeping {}",
+                    QuarantineMode::NAMES,
+                    options.quarantine
+                )),
+            },
+            "scenario" => match Scenario::parse(value) {
+                Some(s) => options.scenario = s,
+                None => warn(format_args!(
+                    "ignoring scenario={value}: expected {}; keeping {}",
+                    Scenario::NAMES,
+                    options.scenario.name()
+                )),
+            },
+            _ => warn(format_args!(
+                "ignoring unknown option '{key}' (known: {KEYS})"
+            )),
+        }
+    }
+    (options, warnings)
+}
+
+fn parse_level(s: &str) -> Option<LevelFilter> {
+    ["off", "error", "warn", "info", "debug", "trace"]
+        .iter()
+        .position(|l| l.eq_ignore_ascii_case(s))
+        .and_then(|i| LevelFilter::iter().nth(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_when_empty() {
+        assert_eq!(parse(""), (Options::default(), vec![]));
+        assert_eq!(Options::default().quarantine, QuarantineMode::Scratch);
+    }
+
+    #[test]
+    fn parses_known_options_and_later_ones_win() {
+        let (o, w) = parse("log=debug quarantine=none scenario=panic quarantine=basic");
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            o,
+            Options {
+                log: LevelFilter::Debug,
+                quarantine: QuarantineMode::Basic,
+                scenario: Scenario::Panic
+            }
+        );
+        assert_eq!(parse("log=TRACE").0.log, LevelFilter::Trace);
+        assert_eq!(parse("log=off").0.log, LevelFilter::Off);
+    }
+
+    #[test]
+    fn bad_input_warns_once_each_and_keeps_defaults() {
+        let (o, w) = parse("frobnicate=1 quarantine=maybe log=loud scenario=nope stray");
+        assert_eq!(o, Options::default());
+        assert_eq!(w.len(), 5);
+        assert!(w[0].0.contains("unknown option 'frobnicate'"));
+        assert!(w[1].0.contains("quarantine=maybe") && w[1].0.contains("keeping scratch"));
+        assert!(w[2].0.contains("log=loud"));
+        assert!(w[3].0.contains("scenario=nope") && w[3].0.contains("keeping boot"));
+        assert!(w[4].0.contains("'stray'"));
+    }
+}

@@ -1,0 +1,106 @@
+//! The serial console (COM1 through `uart_16550`) and the `log` backend that writes to it.
+//!
+//! Log lines carry milliseconds since kernel entry, from the TSC. Structured lines that tests
+//! and CI read (`RESULT …`, `FIGURE …`) are printed bare by [`result`] and [`figure`], so
+//! they always start a line.
+use core::fmt::{self, Write};
+
+use spinning_top::Spinlock;
+use uart_16550::backend::PioBackend;
+use uart_16550::{Config, Uart16550Tty};
+
+use crate::arch::tsc;
+
+type Tty = Uart16550Tty<PioBackend>;
+
+static CONSOLE: Spinlock<Option<Tty>> = Spinlock::new(None);
+
+/// Brings up the UART at `port`; `false` when no UART answers there (output is then dropped).
+pub fn init(port: u16) -> bool {
+    // SAFETY: `port` is the serial port the loader reported; nothing else in the kernel
+    // drives it, and from here on all output goes through CONSOLE's lock.
+    let tty = unsafe { Tty::new_port(port, Config::default()) }.ok();
+    let present = tty.is_some();
+    *CONSOLE.lock() = tty;
+    present
+}
+
+/// Writes formatted text to the console.
+pub fn print(args: fmt::Arguments) {
+    if let Some(tty) = CONSOLE.lock().as_mut() {
+        let _ = tty.write_fmt(args);
+    }
+}
+
+/// Writes to COM1 without the console lock: for the panic and exception paths, which may
+/// have interrupted a holder of the lock.
+pub fn emergency_print(args: fmt::Arguments) {
+    // SAFETY: COM1 is the kernel's own serial port; on these terminal paths interleaving with
+    // an interrupted writer is acceptable, deadlocking on its lock is not.
+    if let Ok(mut uart) = unsafe { uart_16550::Uart16550::new_port(0x3f8) } {
+        struct W<'a>(&'a mut uart_16550::Uart16550<PioBackend>);
+        impl Write for W<'_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                for b in s.bytes() {
+                    if b == b'\n' {
+                        self.0.send_bytes_exact(b"\r");
+                    }
+                    self.0.send_bytes_exact(&[b]);
+                }
+                Ok(())
+            }
+        }
+        let _ = W(&mut uart).write_fmt(args);
+    }
+}
+
+#[macro_export]
+macro_rules! println {
+    () => ($crate::console::print(format_args!("\n")));
+    ($($arg:tt)*) => ($crate::console::print(format_args!("{}\n", format_args!($($arg)*))));
+}
+
+/// `RESULT <name> pass|fail <details>`: one check of a scenario.
+pub fn result(name: &str, pass: bool, details: fmt::Arguments) {
+    print(format_args!(
+        "RESULT {name} {} {details}\n",
+        if pass { "pass" } else { "fail" }
+    ));
+}
+
+/// `FIGURE <name> <value> <unit>`: one measured figure.
+pub fn figure(name: &str, value: impl fmt::Display, unit: &str) {
+    print(format_args!("FIGURE {name} {value} {unit}\n"));
+}
+
+struct Logger;
+
+static LOGGER: Logger = Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let us = tsc::micros_since_entry();
+            print(format_args!(
+                "[{:>6}.{:03}] {:<5} {}\n",
+                us / 1000,
+                us % 1000,
+                record.level(),
+                record.args()
+            ));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the console as the `log` backend at `level`.
+pub fn init_logger(level: log::LevelFilter) {
+    // A second call keeps the first logger; only the level changes.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}

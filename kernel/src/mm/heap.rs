@@ -1,0 +1,52 @@
+//! The kernel heap: `buddy_system_allocator` over one contiguous range taken from free RAM
+//! at boot.
+use core::alloc::{GlobalAlloc, Layout};
+
+use buddy_system_allocator::LockedHeap;
+
+use super::ranges::Range;
+
+pub struct KernelHeap(LockedHeap<32>);
+
+impl KernelHeap {
+    pub const fn new() -> KernelHeap {
+        KernelHeap(LockedHeap::new())
+    }
+
+    /// Hands `range` to the heap.
+    ///
+    /// # Safety
+    /// `range` must be identity-mapped RAM used by nothing else, now or later.
+    pub unsafe fn init(&self, range: Range) {
+        // SAFETY: per the function contract.
+        unsafe {
+            self.0
+                .lock()
+                .init(range.start as usize, range.len() as usize)
+        };
+    }
+
+    /// Bytes currently allocated.
+    pub fn used(&self) -> usize {
+        self.0.lock().stats_alloc_actual()
+    }
+}
+
+impl Default for KernelHeap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: forwards to LockedHeap, which is a correct GlobalAlloc.
+unsafe impl GlobalAlloc for KernelHeap {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as ours.
+        unsafe { self.0.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+}

@@ -1,0 +1,5 @@
+//! Physical memory: which ranges are free (ranges), the frame allocator with its counters
+//! (frames), and the kernel heap (heap).
+pub mod frames;
+pub mod heap;
+pub mod ranges;

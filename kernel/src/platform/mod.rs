@@ -1,0 +1,2 @@
+//! Platform discovery: ACPI (CPUs, ECAM, raw IOMMU tables) and PCI enumeration.
+pub mod acpi;
