@@ -11,5 +11,10 @@ pub mod ivrs;
 pub mod reader;
 pub mod sdt;
 
+pub use dmar::{
+    covering_unit, DeviceScope, Dmar, Drhd, RemappingStructure, ResolvedScope, ResolvedUnit, Rmrr,
+    UnitScopes,
+};
+pub use ivrs::{Ivhd, Ivmd, Ivrs};
 pub use reader::ParseError;
 pub use sdt::SdtHeader;
