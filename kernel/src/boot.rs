@@ -155,7 +155,6 @@ pub fn start(
         frames.add(*r);
     }
     let mut map: Vec<(Range, Kind)> = Vec::new();
-    map.push((Range::new(0, 1 << 20), Kind::Firmware));
     for r in mb.regions() {
         let kind = match r.kind {
             RegionKind::Available => Kind::Ram,
@@ -165,6 +164,9 @@ pub fn start(
         };
         map.push((Range::new(r.base, r.end()), kind));
     }
+    // Last, so it wins over the RAM the firmware map reports there: the kernel never uses the
+    // first MiB, and a write through a null pointer must fault.
+    map.push((Range::new(0, 1 << 20), Kind::Firmware));
     map.push((Range::new(kernel.start, kernel.text_end), Kind::Text));
     map.push((
         Range::new(kernel.text_end, kernel.rodata_end),
@@ -217,6 +219,14 @@ pub fn start(
             w.segment, w.bus_start, w.bus_end, w.base
         );
     }
+
+    let (_config, pci) = platform::pci::discover(&platform.ecam, &mut frames);
+    info!(
+        "pci: {} function(s), {} issue(s):",
+        pci.functions.len(),
+        pci.issues.len()
+    );
+    console::print(format_args!("{pci}"));
 
     let ready_us = tsc::micros_since_entry();
     info!(

@@ -1,1 +1,335 @@
+//! One place that knows how Lazaret is booted in QEMU: image build, QEMU command line,
+//! serial capture with a hard time-out, exit-status decoding and the structured console
+//! lines (`RESULT`, `FIGURE`). The integration tests and `scripts/demo` (through the
+//! `lazaret-qemu` binary) both use it, so they cannot drift apart.
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
+pub mod console;
+
+pub use console::{Figure, ResultLine};
+
+/// QEMU exit statuses produced by the kernel through isa-debug-exit (see lazaret-rt `exit`).
+pub const STATUS_SUCCESS: i32 = 33;
+pub const STATUS_FAILURE: i32 = 35;
+
+/// Which emulated IOMMU the machine has, with extra `-device` properties (`aw-bits=39`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Iommu {
+    Intel(String),
+    Amd(String),
+    None,
+}
+
+impl Iommu {
+    /// Parses `intel`, `amd`, `none`, optionally followed by `,OPTS` for the QEMU device.
+    pub fn parse(s: &str) -> Result<Iommu, String> {
+        let (kind, opts) = s.split_once(',').unwrap_or((s, ""));
+        match kind {
+            "intel" => Ok(Iommu::Intel(if opts.is_empty() { "aw-bits=48".into() } else { opts.into() })),
+            "amd" => Ok(Iommu::Amd(opts.into())),
+            "none" if opts.is_empty() => Ok(Iommu::None),
+            _ => Err(format!("unknown IOMMU '{s}': expected intel|amd|none, optionally with ,OPTS (e.g. intel,aw-bits=39)")),
+        }
+    }
+
+    fn device(&self) -> Option<String> {
+        let join = |dev: &str, opts: &str| {
+            if opts.is_empty() {
+                dev.to_string()
+            } else {
+                format!("{dev},{opts}")
+            }
+        };
+        match self {
+            Iommu::Intel(o) => Some(join("intel-iommu", o)),
+            Iommu::Amd(o) => Some(join("amd-iommu", o)),
+            Iommu::None => None,
+        }
+    }
+}
+
+/// What QEMU passes as multiboot module 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Module {
+    /// The kernel, with the command line.
+    Kernel,
+    /// No module at all (the loader must refuse cleanly).
+    Missing,
+    /// Some other file in the kernel's place.
+    File(PathBuf),
+}
+
+/// One QEMU boot of the image.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub module: Module,
+    pub iommu: Iommu,
+    pub cmdline: String,
+    pub edu_devices: usize,
+    pub memory_mib: u32,
+    pub extra_args: Vec<String>,
+    pub timeout: Duration,
+}
+
+impl Default for Config {
+    /// The demo machine: q35, Intel IOMMU with 48-bit address width, three edu devices.
+    fn default() -> Config {
+        Config {
+            module: Module::Kernel,
+            iommu: Iommu::Intel("aw-bits=48".into()),
+            cmdline: String::new(),
+            edu_devices: 3,
+            memory_mib: 512,
+            extra_args: Vec::new(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Config {
+    pub fn with_cmdline(mut self, cmdline: &str) -> Config {
+        self.cmdline = cmdline.to_string();
+        self
+    }
+
+    /// The full QEMU argument list.
+    pub fn qemu_args(&self, images: &Images) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "qemu64,+svm,+npt",
+            "-nographic",
+            "-nodefaults",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(["-m".into(), format!("{}M", self.memory_mib)]);
+        a.extend(["-kernel".into(), images.loader.display().to_string()]);
+        // QEMU splits -initrd at commas; the kernel's options go in its module string.
+        let module = match &self.module {
+            Module::Kernel => Some(images.kernel.clone()),
+            Module::Missing => None,
+            Module::File(f) => Some(f.clone()),
+        };
+        if let Some(path) = module {
+            let arg = format!("{} {}", path.display(), self.cmdline.replace(',', " "));
+            a.extend(["-initrd".into(), arg.trim_end().to_string()]);
+        }
+        if let Some(dev) = self.iommu.device() {
+            a.extend(["-device".into(), dev]);
+        }
+        for _ in 0..self.edu_devices {
+            a.extend(["-device".into(), "edu".into()]);
+        }
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
+}
+
+/// The two files QEMU boots: the multiboot loader and the kernel module.
+#[derive(Clone, Debug)]
+pub struct Images {
+    pub loader: PathBuf,
+    pub kernel: PathBuf,
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// Builds the image once per process (the `image` profile, in its own target directory so
+/// it never waits on the lock of the `cargo test` that runs us).
+pub fn build_images() -> Result<Images, String> {
+    static BUILT: OnceLock<Result<Images, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let target = root.join("target").join("qemu");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(&root)
+                .args([
+                    "build",
+                    "--profile",
+                    "image",
+                    "-p",
+                    "lazaret-boot-bin",
+                    "-p",
+                    "lazaret-kernel-bin",
+                    "--target-dir",
+                ])
+                .arg(&target)
+                .stdout(Stdio::null())
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !status.success() {
+                return Err(format!("building the image failed ({status})"));
+            }
+            let dir = target.join("image");
+            Ok(Images {
+                loader: dir.join("lazaret-boot"),
+                kernel: dir.join("lazaret-kernel"),
+            })
+        })
+        .clone()
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The kernel reported success through isa-debug-exit.
+    Success,
+    /// The kernel reported failure (a failed check, a panic, an exception).
+    Failure,
+    /// No exit within the time-out; QEMU was killed.
+    TimedOut,
+    /// QEMU exited on its own with this status (a triple fault with -no-reboot, a QEMU error).
+    Qemu(i32),
+}
+
+impl Status {
+    /// The status `scripts/demo` exits with.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Status::Success => 0,
+            Status::Failure => 1,
+            Status::TimedOut => 124,
+            Status::Qemu(_) => 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub status: Status,
+    pub lines: Vec<String>,
+    pub wall: Duration,
+}
+
+impl Outcome {
+    pub fn results(&self) -> Vec<ResultLine> {
+        self.lines
+            .iter()
+            .filter_map(|l| ResultLine::parse(l))
+            .collect()
+    }
+
+    pub fn figures(&self) -> Vec<Figure> {
+        self.lines.iter().filter_map(|l| Figure::parse(l)).collect()
+    }
+
+    pub fn figure(&self, name: &str) -> Option<Figure> {
+        self.figures().into_iter().find(|f| f.name == name)
+    }
+
+    /// The first line containing `needle`.
+    pub fn line(&self, needle: &str) -> Option<&str> {
+        self.lines
+            .iter()
+            .map(String::as_str)
+            .find(|l| l.contains(needle))
+    }
+
+    /// The whole console, for assertion messages.
+    pub fn transcript(&self) -> String {
+        self.lines.join("\n")
+    }
+}
+
+/// QEMU runs at most two at a time: the machine has two cores and TCG is CPU-bound.
+fn qemu_slot() -> std::sync::MutexGuard<'static, usize> {
+    static SLOTS: [Mutex<usize>; 2] = [Mutex::new(0), Mutex::new(0)];
+    loop {
+        for s in &SLOTS {
+            if let Ok(g) = s.try_lock() {
+                return g;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Boots `config`, capturing the console; `echo` also streams it to our stdout (the demo).
+pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
+    let images = build_images()?;
+    let _slot = qemu_slot();
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(config.qemu_args(&images))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-x86_64 (run scripts/setup): {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let stderr = child.stderr.take().ok_or("no stderr pipe")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let err_tx = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            let _ = tx.send(console::clean(&line));
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = err_tx.send(format!("qemu: {line}"));
+        }
+    });
+    let deadline = start + config.timeout;
+    let mut lines = Vec::new();
+    let status = loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                if echo {
+                    println!("{line}");
+                    let _ = std::io::stdout().flush();
+                }
+                lines.push(line);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
+        }
+        if let Some(st) = child.try_wait().map_err(|e| e.to_string())? {
+            // Drain what the reader threads still hold.
+            while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                if echo {
+                    println!("{line}");
+                }
+                lines.push(line);
+            }
+            break match st.code() {
+                Some(STATUS_SUCCESS) => Status::Success,
+                Some(STATUS_FAILURE) => Status::Failure,
+                Some(c) => Status::Qemu(c),
+                None => Status::Qemu(-1),
+            };
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break Status::TimedOut;
+        }
+    };
+    Ok(Outcome {
+        status,
+        lines,
+        wall: start.elapsed(),
+    })
+}

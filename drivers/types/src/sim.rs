@@ -1,11 +1,15 @@
 //! Simulated hardware for host tests: sparse physical memory, a frame allocator with failure
 //! injection, and a register block that records every access.
-extern crate std;
+//!
+//! Only `alloc` is used, never `std`: dev-dependency features unify with the freestanding
+//! binaries' dependencies in workspace-wide builds, and a `std` here would give them a second
+//! panic handler.
+extern crate alloc;
 
-use std::boxed::Box;
-use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::vec::Vec;
+use alloc::boxed::Box;
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
 
 use crate::{FrameAllocator, Mmio, PhysAddr, PhysMem, PAGE_SIZE};
 
@@ -14,7 +18,7 @@ const PAGE: usize = PAGE_SIZE as usize;
 /// Sparse simulated RAM: untouched memory reads as zero.
 #[derive(Default)]
 pub struct SimMemory {
-    frames: RefCell<HashMap<u64, Box<[u8; PAGE]>>>,
+    frames: RefCell<BTreeMap<u64, Box<[u8; PAGE]>>>,
 }
 
 impl SimMemory {

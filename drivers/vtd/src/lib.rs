@@ -1,1 +1,62 @@
+//! Intel VT-d hardware layer: capability decoding, root/context tables, second-level page
+//! tables, per-device quarantine tables, a reference walker, invalidation and fault recording.
+//!
+//! Everything is written against the [`lazaret_types`] seams ([`PhysMem`], [`FrameAllocator`],
+//! [`Mmio`]) so that it runs against simulated memory and registers in host tests and against
+//! the direct map and real MMIO in the kernel. Section numbers cite the Intel Virtualization
+//! Technology for Directed I/O Architecture Specification, rev 4.x.
+//!
+//! Bring-up and use, in the order the kernel follows:
+//!
+//! 1. [`VtdUnit::new`] reads CAP/ECAP; pick [`Capabilities::preferred_levels`] once and build
+//!    every table and context entry from that one [`Levels`] value.
+//! 2. [`RootTable::new`], [`VtdUnit::set_root_table`], [`VtdUnit::enable_queued_invalidation`]
+//!    (if ECAP.QI), [`VtdUnit::invalidate_all`], then [`VtdUnit::enable_translation`].
+//! 3. Device add (may allocate and fail): [`RootTable::ensure_bus`] (+
+//!    [`VtdUnit::after_root_entry_present`]), [`QuarantineTables::build`], then
+//!    [`RootTable::switch_context`] to [`QuarantineTables::context_entry`] (+
+//!    [`VtdUnit::after_context_present`]).
+//! 4. Assign / deassign (never allocates): [`QuarantineTables::zero_scratch`] when entering
+//!    quarantine, [`RootTable::switch_context`], then [`VtdUnit::after_owner_switch`] with the
+//!    previous domain ID (two descriptors, one wait).
+//! 5. Faults: [`VtdUnit::drain_faults`]; isolation proofs: [`walker::translate_with`].
+//!
+//! Table writes go through [`TableMemory`], which calls the caller's [`CacheFlush`] after
+//! each write (use [`Coherent`] when ECAP.C = 1).
+//!
+//! [`PhysMem`]: lazaret_types::PhysMem
+//! [`FrameAllocator`]: lazaret_types::FrameAllocator
+//! [`Mmio`]: lazaret_types::Mmio
 #![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod context;
+pub mod fault;
+pub mod invalidation;
+pub mod levels;
+pub mod pagetable;
+pub mod poll;
+pub mod pte;
+pub mod quarantine;
+pub mod regs;
+pub mod table_memory;
+pub mod unit;
+pub mod walker;
+
+#[cfg(test)]
+mod sim_device;
+
+pub use context::{ContextEntry, ContextError, RootTable, TranslationType};
+pub use fault::{fault_reason_text, DrainSummary, FaultRecord};
+pub use invalidation::{
+    ContextScope, Invalidation, InvalidationError, InvalidationStats, Invalidator, IotlbScope,
+};
+pub use levels::Levels;
+pub use pagetable::{MapError, PageTable, Perms};
+pub use poll::{Clock, TimedOut};
+pub use quarantine::{QuarantineError, QuarantineTables};
+pub use regs::{Capabilities, ExtCapabilities};
+pub use table_memory::{CacheFlush, Coherent, TableMemory};
+pub use unit::{UnitError, VtdUnit};
+pub use walker::{translate, Fault, WalkerConfig};

@@ -144,7 +144,7 @@ extern "C" fn exception_dispatch(frame: &TrapFrame) {
         frame.rax, frame.rbx, frame.rcx, frame.rdx, frame.rsi, frame.rdi, frame.rbp
     ));
     // The faulting stack, if it is an aligned address in the kernel's identity map.
-    if frame.rsp % 8 == 0
+    if frame.rsp.is_multiple_of(8)
         && super::paging::is_mapped(frame.rsp)
         && super::paging::is_mapped(frame.rsp + 63)
     {

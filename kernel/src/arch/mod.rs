@@ -2,5 +2,6 @@
 //! the kernel's own page tables.
 pub mod gdt;
 pub mod idt;
+pub mod mmio;
 pub mod paging;
 pub mod tsc;

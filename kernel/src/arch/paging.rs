@@ -2,8 +2,8 @@
 //!
 //! Physical memory is identity-mapped, so a physical address is also the pointer to it:
 //! RAM read/write and never executable; firmware-reserved ranges uncached and read-only;
-//! the kernel image with W^X (text RX, rodata R, data RW); page 0 unmapped to catch null
-//! pointers. MMIO is mapped on demand, uncached ([`map_mmio`]), splitting a 2 MiB page when
+//! the kernel image with W^X (text RX, rodata R, data RW). The first MiB is firmware's (BIOS
+//! data area, EBDA, the RSDP): read-only, so a write through a null pointer faults. MMIO is mapped on demand, uncached ([`map_mmio`]), splitting a 2 MiB page when
 //! a register block lies inside one.
 use lazaret_types::{FrameAllocator, PhysAddr};
 use spinning_top::Spinlock;
@@ -125,7 +125,7 @@ impl PageTables {
         while addr < range.end {
             let pdpt = self.next_table(self.pml4, (addr >> 39) & 511, alloc)?;
             let pd = self.next_table(pdpt, (addr >> 30) & 511, alloc)?;
-            if addr % LARGE == 0
+            if addr.is_multiple_of(LARGE)
                 && addr + LARGE <= range.end
                 && !self.is_table(pd, (addr >> 21) & 511)
             {

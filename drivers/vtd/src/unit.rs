@@ -1,0 +1,359 @@
+//! One DMA-remapping hardware unit: capabilities, root table pointer, queued invalidation,
+//! translation enable, write-buffer flush, the invalidation rules the kernel follows after
+//! table changes, and fault draining. Every handshake is bounded by the caller's clock.
+//!
+//! Invalidation rules implemented here (§6.1 caching mode, §6.5 invalidation, §6.8 write
+//! buffer flushing):
+//! * present → present context change (owner switch): context-cache device-selective and IOTLB
+//!   domain-selective for the OLD domain ID, one wait ([`VtdUnit::after_owner_switch`]).
+//! * not-present → present (root entry, context entry, leaf PTE): with CAP.CM = 1 hardware may
+//!   have cached the not-present entry, so it is invalidated like a change — for context
+//!   entries device-selective with DID 0 (CM reserves DID 0 for not-present entries) plus the
+//!   new domain's IOTLB; for root entries global context-cache; for PTEs page-selective IOTLB.
+//!   With CM = 0 nothing is cached, and only the write buffer needs flushing (CAP.RWBF).
+//! * present → not-present or less permission on a PTE: IOTLB page-selective (or domain).
+
+use core::fmt;
+
+use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem};
+
+use crate::fault::{drain_faults, DrainSummary, FaultRecord};
+use crate::invalidation::{
+    owner_switch, ContextScope, CountingMmio, Invalidation, InvalidationError, InvalidationQueue,
+    InvalidationStats, Invalidator, IotlbScope,
+};
+use crate::poll::{poll_until, Clock};
+use crate::regs::{global, Capabilities, ExtCapabilities, CAP, ECAP, GCMD, GSTS, RTADDR, VER};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitError {
+    /// A GCMD/GSTS handshake did not complete.
+    TimedOut {
+        what: &'static str,
+        waited_us: u64,
+    },
+    Invalidation(InvalidationError),
+    /// ECAP.QI = 0.
+    NoQueuedInvalidation,
+    /// The root table address is not 4 KiB aligned.
+    UnalignedRootTable(PhysAddr),
+}
+
+impl fmt::Display for UnitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnitError::TimedOut { what, waited_us } => {
+                write!(f, "VT-d {what} did not complete within {waited_us} us")
+            }
+            UnitError::Invalidation(e) => write!(f, "VT-d invalidation: {e}"),
+            UnitError::NoQueuedInvalidation => write!(f, "VT-d unit has no queued invalidation"),
+            UnitError::UnalignedRootTable(a) => write!(f, "root table {a} not page aligned"),
+        }
+    }
+}
+
+impl From<InvalidationError> for UnitError {
+    fn from(e: InvalidationError) -> Self {
+        UnitError::Invalidation(e)
+    }
+}
+
+/// One remapping unit, owning its register block.
+pub struct VtdUnit<R: Mmio> {
+    regs: CountingMmio<R>,
+    cap: Capabilities,
+    ecap: ExtCapabilities,
+    invalidator: Invalidator,
+    timeout_us: u64,
+}
+
+impl<R: Mmio> VtdUnit<R> {
+    /// Reads CAP/ECAP. Invalidation starts register-based until
+    /// [`VtdUnit::enable_queued_invalidation`]. `timeout_us` bounds every handshake.
+    pub fn new(regs: R, timeout_us: u64) -> VtdUnit<R> {
+        let cap = Capabilities(regs.read64(CAP));
+        let ecap = ExtCapabilities(regs.read64(ECAP));
+        VtdUnit {
+            regs: CountingMmio::new(regs),
+            cap,
+            ecap,
+            invalidator: Invalidator::registers(ecap.iotlb_offset()),
+            timeout_us,
+        }
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.cap
+    }
+
+    pub fn ext_capabilities(&self) -> ExtCapabilities {
+        self.ecap
+    }
+
+    /// (major, minor) from VER (§10.4.1).
+    pub fn version(&self) -> (u8, u8) {
+        let v = self.regs.read32(VER);
+        (((v >> 4) & 0xf) as u8, (v & 0xf) as u8)
+    }
+
+    pub fn registers(&self) -> &R {
+        self.regs.inner()
+    }
+
+    /// All MMIO writes this driver made to the unit.
+    pub fn mmio_writes(&self) -> u64 {
+        self.regs.writes()
+    }
+
+    pub fn invalidation_stats(&self) -> InvalidationStats {
+        self.invalidator.stats()
+    }
+
+    pub fn translation_enabled(&self) -> bool {
+        self.regs.read32(GSTS) & global::TE != 0
+    }
+
+    /// Issues one GCMD command and waits for GSTS to show `done`. GCMD is write-only, so the
+    /// value is GSTS's persistent enables with `set` added and `clear` removed; one-shot status
+    /// bits are never echoed back (§10.4.4).
+    fn command(
+        &self,
+        set: u32,
+        clear: u32,
+        done: impl Fn(u32) -> bool,
+        what: &'static str,
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        let status = self.regs.read32(GSTS) & !global::ONE_SHOT;
+        self.regs.write32(GCMD, (status | set) & !clear);
+        poll_until(clock, self.timeout_us, || {
+            done(self.regs.read32(GSTS)).then_some(())
+        })
+        .map_err(|t| UnitError::TimedOut {
+            what,
+            waited_us: t.waited_us,
+        })
+    }
+
+    /// Points the unit at `root` (legacy mode, RTADDR.TTM = 00b) and latches it with SRTP
+    /// (§10.4.6). With translation already enabled the caller then owes a global context-cache
+    /// and global IOTLB invalidation (SRTP in §10.4.4).
+    pub fn set_root_table(
+        &self,
+        root: PhysAddr,
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        if !root.is_page_aligned() {
+            return Err(UnitError::UnalignedRootTable(root));
+        }
+        self.regs.write64(RTADDR, root.0);
+        self.command(
+            global::SRTP,
+            0,
+            |s| s & global::SRTP != 0,
+            "set root table pointer",
+            clock,
+        )
+    }
+
+    /// Allocates and programs the invalidation queue, then sets QIE. On a time-out the queue
+    /// frames are given back and invalidation stays register-based.
+    pub fn enable_queued_invalidation<A: FrameAllocator + ?Sized>(
+        &mut self,
+        alloc: &mut A,
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        if !self.ecap.queued_invalidation() {
+            return Err(UnitError::NoQueuedInvalidation);
+        }
+        if self.invalidator.is_queued() {
+            return Ok(());
+        }
+        let mut queue = InvalidationQueue::new(alloc)?;
+        queue.program(&self.regs);
+        if let Err(e) = self.command(
+            global::QIE,
+            0,
+            |s| s & global::QIE != 0,
+            "enable queued invalidation",
+            clock,
+        ) {
+            queue.free(alloc);
+            return Err(e);
+        }
+        self.invalidator.use_queue(queue);
+        Ok(())
+    }
+
+    /// Clears QIE and returns the queue frames (e.g. before handing the unit back).
+    pub fn disable_queued_invalidation<A: FrameAllocator + ?Sized>(
+        &mut self,
+        alloc: &mut A,
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        if !self.invalidator.is_queued() {
+            return Ok(());
+        }
+        self.command(
+            0,
+            global::QIE,
+            |s| s & global::QIE == 0,
+            "disable queued invalidation",
+            clock,
+        )?;
+        self.invalidator
+            .release_queue(alloc, self.ecap.iotlb_offset());
+        Ok(())
+    }
+
+    pub fn enable_translation(&self, clock: &(impl Clock + ?Sized)) -> Result<(), UnitError> {
+        self.command(
+            global::TE,
+            0,
+            |s| s & global::TE != 0,
+            "enable translation",
+            clock,
+        )
+    }
+
+    pub fn disable_translation(&self, clock: &(impl Clock + ?Sized)) -> Result<(), UnitError> {
+        self.command(
+            0,
+            global::TE,
+            |s| s & global::TE == 0,
+            "disable translation",
+            clock,
+        )
+    }
+
+    /// Flushes the unit's write buffer when CAP.RWBF says it has one (§6.8); GSTS.WBFS clears
+    /// when done. A no-op (no MMIO) otherwise.
+    pub fn flush_write_buffer(&self, clock: &(impl Clock + ?Sized)) -> Result<(), UnitError> {
+        if !self.cap.rwbf() {
+            return Ok(());
+        }
+        self.command(
+            global::WBF,
+            0,
+            |s| s & global::WBF == 0,
+            "write buffer flush",
+            clock,
+        )
+    }
+
+    /// Performs `batch` and waits once for all of it.
+    pub fn invalidate<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        batch: &[Invalidation],
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        Ok(self
+            .invalidator
+            .run(&self.regs, mem, batch, clock, self.timeout_us)?)
+    }
+
+    /// Global context-cache then global IOTLB invalidation, one wait: after a new root table
+    /// pointer, before translation is (re-)enabled (SRTP in §10.4.4).
+    pub fn invalidate_all<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        let batch = [
+            Invalidation::Context(ContextScope::Global),
+            iotlb(IotlbScope::Global),
+        ];
+        self.invalidate(mem, &batch, clock)
+    }
+
+    /// After `bdf`'s context entry moved (present → present) away from domain `old_did`.
+    pub fn after_owner_switch<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        bdf: Bdf,
+        old_did: u16,
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        self.invalidate(mem, &owner_switch(bdf, old_did), clock)
+    }
+
+    /// After `bdf`'s context entry went not-present → present with domain `new_did`.
+    pub fn after_context_present<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        bdf: Bdf,
+        new_did: u16,
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        if !self.cap.caching_mode() {
+            return self.flush_write_buffer(clock);
+        }
+        let batch = [
+            Invalidation::Context(ContextScope::Device {
+                did: 0,
+                source_id: bdf,
+                function_mask: 0,
+            }),
+            iotlb(IotlbScope::Domain { did: new_did }),
+        ];
+        self.invalidate(mem, &batch, clock)
+    }
+
+    /// After a root entry went not-present → present ([`crate::RootTable::ensure_bus`]).
+    pub fn after_root_entry_present<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        if !self.cap.caching_mode() {
+            return self.flush_write_buffer(clock);
+        }
+        self.invalidate(mem, &[Invalidation::Context(ContextScope::Global)], clock)
+    }
+
+    /// After 2^order pages from `iova` of domain `did` were mapped where nothing was mapped.
+    pub fn after_map<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        did: u16,
+        iova: u64,
+        order: u8,
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        if !self.cap.caching_mode() {
+            return self.flush_write_buffer(clock);
+        }
+        let scope = IotlbScope::pages_or_domain(self.cap, did, iova, order);
+        self.invalidate(mem, &[iotlb(scope)], clock)
+    }
+
+    /// After 2^order pages from `iova` of domain `did` were unmapped or lost permissions.
+    pub fn after_unmap<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        did: u16,
+        iova: u64,
+        order: u8,
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        let scope = IotlbScope::pages_or_domain(self.cap, did, iova, order);
+        self.invalidate(mem, &[iotlb(scope)], clock)
+    }
+
+    /// Drains the fault recording registers (see [`crate::fault::drain_faults`]).
+    pub fn drain_faults(&self, sink: impl FnMut(FaultRecord)) -> DrainSummary {
+        drain_faults(&self.regs, self.cap, sink)
+    }
+}
+
+const fn iotlb(scope: IotlbScope) -> Invalidation {
+    Invalidation::Iotlb {
+        scope,
+        drain_reads: false,
+        drain_writes: false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
