@@ -44,8 +44,9 @@ pub mod table_memory;
 pub mod unit;
 pub mod walker;
 
-#[cfg(test)]
-mod sim_device;
+/// A simulated unit for host tests, here and in the kernel's passthrough tests.
+#[cfg(any(test, feature = "sim"))]
+pub mod sim_device;
 
 pub use context::{ContextEntry, ContextError, RootTable, TranslationType};
 pub use fault::{fault_reason_text, DrainSummary, FaultRecord};

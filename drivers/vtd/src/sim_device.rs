@@ -3,10 +3,10 @@
 //! IOTLB command completion, RW1C fault records and FSTS), with switches to make each part
 //! "dead" so time-outs can be tested.
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::rc::Rc;
-use std::vec::Vec;
+use alloc::collections::BTreeMap;
+use alloc::rc::Rc;
+use alloc::vec::Vec;
+use core::cell::RefCell;
 
 use lazaret_types::sim::{SimMemory, SimRegisters};
 use lazaret_types::{Mmio, PhysAddr, PhysMem};
