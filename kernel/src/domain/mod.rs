@@ -1,0 +1,107 @@
+//! Domains: the hypervisor itself, DomIO (owner of every quarantined device) and guests, in
+//! one arena addressed by generation-checked [`DomainId`]s.
+pub mod arena;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use lazaret_types::{PhysAddr, PAGE_SIZE};
+use spinning_top::Spinlock;
+
+use crate::passthrough::iommu::GuestTables;
+use arena::{Arena, Handle};
+
+pub type DomainId = Handle<Domain>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainKind {
+    Hypervisor,
+    /// Owns quarantined devices. It has IOMMU contexts (per device) but no page-table root.
+    DomIo,
+    Guest,
+}
+
+/// Guest-physical memory: page `i` (gpa `i * 4 KiB`) is host frame `frames[i]`.
+#[derive(Debug, Default)]
+pub struct GuestMemory {
+    frames: Vec<PhysAddr>,
+}
+
+impl GuestMemory {
+    pub fn new(frames: Vec<PhysAddr>) -> GuestMemory {
+        GuestMemory { frames }
+    }
+
+    pub fn frames(&self) -> &[PhysAddr] {
+        &self.frames
+    }
+
+    pub fn size(&self) -> u64 {
+        self.frames.len() as u64 * PAGE_SIZE
+    }
+
+    /// The host address backing guest-physical `gpa`.
+    pub fn host_address(&self, gpa: u64) -> Option<PhysAddr> {
+        let frame = self.frames.get(usize::try_from(gpa / PAGE_SIZE).ok()?)?;
+        Some(PhysAddr(frame.as_u64() + gpa % PAGE_SIZE))
+    }
+
+    pub(crate) fn take_frames(&mut self) -> Vec<PhysAddr> {
+        core::mem::take(&mut self.frames)
+    }
+}
+
+pub struct Domain {
+    pub kind: DomainKind,
+    pub name: String,
+    pub memory: GuestMemory,
+    /// A guest's IOMMU page tables, behind their own mapping lock: they change at run time
+    /// (map / unmap), unlike the frozen per-device quarantine tables.
+    pub iommu: Option<Spinlock<GuestTables>>,
+}
+
+pub struct Domains {
+    arena: Arena<Domain>,
+    pub hypervisor: DomainId,
+    pub dom_io: DomainId,
+}
+
+impl Default for Domains {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Domains {
+    pub fn new() -> Domains {
+        let mut arena = Arena::default();
+        let system = |kind, name: &str| Domain { kind, name: name.into(), memory: GuestMemory::default(), iommu: None };
+        let hypervisor = arena.insert(system(DomainKind::Hypervisor, "hypervisor"));
+        let dom_io = arena.insert(system(DomainKind::DomIo, "DomIO"));
+        Domains { arena, hypervisor, dom_io }
+    }
+
+    pub fn get(&self, id: DomainId) -> Option<&Domain> {
+        self.arena.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: DomainId) -> Option<&mut Domain> {
+        self.arena.get_mut(id)
+    }
+
+    pub(crate) fn insert(&mut self, d: Domain) -> DomainId {
+        self.arena.insert(d)
+    }
+
+    pub(crate) fn remove(&mut self, id: DomainId) -> Option<Domain> {
+        self.arena.remove(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (DomainId, &Domain)> {
+        self.arena.iter()
+    }
+
+    pub fn is_guest(&self, id: DomainId) -> bool {
+        self.get(id).is_some_and(|d| d.kind == DomainKind::Guest)
+    }
+}

@@ -1,0 +1,4 @@
+//! The IOMMU implementations behind [`crate::passthrough::iommu::Iommu`], and the domain-ID
+//! allocator they share.
+pub mod dids;
+pub mod vtd;

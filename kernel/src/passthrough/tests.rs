@@ -1,0 +1,1 @@
+//! Host tests of the passthrough core on a simulated VT-d unit. (Being written.)
