@@ -10,6 +10,7 @@ use log::{info, warn};
 use crate::arch::paging::{self, Kind};
 use crate::arch::{gdt, idt, tsc};
 use crate::console::{self, figure};
+use crate::hypervisor::Hypervisor;
 use crate::mm::frames::{self, Frames};
 use crate::mm::heap::KernelHeap;
 use crate::mm::ranges::{self, Range};
@@ -220,13 +221,15 @@ pub fn start(
         );
     }
 
-    let (_config, pci) = platform::pci::discover(&platform.ecam, &mut frames);
+    let (config, pci) = platform::pci::discover(&platform.ecam, &mut frames);
     info!(
         "pci: {} function(s), {} issue(s):",
         pci.functions.len(),
         pci.issues.len()
     );
     console::print(format_args!("{pci}"));
+    let passthrough =
+        platform::quarantine::bring_up(&platform, &pci, &mut frames, options.quarantine);
 
     let ready_us = tsc::micros_since_entry();
     info!(
@@ -240,7 +243,15 @@ pub fn start(
         format_args!("{}.{:03}", ready_us / 1000, ready_us % 1000),
         "ms",
     );
-    let code = scenario::run(options.scenario);
+    let scenario = options.scenario;
+    let mut hv = Hypervisor {
+        options,
+        frames,
+        pci,
+        config,
+        passthrough,
+    };
+    let code = scenario::run(scenario, &mut hv);
     console::print(format_args!(
         "LAZARET EXIT {}\n",
         if code == ExitCode::Success {

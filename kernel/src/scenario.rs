@@ -4,8 +4,9 @@ use lazaret_rt::exit::ExitCode;
 
 use crate::cmdline::Scenario;
 use crate::console::result;
+use crate::hypervisor::Hypervisor;
 
-pub fn run(scenario: Scenario) -> ExitCode {
+pub fn run(scenario: Scenario, _hv: &mut Hypervisor) -> ExitCode {
     log::info!("scenario {}: start", scenario.name());
     match scenario {
         Scenario::Boot => {

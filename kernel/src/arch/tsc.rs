@@ -76,3 +76,12 @@ pub fn calibrate() -> (u64, bool) {
     TICKS_PER_MS.store(per_ms.max(1), Ordering::Relaxed);
     (per_ms, answered)
 }
+
+/// The TSC as the microsecond clock the IOMMU drivers bound their waits with.
+pub struct TscClock;
+
+impl lazaret_vtd::Clock for TscClock {
+    fn now_us(&self) -> u64 {
+        micros_since_entry()
+    }
+}

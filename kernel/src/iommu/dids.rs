@@ -11,7 +11,10 @@ pub struct DomainIds {
 impl DomainIds {
     pub fn new(range: Range<u32>) -> DomainIds {
         let words = (range.end.saturating_sub(range.start) as usize).div_ceil(64);
-        DomainIds { range, used: vec![0; words] }
+        DomainIds {
+            range,
+            used: vec![0; words],
+        }
     }
 
     pub fn allocate(&mut self) -> Option<u16> {
@@ -22,7 +25,10 @@ impl DomainIds {
     }
 
     pub fn release(&mut self, id: u16) {
-        if let Some(i) = (id as u32).checked_sub(self.range.start).map(|i| i as usize) {
+        if let Some(i) = (id as u32)
+            .checked_sub(self.range.start)
+            .map(|i| i as usize)
+        {
             if let Some(w) = self.used.get_mut(i / 64) {
                 *w &= !(1 << (i % 64));
             }
@@ -41,7 +47,10 @@ mod tests {
     #[test]
     fn allocates_within_range_and_reuses_released_ids() {
         let mut d = DomainIds::new(1..4);
-        assert_eq!((d.allocate(), d.allocate(), d.allocate(), d.allocate()), (Some(1), Some(2), Some(3), None));
+        assert_eq!(
+            (d.allocate(), d.allocate(), d.allocate(), d.allocate()),
+            (Some(1), Some(2), Some(3), None)
+        );
         d.release(2);
         d.release(0);
         assert_eq!(d.in_use(), 2);

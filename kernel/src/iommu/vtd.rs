@@ -9,8 +9,8 @@ use alloc::vec::Vec;
 
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 use lazaret_vtd::{
-    fault_reason_text, walker, CacheFlush, Clock, ContextEntry, ContextScope, Invalidation, IotlbScope, Levels,
-    PageTable, Perms, QuarantineTables, RootTable, TableMemory, VtdUnit,
+    fault_reason_text, walker, CacheFlush, Clock, ContextEntry, ContextScope, Invalidation,
+    IotlbScope, Levels, PageTable, Perms, QuarantineTables, RootTable, TableMemory, VtdUnit,
 };
 
 use super::dids::DomainIds;
@@ -59,7 +59,10 @@ pub enum VtdError {
     NoUnits,
     /// No depth supported by every unit (SAGAW).
     NoCommonDepth,
-    Unit { base: PhysAddr, what: String },
+    Unit {
+        base: PhysAddr,
+        what: String,
+    },
     OutOfMemory,
 }
 
@@ -67,7 +70,9 @@ impl core::fmt::Display for VtdError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             VtdError::NoUnits => f.write_str("no usable DRHD"),
-            VtdError::NoCommonDepth => f.write_str("the units share no supported page-table depth (SAGAW)"),
+            VtdError::NoCommonDepth => {
+                f.write_str("the units share no supported page-table depth (SAGAW)")
+            }
             VtdError::Unit { base, what } => write!(f, "unit at {base}: {what}"),
             VtdError::OutOfMemory => f.write_str("out of memory for root tables"),
         }
@@ -87,7 +92,10 @@ pub struct VtdIommu<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> {
 }
 
 fn unit_error(base: PhysAddr, e: impl core::fmt::Display) -> VtdError {
-    VtdError::Unit { base, what: format!("{e}") }
+    VtdError::Unit {
+        base,
+        what: format!("{e}"),
+    }
 }
 
 impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
@@ -108,7 +116,12 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
         let hws: Vec<(VtdUnit<R>, UnitConfig<()>)> = configs
             .into_iter()
             .map(|c| {
-                let cfg = UnitConfig { regs: (), segment: c.segment, register_base: c.register_base, include_all: c.include_all };
+                let cfg = UnitConfig {
+                    regs: (),
+                    segment: c.segment,
+                    register_base: c.register_base,
+                    include_all: c.include_all,
+                };
                 (VtdUnit::new(c.regs, TIMEOUT_US), cfg)
             })
             .collect();
@@ -122,16 +135,34 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
             let tm = TableMemory::new(mem, flush);
             let root = RootTable::new(tm, alloc).map_err(|_| VtdError::OutOfMemory)?;
             let base = cfg.register_base;
-            hw.set_root_table(root.address(), &clock).map_err(|e| unit_error(base, e))?;
+            hw.set_root_table(root.address(), &clock)
+                .map_err(|e| unit_error(base, e))?;
             if hw.ext_capabilities().queued_invalidation() {
-                hw.enable_queued_invalidation(alloc, &clock).map_err(|e| unit_error(base, e))?;
+                hw.enable_queued_invalidation(alloc, &clock)
+                    .map_err(|e| unit_error(base, e))?;
             }
-            hw.invalidate_all(mem, &clock).map_err(|e| unit_error(base, e))?;
-            hw.enable_translation(&clock).map_err(|e| unit_error(base, e))?;
+            hw.invalidate_all(mem, &clock)
+                .map_err(|e| unit_error(base, e))?;
+            hw.enable_translation(&clock)
+                .map_err(|e| unit_error(base, e))?;
             let dids = DomainIds::new(hw.capabilities().usable_domain_ids());
-            units.push(Unit { hw, root, segment: cfg.segment, include_all: cfg.include_all, dids });
+            units.push(Unit {
+                hw,
+                root,
+                segment: cfg.segment,
+                include_all: cfg.include_all,
+                dids,
+            });
         }
-        Ok(VtdIommu { mem, flush, clock, units, levels, coverage, devices: BTreeMap::new() })
+        Ok(VtdIommu {
+            mem,
+            flush,
+            clock,
+            units,
+            levels,
+            coverage,
+            devices: BTreeMap::new(),
+        })
     }
 
     fn tm(&self) -> TableMemory<'m, M, dyn CacheFlush + 'm> {
@@ -139,10 +170,11 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
     }
 
     fn unit_for(&self, sbdf: Sbdf) -> Option<usize> {
-        self.coverage
-            .get(&sbdf)
-            .copied()
-            .or_else(|| self.units.iter().position(|u| u.include_all && u.segment == sbdf.segment))
+        self.coverage.get(&sbdf).copied().or_else(|| {
+            self.units
+                .iter()
+                .position(|u| u.include_all && u.segment == sbdf.segment)
+        })
     }
 
     /// Units' queued-invalidation / register statistics, for the figures.
@@ -168,18 +200,29 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
 
     /// Switches every requester ID of `sbdf` to `target` and invalidates the previous
     /// domain IDs with one batch and one wait.
-    fn switch(&mut self, sbdf: Sbdf, target: impl Fn(&DeviceState, &Unit<R>) -> ContextEntry) -> Result<SwitchCost, IommuError> {
-        let state = self.devices.get(&sbdf).ok_or_else(|| IommuError::Inconsistent(format!("{sbdf} was never added")))?;
+    fn switch(
+        &mut self,
+        sbdf: Sbdf,
+        target: impl Fn(&DeviceState, &Unit<R>) -> ContextEntry,
+    ) -> Result<SwitchCost, IommuError> {
+        let state = self
+            .devices
+            .get(&sbdf)
+            .ok_or_else(|| IommuError::Inconsistent(format!("{sbdf} was never added")))?;
         let unit = &self.units[state.unit];
         let new = target(state, unit);
         let (stats_before, writes_before) = (unit.hw.invalidation_stats(), unit.hw.mmio_writes());
         // Context-cache entries of the moved requester IDs, then the IOTLB of each previous
         // domain: one batch, one wait (VT-d §6.5.2: a wait descriptor completes only after
         // every descriptor submitted before it).
-        let (mut contexts, mut iotlbs): (Vec<Invalidation>, Vec<Invalidation>) = (Vec::new(), Vec::new());
+        let (mut contexts, mut iotlbs): (Vec<Invalidation>, Vec<Invalidation>) =
+            (Vec::new(), Vec::new());
         let mut newly_present: Vec<Bdf> = Vec::new();
         for rid in &state.rids {
-            let old = unit.root.read_context(self.mem, *rid).unwrap_or(ContextEntry::NOT_PRESENT);
+            let old = unit
+                .root
+                .read_context(self.mem, *rid)
+                .unwrap_or(ContextEntry::NOT_PRESENT);
             if old == new {
                 continue;
             }
@@ -187,8 +230,16 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
                 .switch_context(self.tm(), *rid, old, new)
                 .map_err(|e| IommuError::Inconsistent(format!("{e}")))?;
             if old.present {
-                contexts.push(Invalidation::Context(ContextScope::Device { did: old.domain_id, source_id: *rid, function_mask: 0 }));
-                let tlb = Invalidation::Iotlb { scope: IotlbScope::Domain { did: old.domain_id }, drain_reads: false, drain_writes: false };
+                contexts.push(Invalidation::Context(ContextScope::Device {
+                    did: old.domain_id,
+                    source_id: *rid,
+                    function_mask: 0,
+                }));
+                let tlb = Invalidation::Iotlb {
+                    scope: IotlbScope::Domain { did: old.domain_id },
+                    drain_reads: false,
+                    drain_writes: false,
+                };
                 if !iotlbs.contains(&tlb) {
                     iotlbs.push(tlb);
                 }
@@ -201,10 +252,16 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
         let mut timed_out = false;
         if !contexts.is_empty() {
             contexts.append(&mut iotlbs);
-            timed_out |= unit.hw.invalidate(self.mem, &contexts, &self.clock).is_err();
+            timed_out |= unit
+                .hw
+                .invalidate(self.mem, &contexts, &self.clock)
+                .is_err();
         }
         for rid in newly_present {
-            timed_out |= unit.hw.after_context_present(self.mem, rid, new_did, &self.clock).is_err();
+            timed_out |= unit
+                .hw
+                .after_context_present(self.mem, rid, new_did, &self.clock)
+                .is_err();
         }
         let stats = unit.hw.invalidation_stats();
         Ok(SwitchCost {
@@ -217,7 +274,10 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
 }
 
 fn guest_state(tables: &GuestTables) -> Result<&VtdGuest, IommuError> {
-    tables.vendor.downcast_ref::<VtdGuest>().ok_or_else(|| IommuError::Inconsistent("not a VT-d guest".into()))
+    tables
+        .vendor
+        .downcast_ref::<VtdGuest>()
+        .ok_or_else(|| IommuError::Inconsistent("not a VT-d guest".into()))
 }
 
 impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
@@ -236,26 +296,43 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
         dev: &DeviceSpec,
         mode: QuarantineMode,
     ) -> Result<QuarantineInfo, IommuError> {
-        let unit_index = self.unit_for(dev.sbdf).ok_or(IommuError::NoUnit(dev.sbdf))?;
+        let unit_index = self
+            .unit_for(dev.sbdf)
+            .ok_or(IommuError::NoUnit(dev.sbdf))?;
         let (mem, flush, levels) = (self.mem, self.flush, self.levels);
         let unit = &mut self.units[unit_index];
         for rid in dev.requester_ids {
-            let created = unit.root.ensure_bus(TableMemory::new(mem, flush), alloc, rid.bus()).map_err(|_| IommuError::OutOfMemory)?;
+            let created = unit
+                .root
+                .ensure_bus(TableMemory::new(mem, flush), alloc, rid.bus())
+                .map_err(|_| IommuError::OutOfMemory)?;
             if created && unit.hw.after_root_entry_present(mem, &self.clock).is_err() {
-                log::warn!("vtd: root-entry invalidation timed out for bus {:#04x}", rid.bus());
+                log::warn!(
+                    "vtd: root-entry invalidation timed out for bus {:#04x}",
+                    rid.bus()
+                );
             }
         }
         let ranges: Vec<(u64, u64)> = dev.reserved.iter().map(|r| (r.start, r.end)).collect();
-        let tables = match mode {
-            QuarantineMode::None => None,
-            QuarantineMode::Basic | QuarantineMode::Scratch => Some(
-                QuarantineTables::build(TableMemory::new(mem, flush), alloc, levels, &ranges, mode == QuarantineMode::Scratch)
+        let tables =
+            match mode {
+                QuarantineMode::None => None,
+                QuarantineMode::Basic | QuarantineMode::Scratch => Some(
+                    QuarantineTables::build(
+                        TableMemory::new(mem, flush),
+                        alloc,
+                        levels,
+                        &ranges,
+                        mode == QuarantineMode::Scratch,
+                    )
                     .map_err(|e| match e {
                         lazaret_vtd::QuarantineError::OutOfFrames => IommuError::OutOfMemory,
-                        _ => IommuError::BadReservedRange(dev.reserved.first().copied().unwrap_or(crate::passthrough::iommu::ReservedRange { start: 0, end: 0 })),
+                        _ => IommuError::BadReservedRange(dev.reserved.first().copied().unwrap_or(
+                            crate::passthrough::iommu::ReservedRange { start: 0, end: 0 },
+                        )),
                     })?,
-            ),
-        };
+                ),
+            };
         let has_root = tables.as_ref().is_some_and(|t| t.root().is_some());
         let did = if has_root {
             match unit.dids.allocate() {
@@ -276,18 +353,31 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
         let pages = tables.as_ref().map_or(0, |t| t.page_count());
         self.devices.insert(
             dev.sbdf,
-            DeviceState { unit: unit_index, rids: dev.requester_ids.to_vec(), quarantine: tables, quarantine_did: did },
+            DeviceState {
+                unit: unit_index,
+                rids: dev.requester_ids.to_vec(),
+                quarantine: tables,
+                quarantine_did: did,
+            },
         );
         let entry = |s: &DeviceState, _: &Unit<R>| match &s.quarantine {
             Some(t) => t.context_entry(s.quarantine_did),
             None => ContextEntry::NOT_PRESENT,
         };
         self.switch(dev.sbdf, entry)?;
-        Ok(QuarantineInfo { pages, hw_domain_id: did })
+        Ok(QuarantineInfo {
+            pages,
+            hw_domain_id: did,
+        })
     }
 
-    fn create_domain(&mut self, _held: &LockHeld, alloc: &mut dyn FrameAllocator) -> Result<GuestTables, IommuError> {
-        let table = PageTable::new(self.tm(), alloc, self.levels).map_err(|_| IommuError::OutOfMemory)?;
+    fn create_domain(
+        &mut self,
+        _held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+    ) -> Result<GuestTables, IommuError> {
+        let table =
+            PageTable::new(self.tm(), alloc, self.levels).map_err(|_| IommuError::OutOfMemory)?;
         let mut dids = Vec::new();
         for u in self.units.iter_mut() {
             match u.dids.allocate() {
@@ -301,10 +391,19 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
                 }
             }
         }
-        Ok(GuestTables { levels: self.levels.count() as u8, mapped_pages: 0, vendor: Box::new(VtdGuest { table, dids }) })
+        Ok(GuestTables {
+            levels: self.levels.count() as u8,
+            mapped_pages: 0,
+            vendor: Box::new(VtdGuest { table, dids }),
+        })
     }
 
-    fn destroy_domain(&mut self, _held: &LockHeld, alloc: &mut dyn FrameAllocator, tables: GuestTables) {
+    fn destroy_domain(
+        &mut self,
+        _held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+        tables: GuestTables,
+    ) {
         if let Ok(guest) = tables.vendor.downcast::<VtdGuest>() {
             for (u, d) in self.units.iter_mut().zip(&guest.dids) {
                 u.dids.release(*d);
@@ -322,13 +421,29 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
         writable: bool,
     ) -> Result<(), IommuError> {
         let tm = self.tm();
-        let guest = tables.vendor.downcast_mut::<VtdGuest>().ok_or_else(|| IommuError::Inconsistent("not a VT-d guest".into()))?;
+        let guest = tables
+            .vendor
+            .downcast_mut::<VtdGuest>()
+            .ok_or_else(|| IommuError::Inconsistent("not a VT-d guest".into()))?;
         guest
             .table
-            .map(tm, alloc, iova, pa, Perms { read: true, write: writable, snoop: false })
+            .map(
+                tm,
+                alloc,
+                iova,
+                pa,
+                Perms {
+                    read: true,
+                    write: writable,
+                    snoop: false,
+                },
+            )
             .map_err(|_| IommuError::OutOfMemory)?;
         for (u, did) in self.units.iter_mut().zip(&guest.dids) {
-            if u.hw.after_map(self.mem, *did, iova, 0, &self.clock).is_err() {
+            if u.hw
+                .after_map(self.mem, *did, iova, 0, &self.clock)
+                .is_err()
+            {
                 log::warn!("vtd: IOTLB invalidation after map timed out");
             }
         }
@@ -341,7 +456,10 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
         let guest = tables.vendor.downcast_mut::<VtdGuest>()?;
         let pa = guest.table.unmap(tm, iova).ok().flatten()?;
         for (u, did) in self.units.iter_mut().zip(&guest.dids) {
-            if u.hw.after_unmap(self.mem, *did, iova, 0, &self.clock).is_err() {
+            if u.hw
+                .after_unmap(self.mem, *did, iova, 0, &self.clock)
+                .is_err()
+            {
                 log::warn!("vtd: IOTLB invalidation after unmap timed out");
             }
         }
@@ -349,15 +467,26 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
         Some(pa)
     }
 
-    fn attach(&mut self, _held: &LockHeld, dev: &DeviceSpec, tables: &GuestTables) -> Result<SwitchCost, IommuError> {
+    fn attach(
+        &mut self,
+        _held: &LockHeld,
+        dev: &DeviceSpec,
+        tables: &GuestTables,
+    ) -> Result<SwitchCost, IommuError> {
         let guest = guest_state(tables)?;
         let (root, levels) = (guest.table.root(), self.levels);
         let dids = guest.dids.clone();
-        self.switch(dev.sbdf, |s, _| ContextEntry::translated(root, levels, dids[s.unit]))
+        self.switch(dev.sbdf, |s, _| {
+            ContextEntry::translated(root, levels, dids[s.unit])
+        })
     }
 
     fn quarantine(&mut self, _held: &LockHeld, dev: &DeviceSpec) -> SwitchCost {
-        if let Some(t) = self.devices.get(&dev.sbdf).and_then(|s| s.quarantine.as_ref()) {
+        if let Some(t) = self
+            .devices
+            .get(&dev.sbdf)
+            .and_then(|s| s.quarantine.as_ref())
+        {
             // The scratch page is data: zeroed before the device returns to it.
             t.zero_scratch(self.mem);
         }
@@ -369,7 +498,10 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
             Ok(cost) => cost,
             Err(e) => {
                 log::error!("vtd: returning {} to quarantine: {e}", dev.sbdf);
-                SwitchCost { timed_out: true, ..SwitchCost::default() }
+                SwitchCost {
+                    timed_out: true,
+                    ..SwitchCost::default()
+                }
             }
         }
     }
@@ -382,7 +514,14 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
             .map(|d| d.unit)
             .or_else(|| self.unit_for(rid))
             .ok_or_else(|| format!("no unit covers {rid}"))?;
-        walker::translate(self.mem, self.units[unit].root.address(), rid.bdf, iova, write).map_err(|f| format!("{f}"))
+        walker::translate(
+            self.mem,
+            self.units[unit].root.address(),
+            rid.bdf,
+            iova,
+            write,
+        )
+        .map_err(|f| format!("{f}"))
     }
 
     fn scratch_page(&self, sbdf: Sbdf) -> Option<PhysAddr> {

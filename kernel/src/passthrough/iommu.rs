@@ -105,7 +105,11 @@ impl fmt::Display for IommuError {
             IommuError::OutOfMemory => f.write_str("out of memory for IOMMU tables"),
             IommuError::NoUnit(s) => write!(f, "no IOMMU unit covers {s}"),
             IommuError::OutOfDomainIds => f.write_str("the IOMMU has no free domain ID"),
-            IommuError::BadReservedRange(r) => write!(f, "reserved range {:#x}-{:#x} cannot be mapped", r.start, r.end),
+            IommuError::BadReservedRange(r) => write!(
+                f,
+                "reserved range {:#x}-{:#x} cannot be mapped",
+                r.start, r.end
+            ),
             IommuError::Inconsistent(s) => write!(f, "IOMMU state inconsistent: {s}"),
         }
     }
@@ -129,10 +133,19 @@ pub trait Iommu {
     ) -> Result<QuarantineInfo, IommuError>;
 
     /// A guest's empty page tables and its hardware domain ID(s).
-    fn create_domain(&mut self, held: &LockHeld, alloc: &mut dyn FrameAllocator) -> Result<GuestTables, IommuError>;
+    fn create_domain(
+        &mut self,
+        held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+    ) -> Result<GuestTables, IommuError>;
 
     /// Frees a guest's tables and domain ID(s); no device may still point at them.
-    fn destroy_domain(&mut self, held: &LockHeld, alloc: &mut dyn FrameAllocator, tables: GuestTables);
+    fn destroy_domain(
+        &mut self,
+        held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+        tables: GuestTables,
+    );
 
     /// Maps one 4 KiB page of a guest (caller holds the guest's mapping lock: `&mut`).
     fn map(
@@ -149,7 +162,12 @@ pub trait Iommu {
 
     /// Moves every requester ID of `dev` from wherever it is to `tables` (one atomic entry
     /// write each), then invalidates for the previous domain ID(s) with one wait.
-    fn attach(&mut self, held: &LockHeld, dev: &DeviceSpec, tables: &GuestTables) -> Result<SwitchCost, IommuError>;
+    fn attach(
+        &mut self,
+        held: &LockHeld,
+        dev: &DeviceSpec,
+        tables: &GuestTables,
+    ) -> Result<SwitchCost, IommuError>;
 
     /// Moves every requester ID of `dev` back to its quarantine entry. The scratch page is
     /// zeroed first. Never allocates, never fails.
@@ -164,4 +182,71 @@ pub trait Iommu {
 
     /// Hands every recorded DMA fault to `sink`; returns how many overflowed unrecorded.
     fn drain_faults(&mut self, sink: &mut dyn FnMut(DmaFault)) -> usize;
+}
+
+/// The kernel holds whichever IOMMU the platform has as a `Box<dyn Iommu>`.
+impl<T: Iommu + ?Sized> Iommu for Box<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn levels(&self) -> u8 {
+        (**self).levels()
+    }
+    fn add_device(
+        &mut self,
+        held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+        dev: &DeviceSpec,
+        mode: QuarantineMode,
+    ) -> Result<QuarantineInfo, IommuError> {
+        (**self).add_device(held, alloc, dev, mode)
+    }
+    fn create_domain(
+        &mut self,
+        held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+    ) -> Result<GuestTables, IommuError> {
+        (**self).create_domain(held, alloc)
+    }
+    fn destroy_domain(
+        &mut self,
+        held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+        tables: GuestTables,
+    ) {
+        (**self).destroy_domain(held, alloc, tables)
+    }
+    fn map(
+        &mut self,
+        tables: &mut GuestTables,
+        alloc: &mut dyn FrameAllocator,
+        iova: u64,
+        pa: PhysAddr,
+        writable: bool,
+    ) -> Result<(), IommuError> {
+        (**self).map(tables, alloc, iova, pa, writable)
+    }
+    fn unmap(&mut self, tables: &mut GuestTables, iova: u64) -> Option<PhysAddr> {
+        (**self).unmap(tables, iova)
+    }
+    fn attach(
+        &mut self,
+        held: &LockHeld,
+        dev: &DeviceSpec,
+        tables: &GuestTables,
+    ) -> Result<SwitchCost, IommuError> {
+        (**self).attach(held, dev, tables)
+    }
+    fn quarantine(&mut self, held: &LockHeld, dev: &DeviceSpec) -> SwitchCost {
+        (**self).quarantine(held, dev)
+    }
+    fn translate(&self, rid: Sbdf, iova: u64, write: bool) -> Result<PhysAddr, String> {
+        (**self).translate(rid, iova, write)
+    }
+    fn scratch_page(&self, sbdf: Sbdf) -> Option<PhysAddr> {
+        (**self).scratch_page(sbdf)
+    }
+    fn drain_faults(&mut self, sink: &mut dyn FnMut(DmaFault)) -> usize {
+        (**self).drain_faults(sink)
+    }
 }

@@ -10,6 +10,7 @@
 pub mod faults;
 pub mod iommu;
 pub mod lock;
+pub mod requester;
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -39,7 +40,11 @@ pub struct Device {
 
 impl Device {
     fn spec(&self) -> DeviceSpec<'_> {
-        DeviceSpec { sbdf: self.sbdf, requester_ids: &self.requester_ids, reserved: &self.reserved }
+        DeviceSpec {
+            sbdf: self.sbdf,
+            requester_ids: &self.requester_ids,
+            reserved: &self.reserved,
+        }
     }
 }
 
@@ -62,12 +67,20 @@ pub struct State<I: Iommu> {
 
 impl<I: Iommu> State<I> {
     pub fn new(iommu: I, mode: QuarantineMode) -> State<I> {
-        State { iommu, domains: Domains::new(), devices: BTreeMap::new(), mode, stats: Stats::default() }
+        State {
+            iommu,
+            domains: Domains::new(),
+            devices: BTreeMap::new(),
+            mode,
+            stats: Stats::default(),
+        }
     }
 
     /// The device whose DMA carries `rid` in `segment`.
     pub fn device_by_requester(&self, segment: u16, rid: Bdf) -> Option<&Device> {
-        self.devices.values().find(|d| d.sbdf.segment == segment && d.requester_ids.contains(&rid))
+        self.devices
+            .values()
+            .find(|d| d.sbdf.segment == segment && d.requester_ids.contains(&rid))
     }
 }
 
@@ -77,14 +90,30 @@ pub enum PassthroughError {
     DeviceExists(Sbdf),
     UnknownDomain(DomainId),
     NotAGuest(DomainId),
-    AlreadyAssigned { sbdf: Sbdf, owner: DomainId },
-    NotOwner { sbdf: Sbdf, owner: DomainId },
+    AlreadyAssigned {
+        sbdf: Sbdf,
+        owner: DomainId,
+    },
+    NotOwner {
+        sbdf: Sbdf,
+        owner: DomainId,
+    },
     /// Another device's DMA carries the same requester ID: moving one entry would move both.
-    SharedAlias { sbdf: Sbdf, alias: Bdf, other: Sbdf },
+    SharedAlias {
+        sbdf: Sbdf,
+        alias: Bdf,
+        other: Sbdf,
+    },
     /// Another device's RMRR / unity range overlaps this one's.
-    SharedReserved { sbdf: Sbdf, other: Sbdf },
+    SharedReserved {
+        sbdf: Sbdf,
+        other: Sbdf,
+    },
     /// A reserved range lies inside the guest's memory, where it would shadow guest pages.
-    ReservedInGuestMemory { sbdf: Sbdf, range: ReservedRange },
+    ReservedInGuestMemory {
+        sbdf: Sbdf,
+        range: ReservedRange,
+    },
     Iommu(IommuError),
 }
 
@@ -134,7 +163,11 @@ pub fn add_device<I: Iommu>(
     if s.devices.contains_key(&sbdf) {
         return Err(PassthroughError::DeviceExists(sbdf));
     }
-    let spec = DeviceSpec { sbdf, requester_ids: &requester_ids, reserved: &reserved };
+    let spec = DeviceSpec {
+        sbdf,
+        requester_ids: &requester_ids,
+        reserved: &reserved,
+    };
     let quarantine = s.iommu.add_device(held, alloc, &spec, s.mode)?;
     let owner = s.domains.dom_io;
     s.devices.insert(
@@ -179,7 +212,10 @@ pub fn create_domain<I: Iommu>(
         }
     };
     for (i, frame) in frames.iter().enumerate() {
-        if let Err(e) = s.iommu.map(&mut tables, alloc, i as u64 * PAGE_SIZE, *frame, true) {
+        if let Err(e) = s
+            .iommu
+            .map(&mut tables, alloc, i as u64 * PAGE_SIZE, *frame, true)
+        {
             s.iommu.destroy_domain(held, alloc, tables);
             frames.into_iter().for_each(|f| alloc.free_frame(f));
             return Err(e.into());
@@ -210,25 +246,56 @@ pub fn assign<I: Iommu>(
 ) -> Result<SwitchCost, PassthroughError> {
     let (held, s) = g.split();
     let guest_domain = guest(&s.domains, domain)?;
-    let dev = s.devices.get(&sbdf).ok_or(PassthroughError::UnknownDevice(sbdf))?;
+    let dev = s
+        .devices
+        .get(&sbdf)
+        .ok_or(PassthroughError::UnknownDevice(sbdf))?;
     if dev.owner != s.domains.dom_io {
-        return Err(PassthroughError::AlreadyAssigned { sbdf, owner: dev.owner });
+        return Err(PassthroughError::AlreadyAssigned {
+            sbdf,
+            owner: dev.owner,
+        });
     }
-    for other in s.devices.values().filter(|o| o.sbdf != sbdf && o.sbdf.segment == sbdf.segment) {
-        if let Some(alias) = dev.requester_ids.iter().find(|r| other.requester_ids.contains(r)) {
+    for other in s
+        .devices
+        .values()
+        .filter(|o| o.sbdf != sbdf && o.sbdf.segment == sbdf.segment)
+    {
+        if let Some(alias) = dev
+            .requester_ids
+            .iter()
+            .find(|r| other.requester_ids.contains(r))
+        {
             if other.owner != domain {
-                return Err(PassthroughError::SharedAlias { sbdf, alias: *alias, other: other.sbdf });
+                return Err(PassthroughError::SharedAlias {
+                    sbdf,
+                    alias: *alias,
+                    other: other.sbdf,
+                });
             }
         }
-        if dev.reserved.iter().any(|r| other.reserved.iter().any(|o| r.overlaps(o))) {
-            return Err(PassthroughError::SharedReserved { sbdf, other: other.sbdf });
+        if dev
+            .reserved
+            .iter()
+            .any(|r| other.reserved.iter().any(|o| r.overlaps(o)))
+        {
+            return Err(PassthroughError::SharedReserved {
+                sbdf,
+                other: other.sbdf,
+            });
         }
     }
     let memory_end = guest_domain.memory.size();
     if let Some(range) = dev.reserved.iter().find(|r| r.start < memory_end) {
-        return Err(PassthroughError::ReservedInGuestMemory { sbdf, range: *range });
+        return Err(PassthroughError::ReservedInGuestMemory {
+            sbdf,
+            range: *range,
+        });
     }
-    let tables_lock = guest_domain.iommu.as_ref().ok_or(PassthroughError::NotAGuest(domain))?;
+    let tables_lock = guest_domain
+        .iommu
+        .as_ref()
+        .ok_or(PassthroughError::NotAGuest(domain))?;
     let mut tables = tables_lock.lock();
     // Reserved ranges go into the target before the switch, so the device never loses them.
     let mut mapped: Vec<u64> = Vec::new();
@@ -273,11 +340,21 @@ fn record_switch(stats: &mut Stats, cost: SwitchCost) {
 
 /// Takes `sbdf` back from `domain` into quarantine. Never allocates; fails only when the
 /// caller does not own the device.
-pub fn deassign<I: Iommu>(g: &mut Guard<'_, I>, domain: DomainId, sbdf: Sbdf) -> Result<SwitchCost, PassthroughError> {
+pub fn deassign<I: Iommu>(
+    g: &mut Guard<'_, I>,
+    domain: DomainId,
+    sbdf: Sbdf,
+) -> Result<SwitchCost, PassthroughError> {
     let (held, s) = g.split();
-    let dev = s.devices.get(&sbdf).ok_or(PassthroughError::UnknownDevice(sbdf))?;
+    let dev = s
+        .devices
+        .get(&sbdf)
+        .ok_or(PassthroughError::UnknownDevice(sbdf))?;
     if dev.owner != domain || domain == s.domains.dom_io {
-        return Err(PassthroughError::NotOwner { sbdf, owner: dev.owner });
+        return Err(PassthroughError::NotOwner {
+            sbdf,
+            owner: dev.owner,
+        });
     }
     let cost = s.iommu.quarantine(held, &dev.spec());
     record_switch(&mut s.stats, cost);
@@ -313,7 +390,13 @@ pub fn destroy_domain<I: Iommu>(
     domain: DomainId,
 ) -> Result<(), PassthroughError> {
     guest(&g.state().domains, domain)?;
-    let owned: Vec<Sbdf> = g.state().devices.values().filter(|d| d.owner == domain).map(|d| d.sbdf).collect();
+    let owned: Vec<Sbdf> = g
+        .state()
+        .devices
+        .values()
+        .filter(|d| d.owner == domain)
+        .map(|d| d.sbdf)
+        .collect();
     for sbdf in owned {
         deassign(g, domain, sbdf)?;
     }
@@ -324,7 +407,10 @@ pub fn destroy_domain<I: Iommu>(
     if let Some(tables) = d.iommu.take() {
         s.iommu.destroy_domain(held, alloc, tables.into_inner());
     }
-    d.memory.take_frames().into_iter().for_each(|f| alloc.free_frame(f));
+    d.memory
+        .take_frames()
+        .into_iter()
+        .for_each(|f| alloc.free_frame(f));
     Ok(())
 }
 
@@ -391,10 +477,16 @@ pub fn drain_faults<I: Iommu>(
         report.recorded.push(f);
     }
     if report.suppressed > 0 {
-        log::warn!("fault: {} more fault(s) not logged (rate limit)", report.suppressed);
+        log::warn!(
+            "fault: {} more fault(s) not logged (rate limit)",
+            report.suppressed
+        );
     }
     if report.overflowed > 0 {
-        log::warn!("fault: the fault log overflowed; {} fault(s) were not recorded", report.overflowed);
+        log::warn!(
+            "fault: the fault log overflowed; {} fault(s) were not recorded",
+            report.overflowed
+        );
     }
     report
 }

@@ -1,0 +1,89 @@
+//! Boot-time IOMMU bring-up: find the IOMMU in ACPI, put every PCI function in quarantine.
+use alloc::boxed::Box;
+
+use lazaret_pci::Enumeration;
+use lazaret_types::FrameAllocator;
+
+use super::acpi::Platform;
+use crate::arch::tsc;
+use crate::cmdline::QuarantineMode;
+use crate::console::figure;
+use crate::hypervisor::Passthrough;
+use crate::iommu::discover;
+use crate::passthrough::requester::requester_ids;
+use crate::passthrough::{self, DeviceLock, State};
+
+pub fn bring_up(
+    platform: &Platform,
+    pci: &Enumeration,
+    frames: &mut dyn FrameAllocator,
+    mode: QuarantineMode,
+) -> Option<Passthrough> {
+    let discovered = match (platform.raw_table(b"DMAR"), platform.raw_table(b"IVRS")) {
+        (Some(dmar), _) => discover::vtd(dmar, pci, frames),
+        (None, Some(_)) => Err("AMD-Vi (IVRS) found, but this build drives only VT-d".into()),
+        (None, None) => {
+            log::warn!("iommu: no DMAR or IVRS table: no IOMMU, devices cannot be quarantined");
+            return None;
+        }
+    };
+    if !crate::mm::direct_map::cmpxchg16b_supported() {
+        log::error!(
+            "iommu: the CPU lacks cmpxchg16b; owner switches cannot be atomic, IOMMU left off"
+        );
+        return None;
+    }
+    let discovered = match discovered {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("iommu: bring-up failed: {e}");
+            return None;
+        }
+    };
+    for line in &discovered.summary {
+        log::info!("iommu: {line}");
+    }
+    let reserved = discovered.reserved;
+    let lock: Passthrough = DeviceLock::new(State::new(discovered.iommu as Box<_>, mode));
+    let (mut added, mut pages) = (0usize, 0usize);
+    {
+        let mut g = lock.lock();
+        log::info!(
+            "iommu: {} with {}-level tables; quarantine mode {mode}",
+            g.state().iommu.name(),
+            g.state().iommu.levels()
+        );
+        for f in &pci.functions {
+            let rids = requester_ids(pci, f);
+            let ranges = reserved.get(&f.sbdf).cloned().unwrap_or_default();
+            match passthrough::add_device(&mut g, frames, f.sbdf, rids.clone(), ranges.clone()) {
+                Ok(q) => {
+                    added += 1;
+                    pages = pages.max(q.pages);
+                    log::info!(
+                        "quarantine: {} -> DomIO ({} requester ID(s), {} reserved range(s), {} page(s), DID {})",
+                        f.sbdf,
+                        rids.len(),
+                        ranges.len(),
+                        q.pages,
+                        q.hw_domain_id
+                    );
+                }
+                Err(e) => log::error!("quarantine: {} not quarantined: {e}", f.sbdf),
+            }
+        }
+    }
+    let us = tsc::micros_since_entry();
+    log::info!(
+        "quarantine: all {added} device(s) quarantined at {}.{:03} ms",
+        us / 1000,
+        us % 1000
+    );
+    figure(
+        "boot-to-quarantined",
+        format_args!("{}.{:03}", us / 1000, us % 1000),
+        "ms",
+    );
+    figure("pages-per-quarantined-device", pages, "pages");
+    Some(lock)
+}
