@@ -50,18 +50,29 @@ pub enum Scenario {
     Boot,
     /// Panic on purpose: proves the panic path reports and fails the run.
     Panic,
-    /// Touch an unmapped page on purpose: proves the exception path.
+    /// Write to a read-only page on purpose: proves the exception path.
     PageFault,
+    /// Real DMA from every edu device while quarantined: scratch mode confines it to the
+    /// device's own scratch page; basic mode makes it fault.
+    QuarantineDma,
+    /// A guest made of host frames gets an edu device: its DMA lands in the guest's memory;
+    /// deassign returns it to its scratch page.
+    AssignDma,
+    /// DMA in a loop in basic mode until the device loses bus mastering.
+    FaultStorm,
 }
 
 impl Scenario {
-    pub const NAMES: &'static str = "boot|panic|page-fault";
+    pub const NAMES: &'static str = "boot|panic|page-fault|quarantine-dma|assign-dma|fault-storm";
 
     fn parse(s: &str) -> Option<Scenario> {
         match s {
             "boot" => Some(Scenario::Boot),
             "panic" => Some(Scenario::Panic),
             "page-fault" => Some(Scenario::PageFault),
+            "quarantine-dma" => Some(Scenario::QuarantineDma),
+            "assign-dma" => Some(Scenario::AssignDma),
+            "fault-storm" => Some(Scenario::FaultStorm),
             _ => None,
         }
     }
@@ -71,6 +82,9 @@ impl Scenario {
             Scenario::Boot => "boot",
             Scenario::Panic => "panic",
             Scenario::PageFault => "page-fault",
+            Scenario::QuarantineDma => "quarantine-dma",
+            Scenario::AssignDma => "assign-dma",
+            Scenario::FaultStorm => "fault-storm",
         }
     }
 }

@@ -250,3 +250,24 @@ impl<T: Iommu + ?Sized> Iommu for Box<T> {
         (**self).drain_faults(sink)
     }
 }
+
+impl SwitchCost {
+    /// Prints the cost of one owner switch as FIGURE lines (`<what>-invalidation-descriptors`, …).
+    pub fn report(&self, what: &str) {
+        crate::console::figure(
+            &alloc::format!("{what}-invalidation-descriptors"),
+            self.descriptors,
+            "descriptors",
+        );
+        crate::console::figure(
+            &alloc::format!("{what}-invalidation-waits"),
+            self.waits,
+            "waits",
+        );
+        crate::console::figure(
+            &alloc::format!("{what}-mmio-writes"),
+            self.mmio_writes,
+            "writes",
+        );
+    }
+}

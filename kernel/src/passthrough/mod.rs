@@ -54,6 +54,7 @@ pub struct Stats {
     pub owner_switches: u64,
     pub last_switch: SwitchCost,
     pub switch_timeouts: u64,
+    pub fault_log: faults::LogLimiter,
 }
 
 /// Everything the device lock guards.
@@ -442,7 +443,7 @@ pub fn drain_faults<I: Iommu>(
             .devices
             .values_mut()
             .find(|d| d.sbdf.segment == f.segment && d.requester_ids.contains(&f.requester));
-        let (owner, sbdf) = match device {
+        let (owner, sbdf): (Option<DomainId>, Option<Sbdf>) = match device {
             Some(d) => {
                 let score = d.faults.record(now_ms);
                 if score >= faults::THRESHOLD && !d.bus_master_disabled {
@@ -460,7 +461,10 @@ pub fn drain_faults<I: Iommu>(
             }
             None => (None, None),
         };
-        if report.faults <= faults::LOG_BURST {
+        if s.stats.fault_log.allow(now_ms) {
+            let owner_name = owner
+                .and_then(|o| s.domains.get(o))
+                .map_or("none", |d| d.name.as_str());
             log::warn!(
                 "fault: {:04x}:{} {} at {:#x}: {} (device {}, domain {})",
                 f.segment,
@@ -469,7 +473,7 @@ pub fn drain_faults<I: Iommu>(
                 f.address,
                 f.reason,
                 sbdf.map_or_else(|| String::from("unknown"), |s| alloc::format!("{s}")),
-                owner.map_or_else(|| String::from("none"), |o| alloc::format!("{o:?}"))
+                owner_name
             );
         } else {
             report.suppressed += 1;

@@ -2,7 +2,7 @@
 //! printed as an lspci-like table; problems the scan met are logged, never fatal.
 use alloc::vec::Vec;
 
-use lazaret_pci::{ecam_window, enumerate, Ecam, Enumeration, PortIo};
+use lazaret_pci::{ecam_window, enumerate, ConfigSpace, Ecam, Enumeration, PortIo};
 use lazaret_types::{FrameAllocator, PhysAddr};
 
 use super::acpi::EcamWindow;
@@ -12,6 +12,19 @@ use crate::arch::mmio::MmioRegion;
 pub enum ConfigAccess {
     Ecam(Vec<Ecam<MmioRegion>>),
     Port(PortIo),
+}
+
+impl ConfigAccess {
+    /// Configuration space of `segment`.
+    pub fn segment(&self, segment: u16) -> Option<&dyn ConfigSpace> {
+        match self {
+            ConfigAccess::Ecam(ecams) => ecams
+                .iter()
+                .find(|e| e.segment() == segment)
+                .map(|e| e as &dyn ConfigSpace),
+            ConfigAccess::Port(port) => (segment == 0).then_some(port as &dyn ConfigSpace),
+        }
+    }
 }
 
 pub fn discover(

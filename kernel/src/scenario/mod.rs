@@ -1,12 +1,18 @@
 //! Scenarios: what the kernel does once it is up. Each prints `RESULT` lines and returns the
-//! run's status.
+//! run's status: failure if any check failed.
+mod assign_dma;
+mod checks;
+mod edu;
+mod fault_storm;
+mod quarantine_dma;
+
 use lazaret_rt::exit::ExitCode;
 
 use crate::cmdline::Scenario;
 use crate::console::result;
 use crate::hypervisor::Hypervisor;
 
-pub fn run(scenario: Scenario, _hv: &mut Hypervisor) -> ExitCode {
+pub fn run(scenario: Scenario, hv: &mut Hypervisor) -> ExitCode {
     log::info!("scenario {}: start", scenario.name());
     match scenario {
         Scenario::Boot => {
@@ -14,6 +20,25 @@ pub fn run(scenario: Scenario, _hv: &mut Hypervisor) -> ExitCode {
             ExitCode::Success
         }
         Scenario::Panic => panic!("deliberate panic (scenario=panic)"),
+        Scenario::QuarantineDma | Scenario::AssignDma | Scenario::FaultStorm => {
+            let mut checks = checks::Checks::default();
+            match scenario {
+                Scenario::QuarantineDma => quarantine_dma::run(hv, &mut checks),
+                Scenario::AssignDma => assign_dma::run(hv, &mut checks),
+                _ => fault_storm::run(hv, &mut checks),
+            }
+            log::info!(
+                "scenario {}: {} check(s) passed, {} failed",
+                scenario.name(),
+                checks.passed,
+                checks.failed
+            );
+            if checks.failed == 0 && checks.passed > 0 {
+                ExitCode::Success
+            } else {
+                ExitCode::Failure
+            }
+        }
         Scenario::PageFault => {
             // The first MiB is mapped read-only (the BIOS data area lives in page 0;
             // arch::paging), so a write through a near-null pointer faults.

@@ -1,0 +1,143 @@
+//! Ring 2 for VT-d quarantine and assignment: real DMA from QEMU's edu devices through QEMU's
+//! emulated VT-d (design.md §5; the scenarios are in kernel/src/scenario/).
+use lazaret_tests::{run, Config, Iommu, Outcome, Status};
+
+fn boot(config: Config) -> Outcome {
+    run(&config, false).unwrap_or_else(|e| panic!("could not run QEMU: {e}"))
+}
+
+fn scenario(iommu: &str, cmdline: &str) -> Outcome {
+    let config = Config {
+        iommu: Iommu::parse(iommu).expect("valid"),
+        ..Config::default()
+    }
+    .with_cmdline(cmdline);
+    boot(config)
+}
+
+/// Every RESULT passed, there was at least `min` of them, and the run succeeded.
+fn assert_all_pass(out: &Outcome, min: usize) {
+    let results = out.results();
+    let failed: Vec<_> = results.iter().filter(|r| !r.pass).collect();
+    assert!(
+        failed.is_empty(),
+        "failed checks: {failed:#?}\n{}",
+        out.transcript()
+    );
+    assert!(
+        results.len() >= min,
+        "only {} RESULT lines\n{}",
+        results.len(),
+        out.transcript()
+    );
+    assert_eq!(out.status, Status::Success, "{}", out.transcript());
+}
+
+#[test]
+fn every_device_is_quarantined_at_boot_with_levels_plus_one_pages() {
+    for (iommu, pages) in [("intel,aw-bits=48", 5.0), ("intel,aw-bits=39", 4.0)] {
+        let out = scenario(iommu, "");
+        assert_eq!(out.status, Status::Success, "{}", out.transcript());
+        let line = out.line("quarantine: all ").expect("quarantine summary");
+        assert!(line.contains("all 7 device(s) quarantined"), "{line}");
+        assert_eq!(
+            out.figure("pages-per-quarantined-device").map(|f| f.value),
+            Some(pages),
+            "{iommu}"
+        );
+        assert!(out
+            .figure("boot-to-quarantined")
+            .is_some_and(|f| f.value > 0.0));
+    }
+}
+
+#[test]
+fn scratch_mode_confines_dma_to_each_devices_own_scratch_page() {
+    let out = scenario("intel,aw-bits=48", "scenario=quarantine-dma");
+    assert_all_pass(&out, 3 * 5 + 2);
+    assert_eq!(
+        out.results()
+            .iter()
+            .filter(|r| r.name == "scratch-dma")
+            .count(),
+        12
+    );
+    assert!(out.results().iter().any(|r| r.name == "requarantine-zero"));
+}
+
+#[test]
+fn scratch_mode_works_with_three_level_tables() {
+    let out = scenario("intel,aw-bits=39", "scenario=quarantine-dma");
+    assert_all_pass(&out, 3 * 5 + 2);
+}
+
+#[test]
+fn basic_mode_dma_faults_with_the_right_device_and_address() {
+    let out = scenario("intel", "scenario=quarantine-dma quarantine=basic");
+    assert_all_pass(&out, 1 + 3 * 2);
+    assert!(
+        out.line("fault: 0000:00:02.0 write at 0x1234000").is_some(),
+        "{}",
+        out.transcript()
+    );
+}
+
+#[test]
+fn a_fault_storm_ends_with_bus_mastering_off() {
+    let out = boot(
+        Config {
+            edu_devices: 1,
+            ..Config::default()
+        }
+        .with_cmdline("scenario=fault-storm quarantine=basic"),
+    );
+    assert_all_pass(&out, 2);
+    assert!(
+        out.line("Bus Master Enable cleared").is_some(),
+        "{}",
+        out.transcript()
+    );
+}
+
+#[test]
+fn an_assigned_device_dmas_into_its_guest_and_back_into_quarantine() {
+    let out = boot(
+        Config {
+            edu_devices: 1,
+            ..Config::default()
+        }
+        .with_cmdline("scenario=assign-dma"),
+    );
+    assert_all_pass(&out, 7);
+    for (name, value) in [
+        ("assign-invalidation-waits", 1.0),
+        ("deassign-invalidation-waits", 1.0),
+        ("deassign-invalidation-descriptors", 2.0),
+        ("frames-allocated-during-deassign", 0.0),
+        ("frames-allocated-during-destroy", 0.0),
+    ] {
+        assert_eq!(
+            out.figure(name).map(|f| f.value),
+            Some(value),
+            "{name}\n{}",
+            out.transcript()
+        );
+    }
+}
+
+#[test]
+fn a_fault_storm_in_scratch_mode_is_refused_with_a_reason() {
+    let out = boot(
+        Config {
+            edu_devices: 1,
+            ..Config::default()
+        }
+        .with_cmdline("scenario=fault-storm"),
+    );
+    assert_eq!(out.status, Status::Failure);
+    assert!(
+        out.line("needs quarantine=basic").is_some(),
+        "{}",
+        out.transcript()
+    );
+}
