@@ -60,10 +60,13 @@ pub enum Scenario {
     AssignDma,
     /// DMA in a loop in basic mode until the device loses bus mastering.
     FaultStorm,
+    /// The story for a talk: quarantine-dma, then assign-dma.
+    Demo,
 }
 
 impl Scenario {
-    pub const NAMES: &'static str = "boot|panic|page-fault|quarantine-dma|assign-dma|fault-storm";
+    pub const NAMES: &'static str =
+        "boot|panic|page-fault|quarantine-dma|assign-dma|fault-storm|demo";
 
     fn parse(s: &str) -> Option<Scenario> {
         match s {
@@ -73,6 +76,7 @@ impl Scenario {
             "quarantine-dma" => Some(Scenario::QuarantineDma),
             "assign-dma" => Some(Scenario::AssignDma),
             "fault-storm" => Some(Scenario::FaultStorm),
+            "demo" => Some(Scenario::Demo),
             _ => None,
         }
     }
@@ -85,6 +89,7 @@ impl Scenario {
             Scenario::QuarantineDma => "quarantine-dma",
             Scenario::AssignDma => "assign-dma",
             Scenario::FaultStorm => "fault-storm",
+            Scenario::Demo => "demo",
         }
     }
 }

@@ -166,3 +166,29 @@ fn enumerates_the_edu_devices_and_the_q35_chipset() {
         out.transcript()
     );
 }
+
+#[test]
+fn the_demo_runner_tells_the_whole_story_and_exits_zero() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lazaret-qemu"))
+        .output()
+        .expect("lazaret-qemu runs");
+    let console = String::from_utf8_lossy(&out.stdout);
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{console}\n{summary}");
+    assert!(console.contains("scenario demo: start"), "{console}");
+    assert!(
+        console.contains("RESULT scratch-dma pass") && console.contains("RESULT assign-dma pass"),
+        "{console}"
+    );
+    assert!(summary.contains("demo: success"), "{summary}");
+}
+
+#[test]
+fn the_demo_runner_refuses_unknown_arguments() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lazaret-qemu"))
+        .arg("--frobnicate")
+        .output()
+        .expect("lazaret-qemu runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown argument '--frobnicate'"));
+}

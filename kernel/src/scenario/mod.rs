@@ -20,11 +20,17 @@ pub fn run(scenario: Scenario, hv: &mut Hypervisor) -> ExitCode {
             ExitCode::Success
         }
         Scenario::Panic => panic!("deliberate panic (scenario=panic)"),
-        Scenario::QuarantineDma | Scenario::AssignDma | Scenario::FaultStorm => {
+        Scenario::QuarantineDma | Scenario::AssignDma | Scenario::FaultStorm | Scenario::Demo => {
             let mut checks = checks::Checks::default();
             match scenario {
                 Scenario::QuarantineDma => quarantine_dma::run(hv, &mut checks),
                 Scenario::AssignDma => assign_dma::run(hv, &mut checks),
+                Scenario::Demo => {
+                    log::info!("demo: every device sits in quarantine; its DMA must stay in its own scratch page");
+                    quarantine_dma::run(hv, &mut checks);
+                    log::info!("demo: now a guest gets a device; its DMA must reach the guest's memory, and nothing else");
+                    assign_dma::run(hv, &mut checks);
+                }
                 _ => fault_storm::run(hv, &mut checks),
             }
             log::info!(

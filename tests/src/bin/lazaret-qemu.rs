@@ -1,15 +1,18 @@
 //! `lazaret-qemu [--iommu intel|amd|none[,OPTS]] [--cmdline "key=value ..."] [--edu N]
 //! [--timeout SECS] [-- QEMU ARGS]`: boots the image in QEMU, streams the console and exits
 //! with the hypervisor's status (0 success, 1 failure, 124 time-out, 2 QEMU error).
-//! `scripts/demo` runs it.
+//! `scripts/demo` runs it; without `--cmdline` it runs `scenario=demo`.
 use std::time::Duration;
 
 use lazaret_tests::{run, Config, Iommu, Status};
 
 const USAGE: &str = "usage: scripts/demo [--iommu intel|amd|none[,OPTS]] [--cmdline \"key=value ...\"] [--edu N] [--timeout SECS] [-- QEMU ARGS]";
 
+/// What the demo runs unless told otherwise: the whole story.
+const DEMO_CMDLINE: &str = "scenario=demo";
+
 fn parse(args: &[String]) -> Result<Config, String> {
-    let mut config = Config::default();
+    let mut config = Config::default().with_cmdline(DEMO_CMDLINE);
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| {
