@@ -58,7 +58,7 @@ fn panic_scenario_reports_the_location_and_fails_the_run() {
     assert_eq!(out.status, Status::Failure, "{}", out.transcript());
     let panic = out.line("PANIC at ").expect("panic line");
     assert!(
-        panic.contains("kernel/src/scenario.rs:") && panic.contains("deliberate panic"),
+        panic.contains("kernel/src/scenario/mod.rs:") && panic.contains("deliberate panic"),
         "{panic}"
     );
 }
