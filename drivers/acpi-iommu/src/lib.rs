@@ -18,3 +18,4 @@ pub use dmar::{
 pub use ivrs::{Ivhd, Ivmd, Ivrs};
 pub use reader::ParseError;
 pub use sdt::SdtHeader;
+pub mod defects;

@@ -72,7 +72,10 @@ pub struct Arena<T> {
 
 impl<T> Default for Arena<T> {
     fn default() -> Self {
-        Arena { slots: Vec::new(), free: Vec::new() }
+        Arena {
+            slots: Vec::new(),
+            free: Vec::new(),
+        }
     }
 }
 
@@ -86,12 +89,23 @@ impl<T> Arena<T> {
                     Slot::Occupied { .. } => unreachable!("free list names an occupied slot"),
                 };
                 *slot = Slot::Occupied { generation, value };
-                Handle { index, generation, _kind: PhantomData }
+                Handle {
+                    index,
+                    generation,
+                    _kind: PhantomData,
+                }
             }
             None => {
                 let index = self.slots.len() as u32;
-                self.slots.push(Slot::Occupied { generation: 0, value });
-                Handle { index, generation: 0, _kind: PhantomData }
+                self.slots.push(Slot::Occupied {
+                    generation: 0,
+                    value,
+                });
+                Handle {
+                    index,
+                    generation: 0,
+                    _kind: PhantomData,
+                }
             }
         }
     }
@@ -116,7 +130,12 @@ impl<T> Arena<T> {
 
     pub fn remove(&mut self, h: Handle<T>) -> Option<T> {
         self.get(h)?;
-        let slot = core::mem::replace(&mut self.slots[h.index as usize], Slot::Vacant { generation: h.generation });
+        let slot = core::mem::replace(
+            &mut self.slots[h.index as usize],
+            Slot::Vacant {
+                generation: h.generation,
+            },
+        );
         self.free.push(h.index);
         match slot {
             Slot::Occupied { value, .. } => Some(value),
@@ -126,9 +145,14 @@ impl<T> Arena<T> {
 
     pub fn iter(&self) -> impl Iterator<Item = (Handle<T>, &T)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| match s {
-            Slot::Occupied { generation, value } => {
-                Some((Handle { index: i as u32, generation: *generation, _kind: PhantomData }, value))
-            }
+            Slot::Occupied { generation, value } => Some((
+                Handle {
+                    index: i as u32,
+                    generation: *generation,
+                    _kind: PhantomData,
+                },
+                value,
+            )),
             Slot::Vacant { .. } => None,
         })
     }
@@ -156,7 +180,11 @@ mod tests {
         let z = a.insert("z");
         assert_eq!(z.index(), x.index(), "the slot is reused");
         assert_ne!(z, x);
-        assert_eq!(a.get(x), None, "the old handle does not alias the new value");
+        assert_eq!(
+            a.get(x),
+            None,
+            "the old handle does not alias the new value"
+        );
         assert_eq!(a.remove(x), None);
         assert_eq!(a.get(z), Some(&"z"));
         assert_eq!(a.get(y), Some(&"y"));

@@ -75,10 +75,19 @@ impl Default for Domains {
 impl Domains {
     pub fn new() -> Domains {
         let mut arena = Arena::default();
-        let system = |kind, name: &str| Domain { kind, name: name.into(), memory: GuestMemory::default(), iommu: None };
+        let system = |kind, name: &str| Domain {
+            kind,
+            name: name.into(),
+            memory: GuestMemory::default(),
+            iommu: None,
+        };
         let hypervisor = arena.insert(system(DomainKind::Hypervisor, "hypervisor"));
         let dom_io = arena.insert(system(DomainKind::DomIo, "DomIO"));
-        Domains { arena, hypervisor, dom_io }
+        Domains {
+            arena,
+            hypervisor,
+            dom_io,
+        }
     }
 
     pub fn get(&self, id: DomainId) -> Option<&Domain> {

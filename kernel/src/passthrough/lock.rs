@@ -16,11 +16,16 @@ pub struct DeviceLock<S> {
 
 impl<S> DeviceLock<S> {
     pub const fn new(state: S) -> DeviceLock<S> {
-        DeviceLock { state: Spinlock::new(state) }
+        DeviceLock {
+            state: Spinlock::new(state),
+        }
     }
 
     pub fn lock(&self) -> DevicesGuard<'_, S> {
-        DevicesGuard { guard: self.state.lock(), held: LockHeld { _private: () } }
+        DevicesGuard {
+            guard: self.state.lock(),
+            held: LockHeld { _private: () },
+        }
     }
 }
 
