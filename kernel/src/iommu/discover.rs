@@ -7,7 +7,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use acpi_iommu::dmar::{covering_unit, ResolvedScope, ResolvedUnit};
-use acpi_iommu::Dmar;
+use acpi_iommu::{defects, Dmar};
 use lazaret_pci::{Enumeration, HeaderKind};
 use lazaret_types::{Bdf, FrameAllocator, Sbdf, PAGE_SIZE};
 
@@ -41,6 +41,15 @@ pub fn vtd(
     frames: &mut dyn FrameAllocator,
 ) -> Result<Discovered, String> {
     let dmar = Dmar::parse(dmar_bytes).map_err(|e| format!("DMAR rejected: {e}"))?;
+    // The same defect checks lazaret-preflight reports, so the tool's promises hold here.
+    let found = defects::dmar_defects(&dmar);
+    for d in &found {
+        log::warn!("dmar: [{}] {} -> {}", d.code, d.message, d.action);
+    }
+    if let Some(fatal) = defects::fatal(&found) {
+        return Err(format!("DMAR unusable: {}", fatal.message));
+    }
+    let ignored: Vec<usize> = defects::ignored_units(&found).collect();
     let resolved: Vec<ResolvedUnit> = dmar
         .drhds()
         .map(|d| ResolvedUnit::resolve(d, bridge_buses(pci, d.segment)))
@@ -52,11 +61,7 @@ pub fn vtd(
     let mut coherent = true;
     for r in &resolved {
         let d = &r.drhd;
-        if d.register_base.as_u64() == 0 || !d.register_base.is_page_aligned() {
-            log::warn!(
-                "vtd: ignoring DRHD with register base {} (not a usable address)",
-                d.register_base
-            );
+        if ignored.contains(&d.offset) {
             unit_of_drhd.push(None);
             continue;
         }
