@@ -51,14 +51,38 @@ mod tests {
     /// bus 4: conventional 04:05.0.
     fn topology() -> Enumeration {
         let mut c = FakeConfigSpace::new();
-        c.insert(at(0, 0, 0), FakeFunction::endpoint(0x8086, 0x29c0, 0x06_00_00));
-        c.insert(at(0, 0x1c, 0), FakeFunction::bridge(0x8086, 1, 0, 1, 2).pcie(4, false));
-        c.insert(at(1, 0, 0), FakeFunction::bridge(0x8086, 2, 1, 2, 2).pcie(7, false));
-        c.insert(at(2, 3, 0), FakeFunction::endpoint(0x10ec, 0x8139, 0x02_00_00));
-        c.insert(at(0, 0x1d, 0), FakeFunction::bridge(0x8086, 3, 0, 3, 3).pcie(4, false));
-        c.insert(at(3, 0, 0), FakeFunction::endpoint(0x8086, 0x10d3, 0x02_00_00).pcie(0, true));
-        c.insert(at(0, 0x1e, 0), FakeFunction::bridge(0x8086, 0x244e, 0, 4, 4));
-        c.insert(at(4, 5, 0), FakeFunction::endpoint(0x1234, 0x11e8, 0x00_ff_00));
+        c.insert(
+            at(0, 0, 0),
+            FakeFunction::endpoint(0x8086, 0x29c0, 0x06_00_00),
+        );
+        c.insert(
+            at(0, 0x1c, 0),
+            FakeFunction::bridge(0x8086, 1, 0, 1, 2).pcie(4, false),
+        );
+        c.insert(
+            at(1, 0, 0),
+            FakeFunction::bridge(0x8086, 2, 1, 2, 2).pcie(7, false),
+        );
+        c.insert(
+            at(2, 3, 0),
+            FakeFunction::endpoint(0x10ec, 0x8139, 0x02_00_00),
+        );
+        c.insert(
+            at(0, 0x1d, 0),
+            FakeFunction::bridge(0x8086, 3, 0, 3, 3).pcie(4, false),
+        );
+        c.insert(
+            at(3, 0, 0),
+            FakeFunction::endpoint(0x8086, 0x10d3, 0x02_00_00).pcie(0, true),
+        );
+        c.insert(
+            at(0, 0x1e, 0),
+            FakeFunction::bridge(0x8086, 0x244e, 0, 4, 4),
+        );
+        c.insert(
+            at(4, 5, 0),
+            FakeFunction::endpoint(0x1234, 0x11e8, 0x00_ff_00),
+        );
         enumerate(&c, 0, &[0])
     }
 
@@ -75,12 +99,18 @@ mod tests {
     #[test]
     fn conventional_pci_behind_a_pcie_to_pci_bridge_aliases_to_the_secondary_bus_and_the_bridge() {
         let pci = topology();
-        assert_eq!(rids_of(&pci, at(2, 3, 0)), vec![at(1, 0, 0).bdf, at(2, 0, 0).bdf, at(2, 3, 0).bdf]);
+        assert_eq!(
+            rids_of(&pci, at(2, 3, 0)),
+            vec![at(1, 0, 0).bdf, at(2, 0, 0).bdf, at(2, 3, 0).bdf]
+        );
     }
 
     #[test]
     fn conventional_pci_behind_a_conventional_bridge_aliases_to_the_bridge() {
         let pci = topology();
-        assert_eq!(rids_of(&pci, at(4, 5, 0)), vec![at(0, 0x1e, 0).bdf, at(4, 5, 0).bdf]);
+        assert_eq!(
+            rids_of(&pci, at(4, 5, 0)),
+            vec![at(0, 0x1e, 0).bdf, at(4, 5, 0).bdf]
+        );
     }
 }
