@@ -91,6 +91,12 @@ impl Mmio for SimRef<'_> {
     }
 }
 
+impl Default for SimVtd {
+    fn default() -> Self {
+        SimVtd::new()
+    }
+}
+
 impl SimVtd {
     pub fn new() -> SimVtd {
         SimVtd::with_caps(DEFAULT_CAP, DEFAULT_ECAP)

@@ -113,7 +113,7 @@ pub fn vtd(
             start: rmrr.base.as_u64(),
             end: rmrr.limit.as_u64(),
         };
-        for scope in rmrr.scopes.clone() {
+        for scope in rmrr.scopes {
             let Some(target) = ResolvedScope::resolve(&scope, bridge_buses(pci, rmrr.segment))
             else {
                 continue;

@@ -1,7 +1,7 @@
 //! Which requester IDs a device's DMA can carry (Xen's rules, `domain_context_mapping`):
-//! its own; its phantom functions; and, behind a PCIe-to-PCI bridge, the bridge's secondary
-//! bus with devfn 0 and the bridge itself — conventional PCI transactions forwarded by such
-//! a bridge carry one of those instead of the device's own ID.
+//! its own; its phantom functions; and, for conventional PCI behind bridges, the topmost
+//! conventional bridge's ID (plus its secondary bus with devfn 0 when that bridge is a
+//! PCIe-to-PCI bridge) — the IDs forwarded transactions carry instead of the device's own.
 use alloc::vec::Vec;
 
 use lazaret_pci::{Enumeration, PciFunction, PciePortType};
@@ -10,26 +10,23 @@ use lazaret_types::{Bdf, Sbdf};
 pub fn requester_ids(pci: &Enumeration, f: &PciFunction) -> Vec<Bdf> {
     let mut rids = alloc::vec![f.sbdf.bdf];
     rids.extend(f.phantom_functions().map(|s: Sbdf| s.bdf));
-    // The nearest PCIe-to-PCI (or conventional PCI-to-PCI with no PCIe capability) bridge
-    // above a conventional device rewrites its requester ID.
+    // Conventional PCI transactions climb through conventional bridges; the topmost of that
+    // chain (right below PCIe) forwards them with its own ID, or, if it is a PCIe-to-PCI
+    // bridge, with (secondary bus, devfn 0) — Xen's find_upstream_bridge.
     if f.pcie.is_none() {
-        for bridge in pci.ancestors(f.sbdf) {
-            match bridge.pcie.as_ref().map(|p| p.port_type) {
-                Some(PciePortType::PcieToPciBridge) => {
-                    if let lazaret_pci::HeaderKind::Bridge { secondary_bus, .. } = bridge.header {
-                        if let Some(alias) = Bdf::new(secondary_bus, 0, 0) {
-                            rids.push(alias);
-                        }
-                    }
-                    rids.push(bridge.sbdf.bdf);
-                    break;
+        let conventional = |b: &&PciFunction| {
+            matches!(
+                b.pcie.as_ref().map(|p| p.port_type),
+                None | Some(PciePortType::PcieToPciBridge)
+            )
+        };
+        if let Some(top) = pci.ancestors(f.sbdf).take_while(conventional).last() {
+            if top.pcie.as_ref().map(|p| p.port_type) == Some(PciePortType::PcieToPciBridge) {
+                if let lazaret_pci::HeaderKind::Bridge { secondary_bus, .. } = top.header {
+                    rids.extend(Bdf::new(secondary_bus, 0, 0));
                 }
-                None => {
-                    rids.push(bridge.sbdf.bdf);
-                    break;
-                }
-                Some(_) => break,
             }
+            rids.push(top.sbdf.bdf);
         }
     }
     rids.sort();
@@ -48,7 +45,7 @@ mod tests {
 
     /// Root port 00:1c.0 -> bus 1: PCIe-to-PCI bridge 01:00.0 -> bus 2: conventional 02:03.0;
     /// root port 00:1d.0 -> bus 3: PCIe endpoint 03:00.0; conventional bridge 00:1e.0 ->
-    /// bus 4: conventional 04:05.0.
+    /// bus 4: conventional 04:05.0 and conventional bridge 04:06.0 -> bus 5: 05:01.0.
     fn topology() -> Enumeration {
         let mut c = FakeConfigSpace::new();
         c.insert(
@@ -112,5 +109,11 @@ mod tests {
             rids_of(&pci, at(4, 5, 0)),
             vec![at(0, 0x1e, 0).bdf, at(4, 5, 0).bdf]
         );
+    }
+
+    #[test]
+    fn a_chain_of_conventional_bridges_aliases_to_the_topmost() {
+        let pci = topology();
+        assert_eq!(rids_of(&pci, at(5, 1, 0)), vec![at(0, 0x1e, 0).bdf, at(5, 1, 0).bdf]);
     }
 }
