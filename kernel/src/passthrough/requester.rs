@@ -74,10 +74,15 @@ mod tests {
         );
         c.insert(
             at(0, 0x1e, 0),
-            FakeFunction::bridge(0x8086, 0x244e, 0, 4, 4),
+            FakeFunction::bridge(0x8086, 0x244e, 0, 4, 5),
         );
         c.insert(
             at(4, 5, 0),
+            FakeFunction::endpoint(0x1234, 0x11e8, 0x00_ff_00),
+        );
+        c.insert(at(4, 6, 0), FakeFunction::bridge(0x104c, 0xac23, 4, 5, 5));
+        c.insert(
+            at(5, 1, 0),
             FakeFunction::endpoint(0x1234, 0x11e8, 0x00_ff_00),
         );
         enumerate(&c, 0, &[0])
@@ -114,6 +119,9 @@ mod tests {
     #[test]
     fn a_chain_of_conventional_bridges_aliases_to_the_topmost() {
         let pci = topology();
-        assert_eq!(rids_of(&pci, at(5, 1, 0)), vec![at(0, 0x1e, 0).bdf, at(5, 1, 0).bdf]);
+        assert_eq!(
+            rids_of(&pci, at(5, 1, 0)),
+            vec![at(0, 0x1e, 0).bdf, at(5, 1, 0).bdf]
+        );
     }
 }
