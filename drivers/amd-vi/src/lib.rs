@@ -1,1 +1,55 @@
+//! AMD-Vi (AMD IOMMU) hardware layer: register decoding, the device table, I/O page tables,
+//! per-device quarantine tables, a reference walker, the command buffer and the event log.
+//!
+//! Everything is written against the [`lazaret_types`] seams ([`PhysMem`], [`FrameAllocator`],
+//! [`Mmio`]) so it runs against simulated memory and registers in host tests and against the
+//! direct map and real MMIO in the kernel. Section numbers cite the AMD I/O Virtualization
+//! Technology (IOMMU) Specification, rev 3.x (document 48882).
+//!
+//! Bring-up and use, in the order the kernel follows:
+//!
+//! 1. [`DeviceTable::new`] over [`DeviceTable::bytes_for`] contiguous bytes (every entry
+//!    starts blocking), [`AmdViUnit::new`] (reads EFR, sets up command buffer and event log),
+//!    [`AmdViUnit::set_device_table`], [`AmdViUnit::enable`], [`AmdViUnit::invalidate_all`].
+//!    Pick one [`Levels`] (≤ [`ExtendedFeatures::max_levels`]) and build every table from it.
+//! 2. Device add (may allocate and fail): [`QuarantineTables::build`], then
+//!    [`DeviceTable::switch_owner`] to [`QuarantineTables::device_table_entry`] and
+//!    [`AmdViUnit::after_owner_switch`].
+//! 3. Assign / deassign (never allocates): [`QuarantineTables::zero_scratch`] when entering
+//!    quarantine, [`DeviceTable::switch_owner`] (one `cmpxchg16b`), then
+//!    [`AmdViUnit::after_owner_switch`] with the previous DomainID (N + 1 commands, one wait).
+//! 4. Faults: [`AmdViUnit::drain_events`]; isolation proofs: [`walker::translate`].
+//!
+//! [`PhysMem`]: lazaret_types::PhysMem
+//! [`FrameAllocator`]: lazaret_types::FrameAllocator
+//! [`Mmio`]: lazaret_types::Mmio
 #![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
+
+pub mod command;
+pub mod device_table;
+pub mod event_log;
+pub mod levels;
+pub mod pagetable;
+pub mod poll;
+pub mod pte;
+pub mod quarantine;
+pub mod regs;
+pub mod unit;
+pub mod walker;
+
+/// A simulated unit for host tests, here and in the kernel's passthrough tests.
+#[cfg(any(test, feature = "sim"))]
+pub mod sim_device;
+
+pub use command::{Command, CommandError, CommandQueue, CommandStats, PageScope};
+pub use device_table::{DeviceTable, DeviceTableEntry, DeviceTableError};
+pub use event_log::{DrainSummary, Event, EventFlags, EventLog, EventLogError};
+pub use levels::Levels;
+pub use pagetable::{MapError, PageTable, Perms, TranslationRoot};
+pub use poll::{Clock, TimedOut};
+pub use quarantine::{QuarantineError, QuarantineTables, UnityRange};
+pub use regs::{ExtendedFeatures, RingLength};
+pub use unit::{AmdViUnit, UnitError};
+pub use walker::{translate, walk_tables, Fault};
