@@ -74,7 +74,14 @@ fn scratch_mode_works_with_three_level_tables() {
 #[test]
 fn basic_mode_dma_faults_with_the_right_device_and_address() {
     let out = scenario("intel", "scenario=quarantine-dma quarantine=basic");
-    assert_all_pass(&out, 1 + 3 * 2);
+    assert_all_pass(&out, 1 + 3 * 4);
+    assert_eq!(
+        out.results()
+            .iter()
+            .filter(|r| r.name == "dma-fault")
+            .count(),
+        6
+    );
     assert!(
         out.line("fault: 0000:00:02.0 write at 0x1234000").is_some(),
         "{}",

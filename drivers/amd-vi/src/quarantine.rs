@@ -81,7 +81,7 @@ impl<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized> Builder<'_, M, A> {
     }
 
     /// What every entry of a fresh table at `level` holds: in scratch mode the shared path
-    /// down to the scratch page, in basic mode nothing.
+    /// down to the scratch page, in basic mode nothing (not present).
     fn default_entry(&self, level: u32) -> u64 {
         match (level, self.scratch) {
             (1, Some(s)) => leaf(s, Perms::READ_WRITE),
@@ -165,10 +165,15 @@ impl<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized> Builder<'_, M, A> {
                 return Err(bad);
             }
         }
-        let root = match (scratch, unity.is_empty()) {
-            (true, _) => self.shared_chain(levels)?,
-            (false, true) => return Ok(None),
-            (false, false) => self.table(levels.count())?,
+        // Basic mode always gets a root, empty without unity ranges: the DTE then has
+        // translation on and every access walks into a not-present entry, which hardware
+        // logs as IO_PAGE_FAULT (§2.5.3), naming the device and address. The blocking DTE
+        // (Mode 0, IR = IW = 0) would refuse DMA too, but a refused Mode-0 access is not a
+        // page fault, so nobody would learn which device tried.
+        let root = if scratch {
+            self.shared_chain(levels)?
+        } else {
+            self.table(levels.count())?
         };
         for &(start, end, read, write) in unity {
             let bad = QuarantineError::BadUnityRange { start, end };
@@ -214,7 +219,7 @@ impl QuarantineTables {
         }
     }
 
-    /// Root of the tables; `None` in basic mode without unity ranges (use the blocking DTE).
+    /// Root of the tables (always present: basic mode without unity ranges has an empty one).
     pub fn root(&self) -> Option<PhysAddr> {
         self.root
     }
@@ -350,8 +355,13 @@ mod tests {
         let mem = SimMemory::new();
         let mut a = alloc(&mem);
         let q = QuarantineTables::build(&mem, &mut a, Levels::THREE, &[], false).unwrap();
-        assert_eq!((q.root(), q.page_count()), (None, 0));
-        assert!(q.device_table_entry(5).is_blocking());
+        assert_eq!(q.page_count(), 1, "an empty root");
+        let empty = q.translation_root().unwrap();
+        assert!(!q.device_table_entry(5).is_blocking());
+        assert_eq!(
+            walk_tables(&mem, empty, 0, true),
+            Err(Fault::NotPresent { level: 3 })
+        );
         let unity = [(0x10_0000, 0x10_0fff, true, true)];
         let q2 = QuarantineTables::build(&mem, &mut a, Levels::THREE, &unity, false).unwrap();
         let root = q2.translation_root().unwrap();

@@ -9,6 +9,7 @@
 mod addr;
 mod mem;
 mod pci_id;
+pub mod poll;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 

@@ -7,20 +7,27 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use acpi_iommu::dmar::{covering_unit, ResolvedScope, ResolvedUnit};
-use acpi_iommu::{defects, Dmar};
+use acpi_iommu::{defects, Dmar, Ivrs};
 use lazaret_pci::{Enumeration, HeaderKind};
 use lazaret_types::{Bdf, FrameAllocator, Sbdf, PAGE_SIZE};
 
+use super::amd;
 use super::vtd::{UnitConfig, VtdIommu};
 use crate::arch::mmio::MmioRegion;
 use crate::arch::tsc::TscClock;
 use crate::mm::direct_map::{CLFLUSH, DIRECT_MAP};
+use crate::mm::frames::Frames;
 use crate::passthrough::iommu::{Iommu, ReservedRange};
+use lazaret_amd_vi::{AmdViUnit, DeviceTable};
 
-/// What the platform's IOMMU tables gave: the IOMMU, and per function its reserved ranges.
+/// What the platform's IOMMU tables gave: the IOMMU, per function its reserved ranges and the
+/// extra requester IDs firmware says its DMA carries, and the functions that are IOMMUs
+/// themselves (never quarantined: their own accesses are not translated).
 pub struct Discovered {
     pub iommu: Box<dyn Iommu>,
     pub reserved: BTreeMap<Sbdf, Vec<ReservedRange>>,
+    pub aliases: BTreeMap<Sbdf, Vec<Bdf>>,
+    pub iommu_functions: Vec<Sbdf>,
     pub summary: Vec<String>,
 }
 
@@ -138,6 +145,137 @@ pub fn vtd(
     Ok(Discovered {
         iommu: Box::new(iommu),
         reserved,
+        aliases: BTreeMap::new(),
+        iommu_functions: Vec::new(),
         summary,
     })
 }
+
+/// Brings up AMD-Vi from the IVRS table: per IOMMU (the most complete IVHD of each), its
+/// device table sized to the largest requester ID present, the command buffer and event log,
+/// then translation on with every entry blocking.
+pub fn amd(
+    ivrs_bytes: &[u8],
+    pci: &Enumeration,
+    frames: &mut Frames,
+) -> Result<Discovered, String> {
+    let ivrs = Ivrs::parse(ivrs_bytes).map_err(|e| format!("IVRS rejected: {e}"))?;
+    let found = defects::ivrs_defects(&ivrs);
+    for d in &found {
+        log::warn!("ivrs: [{}] {} -> {}", d.code, d.message, d.action);
+    }
+    if let Some(fatal) = defects::fatal(&found) {
+        return Err(format!("IVRS unusable: {}", fatal.message));
+    }
+    let ignored: Vec<usize> = defects::ignored_units(&found).collect();
+    let max_rid = pci
+        .functions
+        .iter()
+        .map(|f| (u16::from(f.sbdf.bdf.bus()) << 8) | 0xff)
+        .max()
+        .unwrap_or(0xff);
+    let mut setups = Vec::new();
+    let mut coverage = BTreeMap::new();
+    let mut aliases: BTreeMap<Sbdf, Vec<Bdf>> = BTreeMap::new();
+    let mut iommu_functions = Vec::new();
+    let mut summary = Vec::new();
+    for ivhd in ivrs
+        .selected_ivhds()
+        .into_iter()
+        .filter(|h| !ignored.contains(&h.offset))
+    {
+        let facts = ivhd
+            .device_facts()
+            .map_err(|e| format!("IVHD at {:#x}: {e}", ivhd.offset))?;
+        let regs = MmioRegion::map(ivhd.base_address, AMD_VI_MMIO_LEN, frames)
+            .map_err(|e| format!("mapping IOMMU registers: {e}"))?;
+        let pages = (DeviceTable::bytes_for(max_rid) / PAGE_SIZE) as usize;
+        let base = frames
+            .alloc_contiguous(pages)
+            .ok_or("no contiguous memory for the device table")?;
+        let table = DeviceTable::new(&DIRECT_MAP, base, max_rid)
+            .map_err(|e| format!("device table: {e}"))?;
+        let hw = AmdViUnit::new(regs, &DIRECT_MAP, frames, amd::TIMEOUT_US)
+            .map_err(|e| format!("IOMMU at {}: {e}", ivhd.base_address))?;
+        if hw.enabled() {
+            hw.disable(&TscClock)
+                .map_err(|e| format!("disabling the firmware's set-up: {e}"))?;
+        }
+        hw.set_device_table(&table);
+        hw.enable(&TscClock)
+            .map_err(|e| format!("IOMMU at {}: {e}", ivhd.base_address))?;
+        let unit = setups.len();
+        let own = Sbdf::new(ivhd.segment, ivhd.iommu_bdf);
+        iommu_functions.push(own);
+        for f in pci
+            .functions
+            .iter()
+            .filter(|f| f.sbdf.segment == ivhd.segment && f.sbdf != own)
+        {
+            if facts.covering(f.sbdf.bdf).is_some() {
+                coverage.insert(f.sbdf, unit);
+                let alias = facts.alias_of(f.sbdf.bdf);
+                if alias != f.sbdf.bdf {
+                    aliases.entry(f.sbdf).or_default().push(alias);
+                }
+            }
+        }
+        summary.push(format!(
+            "IVHD {:02x}h IOMMU {own} registers {} segment {}: {} device fact(s)",
+            ivhd.kind as u8,
+            ivhd.base_address,
+            ivhd.segment,
+            facts.as_slice().len()
+        ));
+        setups.push(amd::UnitSetup {
+            hw,
+            table,
+            segment: ivhd.segment,
+            base: ivhd.base_address,
+        });
+    }
+    for f in &pci.functions {
+        if !coverage.contains_key(&f.sbdf) && !iommu_functions.contains(&f.sbdf) {
+            log::warn!(
+                "amd-vi: no IVHD covers {}; it cannot be quarantined",
+                f.sbdf
+            );
+        }
+    }
+    // IVMD unity ranges (exclusion ranges too: Lazaret never programs the exclusion registers
+    // and identity-maps them instead, per device).
+    let mut reserved: BTreeMap<Sbdf, Vec<ReservedRange>> = BTreeMap::new();
+    for m in ivrs
+        .ivmds()
+        .filter(|m| m.flags.unity() || m.flags.exclusion())
+    {
+        let (Some(end), true) = (m.end(), m.size > 0) else {
+            continue;
+        };
+        let range = ReservedRange {
+            start: m.start.as_u64(),
+            end: end.as_u64() - 1,
+        };
+        let (first, last) = m.devices();
+        for f in pci
+            .functions
+            .iter()
+            .filter(|f| (first..=last).contains(&f.sbdf.bdf))
+        {
+            reserved.entry(f.sbdf).or_default().push(range);
+        }
+    }
+    let iommu = amd::AmdViIommu::new(&DIRECT_MAP, TscClock, setups, coverage)?;
+    summary.extend(iommu.unit_summaries());
+    Ok(Discovered {
+        iommu: Box::new(iommu),
+        reserved,
+        aliases,
+        iommu_functions,
+        summary,
+    })
+}
+
+/// The AMD-Vi MMIO block Lazaret uses: registers up to the event-log head/tail and status
+/// at 0x2000-0x2020 (AMD IOMMU spec §3.4), in 16 KiB.
+const AMD_VI_MMIO_LEN: u64 = 16 * 1024;

@@ -28,14 +28,15 @@ impl PhysMem for DirectMap {
         let (mut lo, mut hi) = (current as u64, (current >> 64) as u64);
         // SAFETY: `addr` is a 16-byte aligned entry in identity-mapped RAM (context entries
         // and DTEs are); cmpxchg16b (checked present at boot) writes it atomically. RBX cannot
-        // be named as an operand, so the new low half is swapped through it.
+        // be named as an operand, so the new low half is swapped through it; the address and
+        // that half sit in fixed registers so neither can be allocated to RBX.
         unsafe {
             core::arch::asm!(
-                "xchg {new_lo}, rbx",
-                "lock cmpxchg16b [{addr}]",
-                "mov rbx, {new_lo}",
-                addr = in(reg) addr.as_u64(),
-                new_lo = inout(reg) new as u64 => _,
+                "xchg r8, rbx",
+                "lock cmpxchg16b [rsi]",
+                "mov rbx, r8",
+                in("rsi") addr.as_u64(),
+                inout("r8") new as u64 => _,
                 in("rcx") (new >> 64) as u64,
                 inout("rax") lo,
                 inout("rdx") hi,

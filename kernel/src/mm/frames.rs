@@ -37,6 +37,18 @@ impl Frames {
         }
     }
 
+    /// `pages` physically contiguous zeroed frames, aligned to the next power of two (AMD-Vi's
+    /// device table is one contiguous block).
+    pub fn alloc_contiguous(&mut self, pages: usize) -> Option<PhysAddr> {
+        let first = self.buddy.alloc(pages)?;
+        for i in 0..pages {
+            (self.zero)(PhysAddr((first + i) as u64 * PAGE_SIZE));
+        }
+        self.in_use += pages;
+        self.allocations += pages as u64;
+        Some(PhysAddr(first as u64 * PAGE_SIZE))
+    }
+
     pub fn total(&self) -> usize {
         self.total
     }
@@ -94,5 +106,16 @@ mod tests {
         f.free_frame(PhysAddr(0x10_2000));
         assert_eq!(f.frames_in_use(), 3);
         assert_eq!(f.alloc_frame(), Some(PhysAddr(0x10_2000)));
+    }
+
+    #[test]
+    fn contiguous_blocks_are_aligned_and_counted() {
+        let mut f = Frames::new(no_zero);
+        f.add(Range::new(0x10_0000, 0x20_0000));
+        let block = f.alloc_contiguous(4).expect("block");
+        assert_eq!(block.as_u64() % (4 * PAGE_SIZE), 0);
+        assert_eq!(f.frames_in_use(), 4);
+        let single = f.alloc_frame().expect("frame").as_u64();
+        assert!(single < block.as_u64() || single >= block.as_u64() + 4 * PAGE_SIZE);
     }
 }

@@ -1,8 +1,8 @@
 //! Boot-time IOMMU bring-up: find the IOMMU in ACPI, put every PCI function in quarantine.
 use alloc::boxed::Box;
 
+use crate::mm::frames::Frames;
 use lazaret_pci::Enumeration;
-use lazaret_types::FrameAllocator;
 
 use super::acpi::Platform;
 use crate::arch::tsc;
@@ -16,12 +16,12 @@ use crate::passthrough::{self, DeviceLock, State};
 pub fn bring_up(
     platform: &Platform,
     pci: &Enumeration,
-    frames: &mut dyn FrameAllocator,
+    frames: &mut Frames,
     mode: QuarantineMode,
 ) -> Option<Passthrough> {
     let discovered = match (platform.raw_table(b"DMAR"), platform.raw_table(b"IVRS")) {
         (Some(dmar), _) => discover::vtd(dmar, pci, frames),
-        (None, Some(_)) => Err("AMD-Vi (IVRS) found, but this build drives only VT-d".into()),
+        (None, Some(ivrs)) => discover::amd(ivrs, pci, frames),
         (None, None) => {
             log::warn!("iommu: no DMAR or IVRS table: no IOMMU, devices cannot be quarantined");
             return None;
@@ -43,7 +43,11 @@ pub fn bring_up(
     for line in &discovered.summary {
         log::info!("iommu: {line}");
     }
-    let reserved = discovered.reserved;
+    let (reserved, aliases, iommu_functions) = (
+        discovered.reserved,
+        discovered.aliases,
+        discovered.iommu_functions,
+    );
     let lock: Passthrough = DeviceLock::new(State::new(discovered.iommu as Box<_>, mode));
     let (mut added, mut pages) = (0usize, 0usize);
     {
@@ -53,8 +57,15 @@ pub fn bring_up(
             g.state().iommu.name(),
             g.state().iommu.levels()
         );
-        for f in &pci.functions {
-            let rids = requester_ids(pci, f);
+        for f in pci
+            .functions
+            .iter()
+            .filter(|f| !iommu_functions.contains(&f.sbdf))
+        {
+            let mut rids = requester_ids(pci, f);
+            rids.extend(aliases.get(&f.sbdf).into_iter().flatten());
+            rids.sort();
+            rids.dedup();
             let ranges = reserved.get(&f.sbdf).cloned().unwrap_or_default();
             match passthrough::add_device(&mut g, frames, f.sbdf, rids.clone(), ranges.clone()) {
                 Ok(q) => {

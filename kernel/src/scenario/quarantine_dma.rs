@@ -218,20 +218,29 @@ fn faulting(hv: &mut Hypervisor, devices: &[EduDevice], checks: &mut Checks) {
                 .recorded
                 .iter()
                 .any(|f| f.requester == d.sbdf.bdf && f.address == iova && f.write == write);
+            let what = if write { "write" } else { "read" };
+            checks.check(
+                "dma-blocked",
+                dma.is_ok() && sentinels.intact(),
+                format_args!(
+                    "{} {what} at {iova:#x}: reached no memory (dma {:?}, sentinels intact {})",
+                    d.sbdf,
+                    dma.err(),
+                    sentinels.intact()
+                ),
+            );
             checks.check(
                 "dma-fault",
-                dma.is_ok() && found && sentinels.intact(),
+                found,
                 format_args!(
-                    "{} {} at {iova:#x}: {} ({} fault(s) drained, sentinels intact {})",
+                    "{} {what} at {iova:#x}: {} ({} fault(s) drained)",
                     d.sbdf,
-                    if write { "write" } else { "read" },
                     if found {
-                        "faulted with the right device and address"
+                        "fault recorded with the right device, direction and address"
                     } else {
-                        "no matching fault"
+                        "no matching fault recorded"
                     },
-                    report.faults,
-                    sentinels.intact()
+                    report.faults
                 ),
             );
         }
