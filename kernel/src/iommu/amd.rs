@@ -119,6 +119,7 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'m, M, R, C> {
     fn switch(
         &mut self,
         sbdf: Sbdf,
+        rids: &[Bdf],
         new: impl Fn(&DeviceState) -> DeviceTableEntry,
     ) -> Result<SwitchCost, IommuError> {
         let state = self
@@ -130,7 +131,7 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'m, M, R, C> {
         let before = unit.hw.command_stats();
         let mut previous_domains: Vec<u16> = Vec::new();
         let mut moved: Vec<u16> = Vec::new();
-        for rid in &state.rids {
+        for rid in rids {
             let old = unit
                 .table
                 .switch_owner(self.mem, rid.requester_id(), entry)
@@ -241,7 +242,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for AmdViIommu<'_, M, R, C> {
                 quarantine_did: did,
             },
         );
-        self.switch(dev.sbdf, quarantine_entry)?;
+        self.switch(dev.sbdf, dev.moving, quarantine_entry)?;
         Ok(QuarantineInfo {
             pages,
             hw_domain_id: did,
@@ -354,7 +355,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for AmdViIommu<'_, M, R, C> {
             .ok_or_else(|| IommuError::Inconsistent("not an AMD-Vi guest".into()))?;
         let root = guest.table.translation_root();
         let dids = guest.dids.clone();
-        self.switch(dev.sbdf, |s| {
+        self.switch(dev.sbdf, dev.moving, |s| {
             DeviceTableEntry::translated(root, dids[s.unit])
         })
     }
@@ -367,7 +368,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for AmdViIommu<'_, M, R, C> {
         {
             t.zero_scratch(self.mem);
         }
-        match self.switch(dev.sbdf, quarantine_entry) {
+        match self.switch(dev.sbdf, dev.moving, quarantine_entry) {
             Ok(cost) => cost,
             Err(e) => {
                 log::error!("amd-vi: returning {} to quarantine: {e}", dev.sbdf);

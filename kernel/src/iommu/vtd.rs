@@ -203,6 +203,7 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
     fn switch(
         &mut self,
         sbdf: Sbdf,
+        rids: &[Bdf],
         target: impl Fn(&DeviceState, &Unit<R>) -> ContextEntry,
     ) -> Result<SwitchCost, IommuError> {
         let state = self
@@ -218,7 +219,7 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
         let (mut contexts, mut iotlbs): (Vec<Invalidation>, Vec<Invalidation>) =
             (Vec::new(), Vec::new());
         let mut newly_present: Vec<Bdf> = Vec::new();
-        for rid in &state.rids {
+        for rid in rids {
             let old = unit
                 .root
                 .read_context(self.mem, *rid)
@@ -364,7 +365,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
             Some(t) => t.context_entry(s.quarantine_did),
             None => ContextEntry::NOT_PRESENT,
         };
-        self.switch(dev.sbdf, entry)?;
+        self.switch(dev.sbdf, dev.moving, entry)?;
         Ok(QuarantineInfo {
             pages,
             hw_domain_id: did,
@@ -476,7 +477,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
         let guest = guest_state(tables)?;
         let (root, levels) = (guest.table.root(), self.levels);
         let dids = guest.dids.clone();
-        self.switch(dev.sbdf, |s, _| {
+        self.switch(dev.sbdf, dev.moving, |s, _| {
             ContextEntry::translated(root, levels, dids[s.unit])
         })
     }
@@ -494,7 +495,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
             Some(t) => t.context_entry(s.quarantine_did),
             None => ContextEntry::NOT_PRESENT,
         };
-        match self.switch(dev.sbdf, entry) {
+        match self.switch(dev.sbdf, dev.moving, entry) {
             Ok(cost) => cost,
             Err(e) => {
                 log::error!("vtd: returning {} to quarantine: {e}", dev.sbdf);

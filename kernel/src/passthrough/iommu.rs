@@ -35,6 +35,10 @@ pub struct DeviceSpec<'a> {
     /// Every requester ID the device's DMA can carry: its own, phantom functions, bridge
     /// aliases. Each gets a context / device-table entry that moves with the device.
     pub requester_ids: &'a [Bdf],
+    /// The requester IDs this operation points at the new owner: all of them, except IDs
+    /// shared with another device (a bridge alias) that keeps its current owner — one context
+    /// entry serves every device behind the alias, and it follows the group, not one member.
+    pub moving: &'a [Bdf],
     pub reserved: &'a [ReservedRange],
 }
 

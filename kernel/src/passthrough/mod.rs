@@ -39,13 +39,25 @@ pub struct Device {
 }
 
 impl Device {
-    fn spec(&self) -> DeviceSpec<'_> {
+    fn spec<'a>(&'a self, moving: &'a [Bdf]) -> DeviceSpec<'a> {
         DeviceSpec {
             sbdf: self.sbdf,
             requester_ids: &self.requester_ids,
+            moving,
             reserved: &self.reserved,
         }
     }
+}
+
+/// The other registered devices whose DMA also carries `rid` (bridge aliases).
+fn sharers<'a>(
+    devices: &'a BTreeMap<Sbdf, Device>,
+    sbdf: Sbdf,
+    rid: Bdf,
+) -> impl Iterator<Item = &'a Device> + 'a {
+    devices.values().filter(move |d| {
+        d.sbdf != sbdf && d.sbdf.segment == sbdf.segment && d.requester_ids.contains(&rid)
+    })
 }
 
 /// Counters behind the FIGURE lines.
@@ -164,9 +176,26 @@ pub fn add_device<I: Iommu>(
     if s.devices.contains_key(&sbdf) {
         return Err(PassthroughError::DeviceExists(sbdf));
     }
+    // An alias another device already uses stays with it; joining a group whose members
+    // are not all quarantined would hand this device's DMA to their owner.
+    let mut moving = Vec::new();
+    for rid in &requester_ids {
+        match sharers(&s.devices, sbdf, *rid).find(|o| o.owner != s.domains.dom_io) {
+            Some(other) => {
+                return Err(PassthroughError::SharedAlias {
+                    sbdf,
+                    alias: *rid,
+                    other: other.sbdf,
+                })
+            }
+            None if sharers(&s.devices, sbdf, *rid).next().is_none() => moving.push(*rid),
+            None => {}
+        }
+    }
     let spec = DeviceSpec {
         sbdf,
         requester_ids: &requester_ids,
+        moving: &moving,
         reserved: &reserved,
     };
     let quarantine = s.iommu.add_device(held, alloc, &spec, s.mode)?;
@@ -313,7 +342,7 @@ pub fn assign<I: Iommu>(
             page += PAGE_SIZE;
         }
     }
-    let cost = match s.iommu.attach(held, &dev.spec(), &tables) {
+    let cost = match s.iommu.attach(held, &dev.spec(&dev.requester_ids), &tables) {
         Ok(c) => c,
         Err(e) => {
             for p in mapped {
@@ -357,7 +386,14 @@ pub fn deassign<I: Iommu>(
             owner: dev.owner,
         });
     }
-    let cost = s.iommu.quarantine(held, &dev.spec());
+    // Aliases shared with a device that stays in the domain stay with it.
+    let moving: Vec<Bdf> = dev
+        .requester_ids
+        .iter()
+        .copied()
+        .filter(|rid| !sharers(&s.devices, sbdf, *rid).any(|o| o.owner == domain))
+        .collect();
+    let cost = s.iommu.quarantine(held, &dev.spec(&moving));
     record_switch(&mut s.stats, cost);
     // Reserved ranges leave the source after the switch, unless another of its devices
     // still needs them.
