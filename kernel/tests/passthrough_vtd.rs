@@ -1,134 +1,67 @@
 //! Ring 1 (design.md §5) for the passthrough core on a simulated VT-d unit: every table the
 //! core builds is read back by the reference walker exactly as hardware would walk it.
-use std::collections::{BTreeMap, BTreeSet};
+mod common;
 
+use std::collections::BTreeMap;
+
+use common::{device, new_alloc, Vendor, SAMPLES};
 use lazaret_kernel::cmdline::QuarantineMode;
-use lazaret_kernel::domain::DomainId;
 use lazaret_kernel::iommu::vtd::{UnitConfig, VtdIommu};
-use lazaret_kernel::passthrough::iommu::{Iommu, ReservedRange};
-use lazaret_kernel::passthrough::{self, DeviceLock, PassthroughError, State};
+use lazaret_kernel::passthrough::iommu::Iommu;
+use lazaret_kernel::passthrough::{self, DeviceLock, State};
 use lazaret_types::poll::StepClock;
 use lazaret_types::sim::{SimFrameAllocator, SimMemory};
-use lazaret_types::{Bdf, FrameAllocator, PhysAddr, PhysMem, Sbdf, PAGE_SIZE};
+use lazaret_types::PhysAddr;
 use lazaret_vtd::sim_device::{SimRef, SimVtd};
 use lazaret_vtd::Coherent;
-use proptest::prelude::*;
 
-type Vtd<'a> = VtdIommu<'a, SimMemory, SimRef<'a>, StepClock>;
-type Guard<'g, 'a> = passthrough::lock::DevicesGuard<'g, State<Vtd<'a>>>;
-/// Every device's owner and where each sample IOVA of it lands.
-type Snapshot = Vec<(Sbdf, DomainId, Vec<Result<PhysAddr, String>>)>;
+struct Vtd;
 
-fn sbdf(dev: u8) -> Sbdf {
-    Sbdf::new(0, Bdf::new(0, dev, 0).expect("valid"))
-}
+impl Vendor for Vtd {
+    type Sim = SimVtd;
+    type Unit<'a> = VtdIommu<'a, SimMemory, SimRef<'a>, StepClock>;
 
-/// An RMRR above any guest's memory.
-const RMRR: ReservedRange = ReservedRange {
-    start: 0x1_0000_0000,
-    end: 0x1_0000_1fff,
-};
+    fn sim() -> SimVtd {
+        SimVtd::new()
+    }
 
-/// Device `i` (1..=5): 00:0i.0. Device 3 has an RMRR; devices 4 and 5 sit behind the same
-/// bridge alias 00:1e.0.
-fn device(i: u8) -> (Sbdf, Vec<Bdf>, Vec<ReservedRange>) {
-    let own = sbdf(i);
-    let alias = Bdf::new(0, 0x1e, 0).expect("valid");
-    match i {
-        3 => (own, vec![own.bdf], vec![RMRR]),
-        4 | 5 => (own, vec![own.bdf, alias], vec![]),
-        _ => (own, vec![own.bdf], vec![]),
+    fn mem(sim: &SimVtd) -> &SimMemory {
+        &sim.mem
+    }
+
+    fn iommu<'a>(sim: &'a SimVtd, alloc: &mut SimFrameAllocator<'a>) -> Self::Unit<'a> {
+        let unit = UnitConfig {
+            regs: sim.mmio(),
+            segment: 0,
+            register_base: PhysAddr(0xfed9_0000),
+            include_all: true,
+        };
+        VtdIommu::new(
+            &*sim.mem,
+            &Coherent,
+            StepClock::default(),
+            vec![unit],
+            BTreeMap::new(),
+            alloc,
+        )
+        .expect("bring-up")
     }
 }
 
-fn iommu<'a>(sim: &'a SimVtd, alloc: &mut SimFrameAllocator<'a>) -> Vtd<'a> {
-    let unit = UnitConfig {
-        regs: sim.mmio(),
-        segment: 0,
-        register_base: PhysAddr(0xfed9_0000),
-        include_all: true,
-    };
-    VtdIommu::new(
-        &*sim.mem,
-        &Coherent,
-        StepClock::default(),
-        vec![unit],
-        BTreeMap::new(),
-        alloc,
-    )
-    .expect("bring-up")
-}
-
-fn new_alloc(mem: &SimMemory) -> SimFrameAllocator<'_> {
-    SimFrameAllocator::new(mem, PhysAddr(0x100_0000), 1 << 14)
-}
-
-const SAMPLES: [u64; 6] = [0, 0x1000, 0x3000, 0x7000, 0x0fff_f000, 0x7f_ffff_f000];
-
-fn iovas() -> Vec<u64> {
-    let mut v = SAMPLES.to_vec();
-    v.extend([RMRR.start, RMRR.start + 0x1000]);
-    v
-}
-
-#[test]
-fn scratch_mode_gives_each_device_levels_plus_one_pages_and_its_own_scratch_page() {
-    let sim = SimVtd::new();
-    let mut alloc = new_alloc(&sim.mem);
-    let lock = DeviceLock::new(State::new(iommu(&sim, &mut alloc), QuarantineMode::Scratch));
-    let mut g = lock.lock();
-    let mut scratch = BTreeSet::new();
-    for i in [1, 2] {
-        let (s, rids, rr) = device(i);
-        let q = passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
-        assert_eq!(q.pages, 5, "4-level tables: levels + 1 pages");
-        let page = g.state().iommu.scratch_page(s).expect("scratch page");
-        assert!(scratch.insert(page), "scratch pages are per device");
-        for iova in SAMPLES {
-            for write in [false, true] {
-                assert_eq!(
-                    g.state().iommu.translate(s, iova, write),
-                    Ok(page),
-                    "{s} {iova:#x}"
-                );
-            }
-        }
-    }
-}
-
-#[test]
-fn reserved_ranges_are_identity_mapped_in_basic_and_scratch_mode() {
-    for mode in [QuarantineMode::Basic, QuarantineMode::Scratch] {
-        let sim = SimVtd::new();
-        let mut alloc = new_alloc(&sim.mem);
-        let lock = DeviceLock::new(State::new(iommu(&sim, &mut alloc), mode));
-        let mut g = lock.lock();
-        let (s, rids, rr) = device(3);
-        passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
-        let it = &g.state().iommu;
-        assert_eq!(
-            it.translate(s, RMRR.start + 0x1234, true),
-            Ok(PhysAddr(RMRR.start + 0x1234)),
-            "{mode}"
-        );
-        let other = it.translate(s, 0x5000, true);
-        match mode {
-            QuarantineMode::Basic => assert!(other.is_err(), "basic: everything else faults"),
-            _ => assert_eq!(other.ok(), it.scratch_page(s)),
-        }
-    }
-}
+// VT-d: device context-cache + domain IOTLB descriptors; AMD-Vi: INVALIDATE_DEVTAB_ENTRY +
+// INVALIDATE_IOMMU_PAGES + COMPLETION_WAIT.
+vendor_tests!(Vtd, commands_per_switch: 2);
 
 #[test]
 fn basic_and_none_modes_translate_nothing_without_reserved_ranges() {
     for mode in [QuarantineMode::Basic, QuarantineMode::None] {
-        let sim = SimVtd::new();
+        let sim = Vtd::sim();
         let mut alloc = new_alloc(&sim.mem);
-        let lock = DeviceLock::new(State::new(iommu(&sim, &mut alloc), mode));
+        let lock = DeviceLock::new(State::new(Vtd::iommu(&sim, &mut alloc), mode));
         let mut g = lock.lock();
         let (s, rids, rr) = device(1);
         let q = passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
-        assert_eq!(q.pages, 0);
+        assert_eq!(q.pages, 0, "VT-d basic without RMRR: no context at all");
         assert!(
             SAMPLES
                 .iter()
@@ -139,204 +72,13 @@ fn basic_and_none_modes_translate_nothing_without_reserved_ranges() {
 }
 
 #[test]
-fn refused_requests_change_nothing() {
-    let sim = SimVtd::new();
-    let mut alloc = new_alloc(&sim.mem);
-    let lock = DeviceLock::new(State::new(iommu(&sim, &mut alloc), QuarantineMode::Scratch));
-    let mut g = lock.lock();
-    for i in 1..=5 {
-        let (s, rids, rr) = device(i);
-        passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
-    }
-    let a = passthrough::create_domain(&mut g, &mut alloc, "a", 4).expect("domain a");
-    let b = passthrough::create_domain(&mut g, &mut alloc, "b", 4).expect("domain b");
-    passthrough::assign(&mut g, &mut alloc, a, sbdf(1)).expect("assign");
-    let dead = passthrough::create_domain(&mut g, &mut alloc, "dead", 1).expect("domain");
-    passthrough::destroy_domain(&mut g, &mut alloc, dead).expect("destroy");
-    let reused = passthrough::create_domain(&mut g, &mut alloc, "reused", 1).expect("domain");
-    assert_eq!(reused.index(), dead.index(), "the arena slot is reused");
-
-    let snapshot = |g: &Guard<'_, '_>| -> Snapshot {
-        g.state()
-            .devices
-            .values()
-            .map(|d| {
-                (
-                    d.sbdf,
-                    d.owner,
-                    iovas()
-                        .iter()
-                        .map(|i| g.state().iommu.translate(d.sbdf, *i, true))
-                        .collect(),
-                )
-            })
-            .collect()
-    };
-    let before = (snapshot(&g), alloc.frames_in_use());
-    let dom_io = g.state().domains.dom_io;
-    let cases: Vec<(Result<_, PassthroughError>, &str)> = vec![
-        (
-            passthrough::assign(&mut g, &mut alloc, a, sbdf(9)).map(|_| ()),
-            "unknown device",
-        ),
-        (
-            passthrough::assign(&mut g, &mut alloc, dead, sbdf(2)).map(|_| ()),
-            "stale domain",
-        ),
-        (
-            passthrough::assign(&mut g, &mut alloc, b, sbdf(1)).map(|_| ()),
-            "already assigned",
-        ),
-        (
-            passthrough::assign(&mut g, &mut alloc, dom_io, sbdf(2)).map(|_| ()),
-            "not a guest",
-        ),
-        (
-            passthrough::assign(&mut g, &mut alloc, a, sbdf(4)).map(|_| ()),
-            "shared alias",
-        ),
-        (
-            passthrough::deassign(&mut g, b, sbdf(1)).map(|_| ()),
-            "not the owner",
-        ),
-        (
-            passthrough::deassign(&mut g, a, sbdf(2)).map(|_| ()),
-            "not the owner (quarantined)",
-        ),
-        (
-            passthrough::destroy_domain(&mut g, &mut alloc, dead),
-            "stale domain",
-        ),
-    ];
-    for (result, what) in cases {
-        let err = result.expect_err(what);
-        let expected = match what {
-            "unknown device" => matches!(err, PassthroughError::UnknownDevice(_)),
-            "stale domain" => matches!(err, PassthroughError::UnknownDomain(_)),
-            "already assigned" => matches!(err, PassthroughError::AlreadyAssigned { .. }),
-            "not a guest" => matches!(err, PassthroughError::NotAGuest(_)),
-            "shared alias" => matches!(err, PassthroughError::SharedAlias { .. }),
-            _ => matches!(err, PassthroughError::NotOwner { .. }),
-        };
-        assert!(expected, "{what}: got {err}");
-        assert_eq!(
-            (snapshot(&g), alloc.frames_in_use()),
-            before,
-            "{what} changed state"
-        );
-    }
-}
-
-#[test]
-fn reserved_ranges_shared_or_inside_guest_memory_are_refused() {
-    let sim = SimVtd::new();
-    let mut alloc = new_alloc(&sim.mem);
-    let lock = DeviceLock::new(State::new(iommu(&sim, &mut alloc), QuarantineMode::Scratch));
-    let mut g = lock.lock();
-    let low = ReservedRange {
-        start: 0x2000,
-        end: 0x2fff,
-    };
-    passthrough::add_device(&mut g, &mut alloc, sbdf(1), vec![sbdf(1).bdf], vec![RMRR])
-        .expect("add");
-    passthrough::add_device(&mut g, &mut alloc, sbdf(2), vec![sbdf(2).bdf], vec![RMRR])
-        .expect("add");
-    passthrough::add_device(&mut g, &mut alloc, sbdf(3), vec![sbdf(3).bdf], vec![low])
-        .expect("add");
-    let d = passthrough::create_domain(&mut g, &mut alloc, "g", 8).expect("domain");
-    assert!(matches!(
-        passthrough::assign(&mut g, &mut alloc, d, sbdf(1)),
-        Err(PassthroughError::SharedReserved { .. })
-    ));
-    assert!(matches!(
-        passthrough::assign(&mut g, &mut alloc, d, sbdf(3)),
-        Err(PassthroughError::ReservedInGuestMemory { .. })
-    ));
-}
-
-#[test]
-fn every_allocation_failure_in_create_and_assign_rolls_back_without_leaks() {
-    let sim = SimVtd::new();
-    let mut alloc = new_alloc(&sim.mem);
-    let lock = DeviceLock::new(State::new(iommu(&sim, &mut alloc), QuarantineMode::Scratch));
-    let mut g = lock.lock();
-    let (s, rids, rr) = device(3);
-    passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
-    let baseline = alloc.frames_in_use();
-    let walks = |g: &Guard<'_, '_>| -> Vec<_> {
-        iovas()
-            .iter()
-            .map(|i| g.state().iommu.translate(s, *i, true))
-            .collect()
-    };
-    let quarantined = walks(&g);
-    let mut create_failures = 0;
-    let mut assign_failures = 0;
-    for k in 0.. {
-        alloc.fail_allocation(k);
-        let Ok(dom) = passthrough::create_domain(&mut g, &mut alloc, "g", 4) else {
-            create_failures += 1;
-            assert_eq!(alloc.frames_in_use(), baseline, "create failure {k} leaked");
-            continue;
-        };
-        let assigned = passthrough::assign(&mut g, &mut alloc, dom, s);
-        let owner = g.state().devices[&s].owner;
-        match assigned {
-            Err(_) => {
-                assign_failures += 1;
-                assert_eq!(owner, g.state().domains.dom_io);
-                assert_eq!(walks(&g), quarantined, "a failed assign moved the device");
-                passthrough::destroy_domain(&mut g, &mut alloc, dom).expect("destroy");
-                assert_eq!(alloc.frames_in_use(), baseline, "assign failure leaked");
-            }
-            Ok(_) => {
-                passthrough::destroy_domain(&mut g, &mut alloc, dom).expect("destroy");
-                assert_eq!(alloc.frames_in_use(), baseline);
-                assert_eq!(walks(&g), quarantined);
-                break;
-            }
-        }
-    }
-    assert!(
-        create_failures >= 5,
-        "create allocates pages and tables: {create_failures}"
-    );
-    assert!(
-        assign_failures >= 1,
-        "mapping the RMRR into the guest allocates: {assign_failures}"
-    );
-}
-
-#[test]
-fn an_owner_switch_is_two_descriptors_and_one_wait_and_deassign_allocates_nothing() {
-    let sim = SimVtd::new();
-    let mut alloc = new_alloc(&sim.mem);
-    let lock = DeviceLock::new(State::new(iommu(&sim, &mut alloc), QuarantineMode::Scratch));
-    let mut g = lock.lock();
-    let (s, rids, rr) = device(1);
-    passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
-    let d = passthrough::create_domain(&mut g, &mut alloc, "g", 4).expect("domain");
-    let cost = passthrough::assign(&mut g, &mut alloc, d, s).expect("assign");
-    assert_eq!(
-        (cost.descriptors, cost.waits, cost.timed_out),
-        (2, 1, false)
-    );
-    let attempts = alloc.allocation_attempts();
-    let cost = passthrough::deassign(&mut g, d, s).expect("deassign");
-    assert_eq!((cost.descriptors, cost.waits), (2, 1));
-    passthrough::destroy_domain(&mut g, &mut alloc, d).expect("destroy");
-    assert_eq!(
-        alloc.allocation_attempts(),
-        attempts,
-        "deassign and destroy allocate nothing"
-    );
-}
-
-#[test]
 fn faults_are_attributed_counted_and_end_in_bus_master_disable() {
-    let sim = SimVtd::new();
+    let sim = Vtd::sim();
     let mut alloc = new_alloc(&sim.mem);
-    let lock = DeviceLock::new(State::new(iommu(&sim, &mut alloc), QuarantineMode::Basic));
+    let lock = DeviceLock::new(State::new(
+        Vtd::iommu(&sim, &mut alloc),
+        QuarantineMode::Basic,
+    ));
     let mut g = lock.lock();
     let (s, rids, rr) = device(2);
     passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
@@ -363,149 +105,4 @@ fn faults_are_attributed_counted_and_end_in_bus_master_disable() {
         "bus mastering is cleared exactly once, past the threshold"
     );
     assert_eq!(g.state().devices[&s].faults.total, threshold as u64 + 4);
-}
-
-/// The model the property test checks the core against.
-#[derive(Clone, Debug)]
-enum Op {
-    Add(u8),
-    Create(usize),
-    Assign(u8, usize),
-    Deassign(u8, usize),
-    Destroy(usize),
-    Dma(u8, usize),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        (1u8..=5).prop_map(Op::Add),
-        (1usize..=6).prop_map(Op::Create),
-        (1u8..=5, 0usize..4).prop_map(|(d, g)| Op::Assign(d, g)),
-        (1u8..=5, 0usize..4).prop_map(|(d, g)| Op::Deassign(d, g)),
-        (0usize..4).prop_map(Op::Destroy),
-        (1u8..=5, 0usize..SAMPLES.len()).prop_map(|(d, i)| Op::Dma(d, i)),
-    ]
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn isolation_holds_after_every_step(ops in proptest::collection::vec(op(), 1..60)) {
-        let sim = SimVtd::new();
-        let mem: &SimMemory = &sim.mem;
-        let mut alloc = new_alloc(mem);
-        let lock = DeviceLock::new(State::new(iommu(&sim, &mut alloc), QuarantineMode::Scratch));
-        let mut g = lock.lock();
-        let dom_io = g.state().domains.dom_io;
-        let mut domains: Vec<DomainId> = Vec::new();
-        let mut owners: BTreeMap<Sbdf, DomainId> = BTreeMap::new();
-        for op in ops {
-            let attempts = alloc.allocation_attempts();
-            let mut entered_quarantine = Vec::new();
-            match op {
-                Op::Add(i) => {
-                    let (s, rids, rr) = device(i);
-                    // Joining an alias group whose other member is assigned is refused.
-                    let sharer_assigned = matches!(i, 4 | 5) && owners.get(&sbdf(9 - i)).is_some_and(|o| *o != dom_io);
-                    let r = passthrough::add_device(&mut g, &mut alloc, s, rids, rr);
-                    prop_assert_eq!(r.is_ok(), !owners.contains_key(&s) && !sharer_assigned, "{:?}", r);
-                    if r.is_ok() {
-                        owners.insert(s, dom_io);
-                    }
-                }
-                Op::Create(pages) => {
-                    let d = passthrough::create_domain(&mut g, &mut alloc, "g", pages).expect("memory");
-                    domains.push(d);
-                }
-                Op::Assign(i, k) => {
-                    let (Some(d), s) = (domains.get(k).copied(), sbdf(i)) else { continue };
-                    let alias_blocked = matches!(i, 4 | 5)
-                        && owners.get(&sbdf(9 - i)).is_some_and(|o| *o != d);
-                    let expect_ok = g.state().domains.is_guest(d)
-                        && owners.get(&s) == Some(&dom_io)
-                        && !alias_blocked;
-                    let r = passthrough::assign(&mut g, &mut alloc, d, s);
-                    prop_assert_eq!(r.is_ok(), expect_ok, "{:?}", r);
-                    if r.is_ok() {
-                        owners.insert(s, d);
-                    }
-                }
-                Op::Deassign(i, k) => {
-                    let (Some(d), s) = (domains.get(k).copied(), sbdf(i)) else { continue };
-                    let r = passthrough::deassign(&mut g, d, s);
-                    prop_assert_eq!(r.is_ok(), owners.get(&s) == Some(&d));
-                    prop_assert_eq!(alloc.allocation_attempts(), attempts, "deassign allocated");
-                    if r.is_ok() {
-                        owners.insert(s, dom_io);
-                        entered_quarantine.push(s);
-                    }
-                }
-                Op::Destroy(k) => {
-                    let Some(d) = domains.get(k).copied() else { continue };
-                    let alive = g.state().domains.is_guest(d);
-                    let r = passthrough::destroy_domain(&mut g, &mut alloc, d);
-                    prop_assert_eq!(r.is_ok(), alive);
-                    prop_assert_eq!(alloc.allocation_attempts(), attempts, "destroy allocated");
-                    for (s, o) in owners.iter_mut().filter(|(_, o)| **o == d) {
-                        *o = dom_io;
-                        entered_quarantine.push(*s);
-                    }
-                }
-                Op::Dma(i, n) => {
-                    // The device writes a marker wherever its DMA lands.
-                    if let Ok(pa) = g.state().iommu.translate(sbdf(i), SAMPLES[n], true) {
-                        mem.write_u64(pa, 0xdead_beef_0000_0000 | u64::from(i));
-                    }
-                }
-            }
-            // Model agreement.
-            for (s, o) in &owners {
-                prop_assert_eq!(g.state().devices[s].owner, *o);
-            }
-            // A device that just entered quarantine finds its scratch page zeroed.
-            for s in entered_quarantine {
-                let page = g.state().iommu.scratch_page(s).expect("scratch");
-                let mut buf = vec![0u8; PAGE_SIZE as usize];
-                mem.read_bytes(page, &mut buf);
-                prop_assert!(buf.iter().all(|b| *b == 0), "{} scratch not zeroed", s);
-            }
-            // Each requester ID reaches only its owner's frames, its own scratch page, or its
-            // RMRR; no frame is writable by devices of two different owners.
-            let mut writers: BTreeMap<u64, DomainId> = BTreeMap::new();
-            for d in g.state().devices.values() {
-                let guest = g.state().domains.get(d.owner);
-                for rid in &d.requester_ids {
-                    // A requester ID several devices share (a bridge alias) is one context
-                    // entry: it may land in the scratch page of any of them. They can only
-                    // leave quarantine together (assign refuses SharedAlias).
-                    let sharers: Vec<Option<PhysAddr>> = g
-                        .state()
-                        .devices
-                        .values()
-                        .filter(|o| o.requester_ids.contains(rid))
-                        .map(|o| g.state().iommu.scratch_page(o.sbdf))
-                        .collect();
-                    for iova in iovas() {
-                        let Ok(pa) = g.state().iommu.translate(Sbdf::new(0, *rid), iova, true) else { continue };
-                        // RMRRs live in the owner's tables: in a guest, every device of that
-                        // guest reaches the RMRRs of the guest's devices.
-                        let in_rmrr = pa.as_u64() == iova
-                            && g.state().devices.values().filter(|o| o.sbdf == d.sbdf || (o.owner == d.owner && d.owner != dom_io))
-                                .any(|o| o.reserved.iter().any(|r| (r.start..=r.end).contains(&iova)));
-                        let ok = if d.owner == dom_io {
-                            in_rmrr || sharers.contains(&Some(pa))
-                        } else {
-                            in_rmrr || guest.and_then(|gd| gd.memory.host_address(iova)) == Some(pa)
-                        };
-                        prop_assert!(ok, "{} rid {} iova {:#x} reaches {} (owner {:?})", d.sbdf, rid, iova, pa, d.owner);
-                        let frame = pa.as_u64() & !(PAGE_SIZE - 1);
-                        if let Some(other) = writers.insert(frame, d.owner) {
-                            prop_assert!(other == d.owner || in_rmrr, "frame {:#x} writable by two owners", frame);
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
