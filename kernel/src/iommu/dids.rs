@@ -40,6 +40,31 @@ impl DomainIds {
     }
 }
 
+/// One domain ID from each allocator (a guest needs one per IOMMU unit), or none at all:
+/// on exhaustion the IDs already taken are given back.
+pub fn allocate_each<'a>(allocators: impl Iterator<Item = &'a mut DomainIds>) -> Option<Vec<u16>> {
+    let mut taken: Vec<(&'a mut DomainIds, u16)> = Vec::new();
+    for a in allocators {
+        match a.allocate() {
+            Some(id) => taken.push((a, id)),
+            None => {
+                for (a, id) in taken {
+                    a.release(id);
+                }
+                return None;
+            }
+        }
+    }
+    Some(taken.into_iter().map(|(_, id)| id).collect())
+}
+
+/// Gives back what [`allocate_each`] took, allocator by allocator.
+pub fn release_each<'a>(allocators: impl Iterator<Item = &'a mut DomainIds>, ids: &[u16]) {
+    for (a, id) in allocators.zip(ids) {
+        a.release(*id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +80,19 @@ mod tests {
         d.release(0);
         assert_eq!(d.in_use(), 2);
         assert_eq!(d.allocate(), Some(2));
+    }
+
+    #[test]
+    fn allocate_each_is_all_or_nothing() {
+        let mut units = [DomainIds::new(1..3), DomainIds::new(1..2)];
+        assert_eq!(allocate_each(units.iter_mut()), Some(vec![1, 1]));
+        assert_eq!(
+            allocate_each(units.iter_mut()),
+            None,
+            "the second unit is full"
+        );
+        assert_eq!(units[0].in_use(), 1, "the first unit's ID was given back");
+        release_each(units.iter_mut(), &[1, 1]);
+        assert_eq!(units.iter().map(DomainIds::in_use).sum::<usize>(), 0);
     }
 }

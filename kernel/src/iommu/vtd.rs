@@ -13,7 +13,7 @@ use lazaret_vtd::{
     IotlbScope, Levels, PageTable, Perms, QuarantineTables, RootTable, TableMemory, VtdUnit,
 };
 
-use super::dids::DomainIds;
+use super::dids::{allocate_each, release_each, DomainIds};
 use crate::cmdline::QuarantineMode;
 use crate::passthrough::iommu::{
     DeviceSpec, DmaFault, GuestTables, Iommu, IommuError, QuarantineInfo, SwitchCost,
@@ -379,19 +379,10 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
     ) -> Result<GuestTables, IommuError> {
         let table =
             PageTable::new(self.tm(), alloc, self.levels).map_err(|_| IommuError::OutOfMemory)?;
-        let mut dids = Vec::new();
-        for u in self.units.iter_mut() {
-            match u.dids.allocate() {
-                Some(d) => dids.push(d),
-                None => {
-                    for (u, d) in self.units.iter_mut().zip(dids) {
-                        u.dids.release(d);
-                    }
-                    table.free(self.mem, alloc);
-                    return Err(IommuError::OutOfDomainIds);
-                }
-            }
-        }
+        let Some(dids) = allocate_each(self.units.iter_mut().map(|u| &mut u.dids)) else {
+            table.free(self.mem, alloc);
+            return Err(IommuError::OutOfDomainIds);
+        };
         Ok(GuestTables {
             levels: self.levels.count() as u8,
             mapped_pages: 0,
@@ -406,9 +397,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
         tables: GuestTables,
     ) {
         if let Ok(guest) = tables.vendor.downcast::<VtdGuest>() {
-            for (u, d) in self.units.iter_mut().zip(&guest.dids) {
-                u.dids.release(*d);
-            }
+            release_each(self.units.iter_mut().map(|u| &mut u.dids), &guest.dids);
             guest.table.free(self.mem, alloc);
         }
     }
