@@ -1,0 +1,115 @@
+//! `lazaret-bench`: the figures of design.md §8, measured, not asserted. Boots a fixed set of
+//! QEMU configurations, collects every `FIGURE` line plus QEMU's wall time and the image
+//! sizes, prints a table and writes `target/bench/figures.json`. `scripts/bench` runs it.
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use lazaret_tests::{build_images, run, workspace_root, Config, Iommu, Status};
+
+struct Row {
+    config: String,
+    name: String,
+    value: f64,
+    unit: String,
+}
+
+fn main() {
+    let images = match build_images() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut rows = Vec::new();
+    for (name, path) in [
+        ("loader-image", &images.loader),
+        ("kernel-image", &images.kernel),
+    ] {
+        let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        rows.push(Row {
+            config: "files".into(),
+            name: name.into(),
+            value: bytes as f64 / 1024.0,
+            unit: "KiB".into(),
+        });
+    }
+    let configs = [
+        ("intel-48", "intel,aw-bits=48", "scenario=boot"),
+        ("intel-39", "intel,aw-bits=39", "scenario=boot"),
+        ("intel-48", "intel,aw-bits=48", "scenario=assign-dma"),
+        ("amd", "amd", "scenario=boot"),
+        ("amd", "amd", "scenario=assign-dma"),
+        ("intel-48", "intel,aw-bits=48", "scenario=demo"),
+    ];
+    let mut failed = false;
+    for (label, iommu, cmdline) in configs {
+        let config = Config {
+            iommu: Iommu::parse(iommu).expect("fixed configuration"),
+            timeout: Duration::from_secs(120),
+            ..Config::default()
+        }
+        .with_cmdline(cmdline);
+        let outcome = match run(&config, false) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("bench: {label} {cmdline}: {e}");
+                std::process::exit(2);
+            }
+        };
+        failed |= outcome.status != Status::Success;
+        let tag = format!("{label} {cmdline}");
+        rows.push(Row {
+            config: tag.clone(),
+            name: "qemu-wall-time".into(),
+            value: outcome.wall.as_secs_f64() * 1000.0,
+            unit: "ms".into(),
+        });
+        for f in outcome.figures() {
+            rows.push(Row {
+                config: tag.clone(),
+                name: f.name,
+                value: f.value,
+                unit: f.unit,
+            });
+        }
+    }
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "{:<36} {:<36} {:>12} unit",
+        "configuration", "figure", "value"
+    );
+    for r in &rows {
+        let _ = writeln!(
+            table,
+            "{:<36} {:<36} {:>12.3} {}",
+            r.config, r.name, r.value, r.unit
+        );
+    }
+    print!("{table}");
+    let json: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "  {{\"configuration\": \"{}\", \"figure\": \"{}\", \"value\": {}, \"unit\": \"{}\"}}",
+                r.config, r.name, r.value, r.unit
+            )
+        })
+        .collect();
+    let dir = workspace_root().join("target").join("bench");
+    let path = dir.join("figures.json");
+    if let Err(e) = std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::write(&path, format!("[\n{}\n]\n", json.join(",\n"))))
+    {
+        eprintln!("bench: cannot write {}: {e}", path.display());
+        std::process::exit(2);
+    }
+    eprintln!("bench: figures written to {}", path.display());
+    if failed {
+        eprintln!(
+            "bench: a configuration did not exit with success; its figures may be incomplete"
+        );
+        std::process::exit(1);
+    }
+}
