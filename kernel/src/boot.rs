@@ -1,5 +1,4 @@
 //! The bring-up sequence (`design.md` §1), each stage logged, then the chosen scenario.
-use alloc::vec::Vec;
 
 use hermit_entry::boot_info::{BootInfo, PlatformInfo, RawBootInfo};
 use lazaret_rt::exit::{exit, ExitCode};
@@ -7,42 +6,17 @@ use lazaret_rt::multiboot::{MultibootInfo, RegionKind};
 use lazaret_types::FrameAllocator;
 use log::{info, warn};
 
-use crate::arch::paging::{self, Kind};
+use crate::arch::paging;
 use crate::arch::{gdt, idt, tsc};
 use crate::console::{self, figure};
 use crate::hypervisor::Hypervisor;
 use crate::mm::frames::{self, Frames};
 use crate::mm::heap::KernelHeap;
+use crate::mm::layout::{self, KernelLayout, FOUR_GIB};
 use crate::mm::ranges::{self, Range};
 use crate::{cmdline, platform, scenario};
 
 const HEAP_SIZE: u64 = 16 << 20;
-const FOUR_GIB: u64 = 1 << 32;
-
-extern "C" {
-    static __kernel_start: u8;
-    static __text_end: u8;
-    static __rodata_end: u8;
-    static __kernel_end: u8;
-}
-
-/// The kernel image's sections, as loaded (the kernel is relocated, so these are the real
-/// addresses).
-struct Layout {
-    start: u64,
-    text_end: u64,
-    rodata_end: u64,
-    end: u64,
-}
-
-fn layout() -> Layout {
-    Layout {
-        start: core::ptr::addr_of!(__kernel_start) as u64,
-        text_end: core::ptr::addr_of!(__text_end) as u64,
-        rodata_end: core::ptr::addr_of!(__rodata_end) as u64,
-        end: core::ptr::addr_of!(__kernel_end) as u64,
-    }
-}
 
 fn fatal(what: &str, why: &dyn core::fmt::Display) -> ! {
     log::error!("{what}: {why}");
@@ -103,7 +77,7 @@ pub fn start(
     // SAFETY: the loader passed the firmware's multiboot information, which lies below the
     // kernel image and is identity-mapped by the loader's tables we still run on.
     let mb = unsafe { MultibootInfo::read(mbi) }.unwrap_or_else(|e| fatal("memory map", &e));
-    let kernel = layout();
+    let kernel = KernelLayout::current();
     for r in mb.regions() {
         info!("memory: {:#014x}-{:#014x} {:?}", r.base, r.end(), r.kind);
     }
@@ -117,22 +91,10 @@ pub fn start(
             .filter(|r| r.kind == RegionKind::Available)
             .map_or(Range::new(0, 0), |r| Range::new(r.base, r.end()))
     });
-    let reserved = [Range::new(0, kernel.end)];
-    // The heap comes first (the frame allocator's bookkeeping lives on it), from a static
-    // list so nothing allocates before it exists.
-    let mut heap_range = None;
-    let mut free_static = avail;
-    for r in free_static.iter_mut() {
-        let clipped = Range::new(r.start.max(kernel.end), r.end).pages_inside();
-        if heap_range.is_none()
-            && clipped.len() >= HEAP_SIZE
-            && clipped.start + HEAP_SIZE <= FOUR_GIB
-        {
-            heap_range = Some(Range::new(clipped.start, clipped.start + HEAP_SIZE));
-        }
-    }
-    let heap_range =
-        heap_range.unwrap_or_else(|| fatal("heap", &"no free RAM range of 16 MiB below 4 GiB"));
+    // The heap comes first (the frame allocator's bookkeeping lives on it), found without
+    // allocating, below 4 GiB where the loader's page tables still map it.
+    let heap_range = ranges::first_fit(&avail, kernel.end, HEAP_SIZE, FOUR_GIB)
+        .unwrap_or_else(|| fatal("heap", &"no free RAM range of 16 MiB below 4 GiB"));
     // SAFETY: the range is free RAM above the kernel, identity-mapped, used by nothing else.
     unsafe { heap.init(heap_range) };
     info!("heap: {} MiB at {:#x}", HEAP_SIZE >> 20, heap_range.start);
@@ -150,30 +112,12 @@ pub fn start(
         options.scenario.name()
     );
 
-    let free = ranges::free_ranges(&avail, &[reserved[0], heap_range]);
+    let free = ranges::free_ranges(&avail, &[Range::new(0, kernel.end), heap_range]);
     let mut frames = Frames::new(frames::zero_identity_mapped);
     for r in free.iter().filter(|r| r.end <= FOUR_GIB) {
         frames.add(*r);
     }
-    let mut map: Vec<(Range, Kind)> = Vec::new();
-    for r in mb.regions() {
-        let kind = match r.kind {
-            RegionKind::Available => Kind::Ram,
-            RegionKind::AcpiReclaimable | RegionKind::AcpiNvs => Kind::ReadOnly,
-            _ if r.base < FOUR_GIB => Kind::Firmware,
-            _ => continue,
-        };
-        map.push((Range::new(r.base, r.end()), kind));
-    }
-    // Last, so it wins over the RAM the firmware map reports there: the kernel never uses the
-    // first MiB, and a write through a null pointer must fault.
-    map.push((Range::new(0, 1 << 20), Kind::Firmware));
-    map.push((Range::new(kernel.start, kernel.text_end), Kind::Text));
-    map.push((
-        Range::new(kernel.text_end, kernel.rodata_end),
-        Kind::ReadOnly,
-    ));
-    map.push((Range::new(kernel.rodata_end, kernel.end), Kind::Ram));
+    let map = layout::page_map(mb.regions(), &kernel);
     let table_frames = paging::init(&map, &mut frames).unwrap_or_else(|e| fatal("paging", &e));
     for r in free.iter().filter(|r| r.end > FOUR_GIB) {
         frames.add(Range::new(r.start.max(FOUR_GIB), r.end));

@@ -1,6 +1,7 @@
-//! Physical memory: which ranges are free (ranges), the frame allocator with its counters
-//! (frames), and the kernel heap (heap).
+//! Physical memory: which ranges are free (ranges), how each is mapped (layout), the frame
+//! allocator with its counters (frames), the kernel heap (heap), the direct map (direct_map).
 pub mod direct_map;
 pub mod frames;
 pub mod heap;
+pub mod layout;
 pub mod ranges;

@@ -89,6 +89,16 @@ pub fn take(free: &mut alloc::vec::Vec<Range>, size: u64, limit: u64) -> Option<
     Some(taken)
 }
 
+/// The first `size` bytes (whole pages) of free RAM at or above `floor` that end at or below
+/// `limit`, from `available` in order; allocation-free, for the heap before the heap exists.
+pub fn first_fit(available: &[Range], floor: u64, size: u64, limit: u64) -> Option<Range> {
+    available.iter().find_map(|r| {
+        let r = Range::new(r.start.max(floor), r.end).pages_inside();
+        let end = r.start.checked_add(size)?;
+        (end <= r.end && end <= limit).then_some(Range::new(r.start, end))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +131,28 @@ mod tests {
         assert_eq!(
             free_ranges(&available, &[]),
             vec![Range::new(MIB, 16 * MIB)]
+        );
+    }
+
+    #[test]
+    fn first_fit_skips_what_is_below_the_floor_or_too_small() {
+        let available = [
+            Range::new(0, 0x9f000),
+            Range::new(MIB, 20 * MIB),
+            Range::new(64 * MIB, 128 * MIB),
+        ];
+        assert_eq!(
+            first_fit(&available, 6 * MIB + 1, 16 * MIB, 1 << 32),
+            Some(Range::new(64 * MIB, 80 * MIB))
+        );
+        assert_eq!(
+            first_fit(&available, 2 * MIB, 16 * MIB, 1 << 32),
+            Some(Range::new(2 * MIB, 18 * MIB))
+        );
+        assert_eq!(
+            first_fit(&available, 0, 16 * MIB, 16 * MIB),
+            None,
+            "limit respected"
         );
     }
 
