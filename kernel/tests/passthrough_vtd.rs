@@ -1,14 +1,13 @@
-//! Ring 1 (design.md §5) for the passthrough core on a simulated VT-d unit: every table the
-//! core builds is read back by the reference walker exactly as hardware would walk it.
+//! Ring 1 (design.md §5): the vendor-generic passthrough tests (tests/common) on a simulated
+//! VT-d unit, every table read back by the reference walker as hardware would walk it. The
+//! VT-d-specific unit, error, failure-injection, fault and property tests live beside the
+//! core in src/passthrough/tests/.
 mod common;
 
 use std::collections::BTreeMap;
 
-use common::{device, new_alloc, Vendor, SAMPLES};
-use lazaret_kernel::cmdline::QuarantineMode;
+use common::Vendor;
 use lazaret_kernel::iommu::vtd::{UnitConfig, VtdIommu};
-use lazaret_kernel::passthrough::iommu::Iommu;
-use lazaret_kernel::passthrough::{self, DeviceLock, State};
 use lazaret_types::poll::StepClock;
 use lazaret_types::sim::{SimFrameAllocator, SimMemory};
 use lazaret_types::PhysAddr;
@@ -52,57 +51,4 @@ impl Vendor for Vtd {
 // INVALIDATE_IOMMU_PAGES + COMPLETION_WAIT.
 vendor_tests!(Vtd, commands_per_switch: 2);
 
-#[test]
-fn basic_and_none_modes_translate_nothing_without_reserved_ranges() {
-    for mode in [QuarantineMode::Basic, QuarantineMode::None] {
-        let sim = Vtd::sim();
-        let mut alloc = new_alloc(&sim.mem);
-        let lock = DeviceLock::new(State::new(Vtd::iommu(&sim, &mut alloc), mode));
-        let mut g = lock.lock();
-        let (s, rids, rr) = device(1);
-        let q = passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
-        assert_eq!(q.pages, 0, "VT-d basic without RMRR: no context at all");
-        assert!(
-            SAMPLES
-                .iter()
-                .all(|i| g.state().iommu.translate(s, *i, false).is_err()),
-            "{mode}"
-        );
-    }
-}
 
-#[test]
-fn faults_are_attributed_counted_and_end_in_bus_master_disable() {
-    let sim = Vtd::sim();
-    let mut alloc = new_alloc(&sim.mem);
-    let lock = DeviceLock::new(State::new(
-        Vtd::iommu(&sim, &mut alloc),
-        QuarantineMode::Basic,
-    ));
-    let mut g = lock.lock();
-    let (s, rids, rr) = device(2);
-    passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
-    let mut disabled = Vec::new();
-    let threshold = passthrough::faults::THRESHOLD as usize;
-    for n in 0..threshold + 4 {
-        // F (127), T = 0 (write), reason 2 (context not present), source 00:02.0.
-        let hi = (1u64 << 63) | (2u64 << 32) | u64::from(s.bdf.requester_id());
-        sim.post_fault(0, (0x4000 + 0x1000 * n as u64, hi));
-        let report = passthrough::drain_faults(&mut g, 1000 + n as u64, &mut |d| {
-            disabled.push(d);
-            true
-        });
-        assert_eq!(report.faults, 1);
-        let f = &report.recorded[0];
-        assert_eq!(
-            (f.requester, f.write, f.address),
-            (s.bdf, true, 0x4000 + 0x1000 * n as u64)
-        );
-    }
-    assert_eq!(
-        disabled,
-        vec![s],
-        "bus mastering is cleared exactly once, past the threshold"
-    );
-    assert_eq!(g.state().devices[&s].faults.total, threshold as u64 + 4);
-}

@@ -242,7 +242,16 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for AmdViIommu<'_, M, R, C> {
                 quarantine_did: did,
             },
         );
-        self.switch(dev.sbdf, dev.moving, quarantine_entry)?;
+        if let Err(e) = self.switch(dev.sbdf, dev.moving, quarantine_entry) {
+            // Not registered after all: give back what was reserved for it.
+            if let Some(state) = self.devices.remove(&dev.sbdf) {
+                self.units[state.unit].dids.release(state.quarantine_did);
+                if let Some(t) = state.quarantine {
+                    t.free(alloc);
+                }
+            }
+            return Err(e);
+        }
         Ok(QuarantineInfo {
             pages,
             hw_domain_id: did,

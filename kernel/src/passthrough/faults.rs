@@ -29,9 +29,9 @@ impl FaultCounter {
         } else {
             self.score >> halvings
         };
-        if halvings > 0 {
-            self.last_ms = now_ms;
-        }
+        // Keep the part-period already elapsed: the next halving is due DECAY_MS after the
+        // last one, not after this fault.
+        self.last_ms += halvings.saturating_mul(DECAY_MS);
         self.score = self.score.saturating_add(1);
         self.total += 1;
         self.score
