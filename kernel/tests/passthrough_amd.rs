@@ -2,6 +2,7 @@
 //! back by the AMD-Vi reference walker (device table → I/O page tables).
 mod common;
 
+use lazaret_kernel::passthrough::DeviceKind;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -82,7 +83,8 @@ fn basic_mode_has_an_empty_root_and_none_mode_blocks() {
         let lock = DeviceLock::new(State::new(Amd::iommu(&sim, &mut alloc), mode));
         let mut g = lock.lock();
         let (s, rids, rr) = device(1);
-        let q = passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
+        let q = passthrough::add_device(&mut g, &mut alloc, s, DeviceKind::PcieEndpoint, rids, rr)
+            .expect("add");
         assert_eq!(q.pages, pages, "{mode}");
         assert!(
             SAMPLES
@@ -103,7 +105,8 @@ fn unity_ranges_are_mapped_in_basic_mode_unlike_xen() {
     ));
     let mut g = lock.lock();
     let (s, rids, rr) = device(3);
-    passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
+    passthrough::add_device(&mut g, &mut alloc, s, DeviceKind::PcieEndpoint, rids, rr)
+        .expect("add");
     assert_eq!(
         g.state().iommu.translate(s, RMRR.start + 0x40, true),
         Ok(PhysAddr(RMRR.start + 0x40))

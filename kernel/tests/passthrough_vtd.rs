@@ -50,5 +50,3 @@ impl Vendor for Vtd {
 // VT-d: device context-cache + domain IOTLB descriptors; AMD-Vi: INVALIDATE_DEVTAB_ENTRY +
 // INVALIDATE_IOMMU_PAGES + COMPLETION_WAIT.
 vendor_tests!(Vtd, commands_per_switch: 2);
-
-

@@ -26,10 +26,32 @@ use faults::FaultCounter;
 use iommu::{DeviceSpec, DmaFault, Iommu, IommuError, QuarantineInfo, ReservedRange, SwitchCost};
 pub use lock::{DeviceLock, DevicesGuard, LockHeld};
 
+/// What kind of PCI function a device is: it decides which requester IDs its DMA carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A PCI Express endpoint (or root-complex integrated one): its own requester ID.
+    PcieEndpoint,
+    /// Conventional PCI: behind a bridge its DMA may carry the bridge's ID instead.
+    ConventionalPci,
+    /// A PCI-to-PCI bridge or PCIe port (type 1 header).
+    Bridge,
+}
+
+impl DeviceKind {
+    pub fn of(f: &lazaret_pci::PciFunction) -> DeviceKind {
+        match (f.header, f.pcie.is_some()) {
+            (lazaret_pci::HeaderKind::Bridge { .. }, _) => DeviceKind::Bridge,
+            (_, true) => DeviceKind::PcieEndpoint,
+            (_, false) => DeviceKind::ConventionalPci,
+        }
+    }
+}
+
 /// One PCI function as the core tracks it.
 #[derive(Clone, Debug)]
 pub struct Device {
     pub sbdf: Sbdf,
+    pub kind: DeviceKind,
     pub requester_ids: Vec<Bdf>,
     pub reserved: Vec<ReservedRange>,
     pub owner: DomainId,
@@ -169,6 +191,7 @@ pub fn add_device<I: Iommu>(
     g: &mut Guard<'_, I>,
     alloc: &mut dyn FrameAllocator,
     sbdf: Sbdf,
+    kind: DeviceKind,
     requester_ids: Vec<Bdf>,
     reserved: Vec<ReservedRange>,
 ) -> Result<QuarantineInfo, PassthroughError> {
@@ -204,6 +227,7 @@ pub fn add_device<I: Iommu>(
         sbdf,
         Device {
             sbdf,
+            kind,
             requester_ids,
             reserved,
             owner,

@@ -1,4 +1,5 @@
 //! Boot-time IOMMU bring-up: find the IOMMU in ACPI, put every PCI function in quarantine.
+use crate::passthrough::DeviceKind;
 use alloc::boxed::Box;
 
 use crate::mm::frames::Frames;
@@ -67,13 +68,21 @@ pub fn bring_up(
             rids.sort();
             rids.dedup();
             let ranges = reserved.get(&f.sbdf).cloned().unwrap_or_default();
-            match passthrough::add_device(&mut g, frames, f.sbdf, rids.clone(), ranges.clone()) {
+            match passthrough::add_device(
+                &mut g,
+                frames,
+                f.sbdf,
+                DeviceKind::of(f),
+                rids.clone(),
+                ranges.clone(),
+            ) {
                 Ok(q) => {
                     added += 1;
                     pages = pages.max(q.pages);
                     log::info!(
-                        "quarantine: {} -> DomIO ({} requester ID(s), {} reserved range(s), {} page(s), DID {})",
+                        "quarantine: {} -> DomIO ({:?}, {} requester ID(s), {} reserved range(s), {} page(s), DID {})",
                         f.sbdf,
+                        DeviceKind::of(f),
                         rids.len(),
                         ranges.len(),
                         q.pages,

@@ -1,6 +1,7 @@
 //! The passthrough core's host tests, generic over the IOMMU vendor: each vendor's test
 //! file supplies a simulated unit and instantiates these with `vendor_tests!`.
 #![allow(dead_code)]
+use lazaret_kernel::passthrough::DeviceKind;
 use std::collections::{BTreeMap, BTreeSet};
 
 use lazaret_kernel::cmdline::QuarantineMode;
@@ -72,7 +73,8 @@ pub fn scratch_mode_gives_each_device_levels_plus_one_pages_and_its_own_scratch_
     let mut scratch = BTreeSet::new();
     for i in [1, 2] {
         let (s, rids, rr) = device(i);
-        let q = passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
+        let q = passthrough::add_device(&mut g, &mut alloc, s, DeviceKind::PcieEndpoint, rids, rr)
+            .expect("add");
         assert_eq!(q.pages, 5, "4-level tables: levels + 1 pages");
         let page = g.state().iommu.scratch_page(s).expect("scratch page");
         assert!(scratch.insert(page), "scratch pages are per device");
@@ -95,7 +97,8 @@ pub fn reserved_ranges_are_identity_mapped_in_basic_and_scratch_mode<V: Vendor>(
         let lock = DeviceLock::new(State::new(V::iommu(&sim, &mut alloc), mode));
         let mut g = lock.lock();
         let (s, rids, rr) = device(3);
-        passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
+        passthrough::add_device(&mut g, &mut alloc, s, DeviceKind::PcieEndpoint, rids, rr)
+            .expect("add");
         let it = &g.state().iommu;
         assert_eq!(
             it.translate(s, RMRR.start + 0x1234, true),
@@ -120,7 +123,8 @@ pub fn refused_requests_change_nothing<V: Vendor>() {
     let mut g = lock.lock();
     for i in 1..=5 {
         let (s, rids, rr) = device(i);
-        passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
+        passthrough::add_device(&mut g, &mut alloc, s, DeviceKind::PcieEndpoint, rids, rr)
+            .expect("add");
     }
     let a = passthrough::create_domain(&mut g, &mut alloc, "a", 4).expect("domain a");
     let b = passthrough::create_domain(&mut g, &mut alloc, "b", 4).expect("domain b");
@@ -213,12 +217,33 @@ pub fn reserved_ranges_shared_or_inside_guest_memory_are_refused<V: Vendor>() {
         start: 0x2000,
         end: 0x2fff,
     };
-    passthrough::add_device(&mut g, &mut alloc, sbdf(1), vec![sbdf(1).bdf], vec![RMRR])
-        .expect("add");
-    passthrough::add_device(&mut g, &mut alloc, sbdf(2), vec![sbdf(2).bdf], vec![RMRR])
-        .expect("add");
-    passthrough::add_device(&mut g, &mut alloc, sbdf(3), vec![sbdf(3).bdf], vec![low])
-        .expect("add");
+    passthrough::add_device(
+        &mut g,
+        &mut alloc,
+        sbdf(1),
+        DeviceKind::PcieEndpoint,
+        vec![sbdf(1).bdf],
+        vec![RMRR],
+    )
+    .expect("add");
+    passthrough::add_device(
+        &mut g,
+        &mut alloc,
+        sbdf(2),
+        DeviceKind::PcieEndpoint,
+        vec![sbdf(2).bdf],
+        vec![RMRR],
+    )
+    .expect("add");
+    passthrough::add_device(
+        &mut g,
+        &mut alloc,
+        sbdf(3),
+        DeviceKind::PcieEndpoint,
+        vec![sbdf(3).bdf],
+        vec![low],
+    )
+    .expect("add");
     let d = passthrough::create_domain(&mut g, &mut alloc, "g", 8).expect("domain");
     assert!(matches!(
         passthrough::assign(&mut g, &mut alloc, d, sbdf(1)),
@@ -239,7 +264,8 @@ pub fn every_allocation_failure_in_create_and_assign_rolls_back_without_leaks<V:
     ));
     let mut g = lock.lock();
     let (s, rids, rr) = device(3);
-    passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
+    passthrough::add_device(&mut g, &mut alloc, s, DeviceKind::PcieEndpoint, rids, rr)
+        .expect("add");
     let baseline = alloc.frames_in_use();
     let walks = |g: &Guard<'_, V::Unit<'_>>| -> Vec<_> {
         iovas()
@@ -345,7 +371,14 @@ pub fn isolation_holds_after_every_step<V: Vendor>(ops: Vec<Op>) -> Result<(), T
                     // Joining an alias group whose other member is assigned is refused.
                     let sharer_assigned = matches!(i, 4 | 5)
                         && owners.get(&sbdf(9 - i)).is_some_and(|o| *o != dom_io);
-                    let r = passthrough::add_device(&mut g, &mut alloc, s, rids, rr);
+                    let r = passthrough::add_device(
+                        &mut g,
+                        &mut alloc,
+                        s,
+                        DeviceKind::PcieEndpoint,
+                        rids,
+                        rr,
+                    );
                     prop_assert_eq!(
                         r.is_ok(),
                         !owners.contains_key(&s) && !sharer_assigned,
@@ -494,7 +527,8 @@ pub fn an_owner_switch_costs_one_wait_and_deassign_allocates_nothing<V: Vendor>(
     ));
     let mut g = lock.lock();
     let (s, rids, rr) = device(1);
-    passthrough::add_device(&mut g, &mut alloc, s, rids, rr).expect("add");
+    passthrough::add_device(&mut g, &mut alloc, s, DeviceKind::PcieEndpoint, rids, rr)
+        .expect("add");
     let d = passthrough::create_domain(&mut g, &mut alloc, "g", 4).expect("domain");
     let cost = passthrough::assign(&mut g, &mut alloc, d, s).expect("assign");
     assert_eq!(

@@ -1,6 +1,7 @@
 //! The simulated machine every test runs on: one VT-d unit (`SimVtd`, 4-level tables) with
 //! INCLUDE_PCI_ALL on segment 0, its simulated RAM, a frame allocator over a large window,
 //! and the device lock around the core's state.
+use crate::passthrough::DeviceKind;
 use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -118,7 +119,14 @@ pub fn add(
     alloc: &mut SimFrameAllocator<'_>,
     d: &Dev,
 ) -> Result<passthrough::iommu::QuarantineInfo, passthrough::PassthroughError> {
-    passthrough::add_device(g, alloc, d.sbdf, d.rids.clone(), d.reserved.clone())
+    passthrough::add_device(
+        g,
+        alloc,
+        d.sbdf,
+        DeviceKind::PcieEndpoint,
+        d.rids.clone(),
+        d.reserved.clone(),
+    )
 }
 
 /// Where a write DMA from `rid` to `iova` lands, as the reference walker says.
