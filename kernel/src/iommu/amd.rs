@@ -17,7 +17,8 @@ use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 use super::dids::{allocate_each, release_each, DomainIds};
 use crate::cmdline::QuarantineMode;
 use crate::passthrough::iommu::{
-    DeviceSpec, DmaFault, GuestTables, Iommu, IommuError, QuarantineInfo, ReservedRange, SwitchCost,
+    DeviceSpec, DmaFault, GuestTables, Iommu, IommuError, QuarantineInfo, ReservedRange,
+    SwitchCost, MAX_REQUESTER_IDS,
 };
 use crate::passthrough::LockHeld;
 
@@ -129,17 +130,24 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'m, M, R, C> {
         let entry = new(state);
         let unit = &self.units[state.unit];
         let before = unit.hw.command_stats();
-        let mut previous_domains: Vec<u16> = Vec::new();
-        let mut moved: Vec<u16> = Vec::new();
+        // On the stack: this runs inside deassign and destroy, which must not allocate. Every
+        // push below fits: at most one entry per requester ID.
+        if rids.len() > MAX_REQUESTER_IDS {
+            return Err(IommuError::Inconsistent(format!(
+                "{sbdf}: more than {MAX_REQUESTER_IDS} requester IDs"
+            )));
+        }
+        let mut previous_domains: heapless::Vec<u16, MAX_REQUESTER_IDS> = heapless::Vec::new();
+        let mut moved: heapless::Vec<u16, MAX_REQUESTER_IDS> = heapless::Vec::new();
         for rid in rids {
             let old = unit
                 .table
                 .switch_owner(self.mem, rid.requester_id(), entry)
                 .map_err(|e| IommuError::Inconsistent(format!("{e}")))?;
             if old != entry {
-                moved.push(rid.requester_id());
+                let _ = moved.push(rid.requester_id());
                 if !previous_domains.contains(&old.domain_id()) {
-                    previous_domains.push(old.domain_id());
+                    let _ = previous_domains.push(old.domain_id());
                 }
             }
         }

@@ -16,7 +16,8 @@ use lazaret_vtd::{
 use super::dids::{allocate_each, release_each, DomainIds};
 use crate::cmdline::QuarantineMode;
 use crate::passthrough::iommu::{
-    DeviceSpec, DmaFault, GuestTables, Iommu, IommuError, QuarantineInfo, SwitchCost,
+    DeviceSpec, DmaFault, GuestTables, Iommu, IommuError, QuarantineInfo, RequesterIds, SwitchCost,
+    MAX_REQUESTER_IDS,
 };
 use crate::passthrough::LockHeld;
 
@@ -216,9 +217,17 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
         // Context-cache entries of the moved requester IDs, then the IOTLB of each previous
         // domain: one batch, one wait (VT-d §6.5.2: a wait descriptor completes only after
         // every descriptor submitted before it).
-        let (mut contexts, mut iotlbs): (Vec<Invalidation>, Vec<Invalidation>) =
-            (Vec::new(), Vec::new());
-        let mut newly_present: Vec<Bdf> = Vec::new();
+        // On the stack: this runs inside deassign and destroy, which must not allocate. Every
+        // push below fits: at most one context and one IOTLB request per requester ID.
+        if rids.len() > MAX_REQUESTER_IDS {
+            return Err(IommuError::Inconsistent(format!(
+                "{sbdf}: more than {MAX_REQUESTER_IDS} requester IDs"
+            )));
+        }
+        let mut contexts: heapless::Vec<Invalidation, { 2 * MAX_REQUESTER_IDS }> =
+            heapless::Vec::new();
+        let mut iotlbs: heapless::Vec<Invalidation, MAX_REQUESTER_IDS> = heapless::Vec::new();
+        let mut newly_present = RequesterIds::new();
         for rid in rids {
             let old = unit
                 .root
@@ -231,7 +240,7 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
                 .switch_context(self.tm(), *rid, old, new)
                 .map_err(|e| IommuError::Inconsistent(format!("{e}")))?;
             if old.present {
-                contexts.push(Invalidation::Context(ContextScope::Device {
+                let _ = contexts.push(Invalidation::Context(ContextScope::Device {
                     did: old.domain_id,
                     source_id: *rid,
                     function_mask: 0,
@@ -242,17 +251,17 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
                     drain_writes: false,
                 };
                 if !iotlbs.contains(&tlb) {
-                    iotlbs.push(tlb);
+                    let _ = iotlbs.push(tlb);
                 }
             } else if new.present {
-                newly_present.push(*rid);
+                let _ = newly_present.push(*rid);
             }
         }
         let (unit_index, new_did) = (state.unit, new.domain_id);
         let unit = &mut self.units[unit_index];
         let mut timed_out = false;
         if !contexts.is_empty() {
-            contexts.append(&mut iotlbs);
+            let _ = contexts.extend_from_slice(&iotlbs);
             timed_out |= unit
                 .hw
                 .invalidate(self.mem, &contexts, &self.clock)

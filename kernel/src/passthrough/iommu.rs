@@ -28,6 +28,14 @@ impl ReservedRange {
     }
 }
 
+/// Most requester IDs one device's DMA may carry: its own, up to 7 phantom functions, and
+/// bridge or firmware aliases. Devices with more are refused when added.
+pub const MAX_REQUESTER_IDS: usize = 16;
+
+/// A set of requester IDs on the stack: owner switches run inside deassign and destroy,
+/// which must not allocate.
+pub type RequesterIds = heapless::Vec<Bdf, MAX_REQUESTER_IDS>;
+
 /// What the IOMMU needs to know about a device.
 #[derive(Clone, Copy, Debug)]
 pub struct DeviceSpec<'a> {

@@ -23,7 +23,10 @@ use spinning_top::Spinlock;
 use crate::cmdline::QuarantineMode;
 use crate::domain::{Domain, DomainId, DomainKind, Domains, GuestMemory};
 use faults::FaultCounter;
-use iommu::{DeviceSpec, DmaFault, Iommu, IommuError, QuarantineInfo, ReservedRange, SwitchCost};
+use iommu::{
+    DeviceSpec, DmaFault, Iommu, IommuError, QuarantineInfo, RequesterIds, ReservedRange,
+    SwitchCost,
+};
 pub use lock::{DeviceLock, DevicesGuard, LockHeld};
 
 /// What kind of PCI function a device is: it decides which requester IDs its DMA carries.
@@ -149,6 +152,11 @@ pub enum PassthroughError {
         sbdf: Sbdf,
         range: ReservedRange,
     },
+    /// More requester IDs than an owner switch handles without allocating.
+    TooManyRequesterIds {
+        sbdf: Sbdf,
+        count: usize,
+    },
     Iommu(IommuError),
 }
 
@@ -171,6 +179,11 @@ impl fmt::Display for PassthroughError {
                 f,
                 "{sbdf}'s reserved range {:#x}-{:#x} lies inside the guest's memory",
                 range.start, range.end
+            ),
+            TooManyRequesterIds { sbdf, count } => write!(
+                f,
+                "{sbdf} carries {count} requester IDs; at most {} are supported",
+                iommu::MAX_REQUESTER_IDS
             ),
             Iommu(e) => write!(f, "IOMMU: {e}"),
         }
@@ -198,6 +211,12 @@ pub fn add_device<I: Iommu>(
     let (held, s) = g.split();
     if s.devices.contains_key(&sbdf) {
         return Err(PassthroughError::DeviceExists(sbdf));
+    }
+    if requester_ids.len() > iommu::MAX_REQUESTER_IDS {
+        return Err(PassthroughError::TooManyRequesterIds {
+            sbdf,
+            count: requester_ids.len(),
+        });
     }
     // An alias another device already uses stays with it; joining a group whose members
     // are not all quarantined would hand this device's DMA to their owner.
@@ -411,25 +430,26 @@ pub fn deassign<I: Iommu>(
         });
     }
     // Aliases shared with a device that stays in the domain stay with it.
-    let moving: Vec<Bdf> = dev
+    // (add_device bounded the count, so the stack set holds them all: no allocation here.)
+    let moving: RequesterIds = dev
         .requester_ids
         .iter()
         .copied()
         .filter(|rid| !sharers(&s.devices, sbdf, *rid).any(|o| o.owner == domain))
+        .take(iommu::MAX_REQUESTER_IDS)
         .collect();
     let cost = s.iommu.quarantine(held, &dev.spec(&moving));
     record_switch(&mut s.stats, cost);
     // Reserved ranges leave the source after the switch, unless another of its devices
     // still needs them.
-    let still_needed: Vec<ReservedRange> = s
-        .devices
-        .values()
-        .filter(|o| o.owner == domain && o.sbdf != sbdf)
-        .flat_map(|o| o.reserved.iter().copied())
-        .collect();
+    let still_needed = |r: &ReservedRange| {
+        s.devices
+            .values()
+            .any(|o| o.owner == domain && o.sbdf != sbdf && o.reserved.contains(r))
+    };
     if let Some(tables_lock) = s.domains.get(domain).and_then(|d| d.iommu.as_ref()) {
         let mut tables = tables_lock.lock();
-        for r in dev.reserved.iter().filter(|r| !still_needed.contains(r)) {
+        for r in dev.reserved.iter().filter(|r| !still_needed(r)) {
             let mut page = r.start & !(PAGE_SIZE - 1);
             while page <= r.end {
                 s.iommu.unmap(&mut tables, page);
@@ -451,14 +471,14 @@ pub fn destroy_domain<I: Iommu>(
     domain: DomainId,
 ) -> Result<(), PassthroughError> {
     guest(&g.state().domains, domain)?;
-    let owned: Vec<Sbdf> = g
+    // One device at a time, without collecting them: destroy must not allocate.
+    while let Some(sbdf) = g
         .state()
         .devices
         .values()
-        .filter(|d| d.owner == domain)
+        .find(|d| d.owner == domain)
         .map(|d| d.sbdf)
-        .collect();
-    for sbdf in owned {
+    {
         deassign(g, domain, sbdf)?;
     }
     let (held, s) = g.split();

@@ -216,3 +216,26 @@ fn refused_requests_change_nothing() {
         Ok(lazaret_types::PhysAddr(LOW_RMRR.start))
     );
 }
+
+#[test]
+fn a_device_with_more_requester_ids_than_a_switch_holds_is_refused() {
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let count = crate::passthrough::iommu::MAX_REQUESTER_IDS + 1;
+    let big = Dev {
+        sbdf: sbdf(0, 9, 0),
+        rids: (0..count as u8).map(|d| bdf(1, d, 0)).collect(),
+        reserved: vec![],
+    };
+    refused(
+        &mut g,
+        &mut alloc,
+        PassthroughError::TooManyRequesterIds {
+            sbdf: big.sbdf,
+            count,
+        },
+        |g, alloc| add(g, alloc, &big).map(|_| ()),
+    );
+}

@@ -78,6 +78,7 @@ fn kind(r: &Result<(), PassthroughError>) -> &'static str {
         Err(SharedAlias { .. }) => "SharedAlias",
         Err(SharedReserved { .. }) => "SharedReserved",
         Err(ReservedInGuestMemory { .. }) => "ReservedInGuestMemory",
+        Err(TooManyRequesterIds { .. }) => "TooManyRequesterIds",
         Err(Iommu(_)) => "Iommu",
     }
 }
