@@ -9,11 +9,13 @@ use log::{info, warn};
 use crate::arch::paging;
 use crate::arch::{gdt, idt, tsc};
 use crate::console::{self, figure};
-use crate::hypervisor::Hypervisor;
+use crate::hypervisor::{Hypervisor, Passthrough};
+use crate::iommu::discover::KernelVtd;
 use crate::mm::frames::{self, Frames};
 use crate::mm::heap::KernelHeap;
 use crate::mm::layout::{self, KernelLayout, FOUR_GIB};
 use crate::mm::ranges::{self, Range};
+use crate::passthrough::iommu::Inspect;
 use crate::{cmdline, platform, scenario};
 
 const HEAP_SIZE: u64 = 16 << 20;
@@ -172,8 +174,14 @@ pub fn start(
         pci.issues.len()
     );
     console::print(format_args!("{pci}"));
-    let passthrough =
-        platform::quarantine::bring_up(&platform, &pci, &mut frames, options.quarantine);
+    let (passthrough, iommu_failure) =
+        match platform::quarantine::bring_up(&platform, &pci, &mut frames, options.quarantine) {
+            Ok(p) => (p, None),
+            Err(e) => {
+                log::error!("iommu: bring-up failed: {e}");
+                (None, Some(e))
+            }
+        };
 
     let ready_us = tsc::micros_since_entry();
     info!(
@@ -188,14 +196,41 @@ pub fn start(
         "ms",
     );
     let scenario = options.scenario;
-    let mut hv = Hypervisor {
-        options,
-        frames,
-        pci,
-        config,
-        passthrough,
+    let code = match passthrough {
+        Some(Passthrough::Vtd(lock)) => run_scenario(
+            scenario,
+            Hypervisor {
+                options,
+                frames,
+                pci,
+                config,
+                passthrough: Some(lock),
+                iommu_failure,
+            },
+        ),
+        Some(Passthrough::Amd(lock)) => run_scenario(
+            scenario,
+            Hypervisor {
+                options,
+                frames,
+                pci,
+                config,
+                passthrough: Some(lock),
+                iommu_failure,
+            },
+        ),
+        None => run_scenario::<KernelVtd>(
+            scenario,
+            Hypervisor {
+                options,
+                frames,
+                pci,
+                config,
+                passthrough: None,
+                iommu_failure,
+            },
+        ),
     };
-    let code = scenario::run(scenario, &mut hv);
     console::print(format_args!(
         "LAZARET EXIT {}\n",
         if code == ExitCode::Success {
@@ -205,6 +240,12 @@ pub fn start(
         }
     ));
     exit(code)
+}
+
+/// The scenarios run against whichever vendor the platform has (generic: each vendor's
+/// tables keep their own types).
+fn run_scenario<V: Inspect>(scenario: crate::cmdline::Scenario, mut hv: Hypervisor<V>) -> ExitCode {
+    scenario::run(scenario, &mut hv)
 }
 
 struct TableList<'a>(&'a [([u8; 4], u64, usize)]);

@@ -1,21 +1,26 @@
 //! What the kernel has once it is up, handed to the scenarios: memory, PCI, and the
 //! passthrough state behind the device lock (when the platform has an IOMMU).
-use alloc::boxed::Box;
-
 use lazaret_pci::Enumeration;
 
 use crate::cmdline::Options;
+use crate::iommu::discover::{KernelAmd, KernelVtd};
 use crate::mm::frames::Frames;
-use crate::passthrough::iommu::Iommu;
-use crate::passthrough::{DeviceLock, State};
+use crate::passthrough::iommu::Vendor;
+use crate::passthrough::DeviceLock;
 use crate::platform::pci::ConfigAccess;
 
-pub type Passthrough = DeviceLock<State<Box<dyn Iommu>>>;
+/// The platform's IOMMU under its device lock, whichever vendor it is.
+pub enum Passthrough {
+    Vtd(DeviceLock<KernelVtd>),
+    Amd(DeviceLock<KernelAmd>),
+}
 
-pub struct Hypervisor {
+pub struct Hypervisor<V: Vendor> {
     pub options: Options,
     pub frames: Frames,
     pub pci: Enumeration,
     pub config: ConfigAccess,
-    pub passthrough: Option<Passthrough>,
+    pub passthrough: Option<DeviceLock<V>>,
+    /// Why the IOMMU is not in use, when the platform has one but bring-up failed.
+    pub iommu_failure: Option<alloc::string::String>,
 }

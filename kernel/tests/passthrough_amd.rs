@@ -12,8 +12,7 @@ use lazaret_amd_vi::sim_device::SimAmdVi;
 use lazaret_amd_vi::{AmdViUnit, DeviceTable};
 use lazaret_kernel::cmdline::QuarantineMode;
 use lazaret_kernel::iommu::amd::{AmdViIommu, UnitSetup};
-use lazaret_kernel::passthrough::iommu::Iommu;
-use lazaret_kernel::passthrough::{self, DeviceLock, State};
+use lazaret_kernel::passthrough::{self, DeviceLock};
 use lazaret_types::poll::StepClock;
 use lazaret_types::sim::{SimFrameAllocator, SimMemory, SimRegisters};
 use lazaret_types::PhysAddr;
@@ -80,7 +79,7 @@ fn basic_mode_has_an_empty_root_and_none_mode_blocks() {
     for (mode, pages) in [(QuarantineMode::Basic, 1), (QuarantineMode::None, 0)] {
         let sim = Amd::sim();
         let mut alloc = new_alloc(Amd::mem(&sim));
-        let lock = DeviceLock::new(State::new(Amd::iommu(&sim, &mut alloc), mode));
+        let lock = DeviceLock::new(Amd::iommu(&sim, &mut alloc), mode);
         let mut g = lock.lock();
         let (s, rids, rr) = device(1);
         let q = passthrough::add_device(&mut g, &mut alloc, s, DeviceKind::PcieEndpoint, rids, rr)
@@ -89,7 +88,7 @@ fn basic_mode_has_an_empty_root_and_none_mode_blocks() {
         assert!(
             SAMPLES
                 .iter()
-                .all(|i| g.state().iommu.translate(s, *i, true).is_err()),
+                .all(|i| g.state().translate(s, *i, true).is_err()),
             "{mode}"
         );
     }
@@ -99,16 +98,13 @@ fn basic_mode_has_an_empty_root_and_none_mode_blocks() {
 fn unity_ranges_are_mapped_in_basic_mode_unlike_xen() {
     let sim = Amd::sim();
     let mut alloc = new_alloc(Amd::mem(&sim));
-    let lock = DeviceLock::new(State::new(
-        Amd::iommu(&sim, &mut alloc),
-        QuarantineMode::Basic,
-    ));
+    let lock = DeviceLock::new(Amd::iommu(&sim, &mut alloc), QuarantineMode::Basic);
     let mut g = lock.lock();
     let (s, rids, rr) = device(3);
     passthrough::add_device(&mut g, &mut alloc, s, DeviceKind::PcieEndpoint, rids, rr)
         .expect("add");
     assert_eq!(
-        g.state().iommu.translate(s, RMRR.start + 0x40, true),
+        g.state().translate(s, RMRR.start + 0x40, true),
         Ok(PhysAddr(RMRR.start + 0x40))
     );
 }

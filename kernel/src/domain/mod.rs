@@ -5,11 +5,8 @@ pub mod arena;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use lazaret_types::{PhysAddr, PAGE_SIZE};
-use spinning_top::Spinlock;
-
-use crate::passthrough::iommu::GuestTables;
 use arena::{Arena, Handle};
+use lazaret_types::{PhysAddr, PAGE_SIZE};
 
 pub type DomainId = Handle<Domain>;
 
@@ -51,13 +48,12 @@ impl GuestMemory {
     }
 }
 
+/// A domain as the arena holds it. A guest's IOMMU tables and domain IDs are the passthrough
+/// core's (`passthrough::registry::Guest`), kept beside the arena under the device lock.
 pub struct Domain {
     pub kind: DomainKind,
     pub name: String,
     pub memory: GuestMemory,
-    /// A guest's IOMMU page tables, behind their own mapping lock: they change at run time
-    /// (map / unmap), unlike the frozen per-device quarantine tables.
-    pub iommu: Option<Spinlock<GuestTables>>,
 }
 
 pub struct Domains {
@@ -79,7 +75,6 @@ impl Domains {
             kind,
             name: name.into(),
             memory: GuestMemory::default(),
-            iommu: None,
         };
         let hypervisor = arena.insert(system(DomainKind::Hypervisor, "hypervisor"));
         let dom_io = arena.insert(system(DomainKind::DomIo, "DomIO"));

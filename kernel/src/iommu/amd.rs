@@ -1,12 +1,12 @@
-//! AMD-Vi behind the vendor-neutral [`Iommu`] seam: one device table per IOMMU, per-device
-//! frozen quarantine tables (IVMD unity ranges identity-mapped in both basic and scratch
-//! mode), guest I/O page tables, owner switches as one atomic 128-bit DTE write per requester
-//! ID followed by INVALIDATE_DEVTAB_ENTRY + INVALIDATE_IOMMU_PAGES and one COMPLETION_WAIT.
-use alloc::boxed::Box;
+//! AMD-Vi behind the [`Vendor`] seam: one device table per IOMMU, device-table entries as the
+//! switched entries, I/O page tables for guests and quarantine (IVMD unity ranges
+//! identity-mapped with their own permissions). Bring-up is here; the owner-switch flow is
+//! the core's.
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::ops::Range;
 
 use lazaret_amd_vi::{
     walker, AmdViUnit, Clock, DeviceTable, DeviceTableEntry, Event, Levels, PageTable, Perms,
@@ -14,11 +14,8 @@ use lazaret_amd_vi::{
 };
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 
-use super::dids::{allocate_each, release_each, DomainIds};
-use crate::cmdline::QuarantineMode;
 use crate::passthrough::iommu::{
-    DeviceSpec, DmaFault, GuestTables, Iommu, IommuError, QuarantineInfo, ReservedRange,
-    SwitchCost, MAX_REQUESTER_IDS,
+    DmaFault, FlushCost, Inspect, IommuError, ReservedRange, Vendor, MAX_REQUESTER_IDS,
 };
 use crate::passthrough::LockHeld;
 
@@ -27,7 +24,7 @@ pub const TIMEOUT_US: u64 = 100_000;
 
 /// Domain IDs handed out: 1..256. QEMU 7.2 wrongly treats DomainID bit 8 as reserved
 /// (`lazaret_amd_vi::device_table::QEMU_7_2_BAD_DOMAIN_BIT`), so IDs stay below it.
-const DOMAIN_IDS: core::ops::Range<u32> = 1..256;
+const DOMAIN_IDS: Range<u32> = 1..256;
 
 /// One IOMMU as the kernel brought it up.
 pub struct UnitSetup<R: Mmio> {
@@ -41,19 +38,53 @@ struct Unit<R: Mmio> {
     hw: AmdViUnit<R>,
     table: DeviceTable,
     segment: u16,
-    dids: DomainIds,
 }
 
-struct DeviceState {
-    unit: usize,
-    rids: Vec<Bdf>,
-    quarantine: Option<QuarantineTables>,
-    quarantine_did: u16,
+/// The commands one switch owes a unit, on the stack.
+#[derive(Default)]
+pub struct Batch {
+    devices: heapless::Vec<u16, { 2 * MAX_REQUESTER_IDS }>,
+    domains: heapless::Vec<u16, { 2 * MAX_REQUESTER_IDS }>,
+    overflow: bool,
 }
 
-struct AmdGuest {
-    table: PageTable,
-    dids: Vec<u16>,
+fn push_once(
+    list: &mut heapless::Vec<u16, { 2 * MAX_REQUESTER_IDS }>,
+    v: u16,
+    overflow: &mut bool,
+) {
+    if !list.contains(&v) && list.push(v).is_err() {
+        *overflow = true;
+    }
+}
+
+/// Brings one IOMMU up: a unit firmware left running is stopped before its rings are
+/// reprogrammed, then the device table (every entry blocking) is installed and translation
+/// enabled.
+pub fn bring_up<R: Mmio, M: PhysMem + ?Sized>(
+    regs: R,
+    mem: &M,
+    alloc: &mut dyn FrameAllocator,
+    table: DeviceTable,
+    segment: u16,
+    base: PhysAddr,
+    clock: &impl Clock,
+) -> Result<UnitSetup<R>, String> {
+    let hw = AmdViUnit::new(regs, mem, alloc, TIMEOUT_US)
+        .map_err(|e| format!("IOMMU at {base}: {e}"))?;
+    if hw.enabled() {
+        hw.disable(clock)
+            .map_err(|e| format!("disabling the firmware's set-up: {e}"))?;
+    }
+    hw.set_device_table(&table);
+    hw.enable(clock)
+        .map_err(|e| format!("IOMMU at {base}: {e}"))?;
+    Ok(UnitSetup {
+        hw,
+        table,
+        segment,
+        base,
+    })
 }
 
 pub struct AmdViIommu<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> {
@@ -62,7 +93,6 @@ pub struct AmdViIommu<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> {
     units: Vec<Unit<R>>,
     levels: Levels,
     coverage: BTreeMap<Sbdf, usize>,
-    devices: BTreeMap<Sbdf, DeviceState>,
 }
 
 impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'m, M, R, C> {
@@ -86,7 +116,6 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'m, M, R, C> {
                 hw: s.hw,
                 table: s.table,
                 segment: s.segment,
-                dids: DomainIds::new(DOMAIN_IDS),
             })
             .collect();
         Ok(AmdViIommu {
@@ -95,7 +124,6 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'m, M, R, C> {
             units,
             levels,
             coverage,
-            devices: BTreeMap::new(),
         })
     }
 
@@ -104,86 +132,44 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'m, M, R, C> {
             .iter()
             .map(|u| {
                 format!(
-                    "segment {} levels {} device table {} entries at {} (max {:?} levels supported)",
+                    "segment {} levels {} device table {} entries at {} (up to {} levels supported)",
                     u.segment,
                     self.levels.count(),
                     u.table.entries(),
                     u.table.base(),
-                    u.hw.features().max_levels().map(|l| l.count())
+                    u.hw.features().max_levels().map_or(0, |l| l.count())
                 )
             })
             .collect()
     }
 
-    /// Switches every requester ID of `sbdf` to `new(state)`, then invalidates the DTEs and
-    /// the previous domain's pages with one completion wait.
-    fn switch(
-        &mut self,
-        sbdf: Sbdf,
-        rids: &[Bdf],
-        new: impl Fn(&DeviceState) -> DeviceTableEntry,
-    ) -> Result<SwitchCost, IommuError> {
-        let state = self
-            .devices
-            .get(&sbdf)
-            .ok_or_else(|| IommuError::Inconsistent(format!("{sbdf} was never added")))?;
-        let entry = new(state);
-        let unit = &self.units[state.unit];
-        let before = unit.hw.command_stats();
-        // On the stack: this runs inside deassign and destroy, which must not allocate. Every
-        // push below fits: at most one entry per requester ID.
-        if rids.len() > MAX_REQUESTER_IDS {
-            return Err(IommuError::Inconsistent(format!(
-                "{sbdf}: more than {MAX_REQUESTER_IDS} requester IDs"
-            )));
-        }
-        let mut previous_domains: heapless::Vec<u16, MAX_REQUESTER_IDS> = heapless::Vec::new();
-        let mut moved: heapless::Vec<u16, MAX_REQUESTER_IDS> = heapless::Vec::new();
-        for rid in rids {
-            let old = unit
-                .table
-                .switch_owner(self.mem, rid.requester_id(), entry)
-                .map_err(|e| IommuError::Inconsistent(format!("{e}")))?;
-            if old != entry {
-                let _ = moved.push(rid.requester_id());
-                if !previous_domains.contains(&old.domain_id()) {
-                    let _ = previous_domains.push(old.domain_id());
-                }
+    fn unit(&self, unit: usize) -> Result<&Unit<R>, IommuError> {
+        self.units
+            .get(unit)
+            .ok_or_else(|| IommuError::Inconsistent(format!("no AMD-Vi unit {unit}")))
+    }
+
+    fn invalidate_page(&mut self, dids: &[u16], iova: u64) -> Result<(), IommuError> {
+        let mut result = Ok(());
+        for (u, did) in self.units.iter_mut().zip(dids) {
+            if let Err(e) = u.hw.after_mapping_change(self.mem, &self.clock, *did, iova) {
+                result = Err(IommuError::TimedOut(format!("{e}")));
             }
         }
-        let unit = &mut self.units[state.unit];
-        let mut timed_out = false;
-        for (i, domain) in previous_domains.iter().enumerate() {
-            // The DTE invalidations ride with the first domain's page invalidation: one
-            // COMPLETION_WAIT covers all older commands (AMD IOMMU spec §2.4.1).
-            let devices: &[u16] = if i == 0 { &moved } else { &[] };
-            timed_out |= unit
-                .hw
-                .after_owner_switch(self.mem, &self.clock, devices, *domain)
-                .is_err();
-        }
-        let after = unit.hw.command_stats();
-        Ok(SwitchCost {
-            descriptors: after.commands - before.commands,
-            waits: after.waits - before.waits,
-            mmio_writes: after.mmio_writes - before.mmio_writes,
-            timed_out,
-        })
-    }
-
-    fn unit_for(&self, sbdf: Sbdf) -> Option<usize> {
-        self.coverage.get(&sbdf).copied()
+        result
     }
 }
 
-fn quarantine_entry(s: &DeviceState) -> DeviceTableEntry {
-    match &s.quarantine {
-        Some(t) => t.device_table_entry(s.quarantine_did),
-        None => DeviceTableEntry::blocking(s.quarantine_did),
-    }
+fn table_error(e: impl core::fmt::Display) -> IommuError {
+    IommuError::Inconsistent(format!("{e}"))
 }
 
-impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for AmdViIommu<'_, M, R, C> {
+impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> {
+    type Entry = DeviceTableEntry;
+    type Quarantine = QuarantineTables;
+    type Tables = PageTable;
+    type Batch = Batch;
+
     fn name(&self) -> &'static str {
         "AMD-Vi"
     }
@@ -192,222 +178,205 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for AmdViIommu<'_, M, R, C> {
         self.levels.count() as u8
     }
 
-    fn add_device(
+    fn unit_count(&self) -> usize {
+        self.units.len()
+    }
+
+    fn unit_of(&self, sbdf: Sbdf) -> Option<usize> {
+        self.coverage.get(&sbdf).copied()
+    }
+
+    fn domain_ids(&self, _unit: usize) -> Range<u32> {
+        DOMAIN_IDS
+    }
+
+    fn prepare(
         &mut self,
         _held: &LockHeld,
-        alloc: &mut dyn FrameAllocator,
-        dev: &DeviceSpec,
-        mode: QuarantineMode,
-    ) -> Result<QuarantineInfo, IommuError> {
-        let unit_index = self
-            .unit_for(dev.sbdf)
-            .ok_or(IommuError::NoUnit(dev.sbdf))?;
-        let unity: Vec<(u64, u64, bool, bool)> = dev
-            .reserved
+        _alloc: &mut dyn FrameAllocator,
+        unit: usize,
+        rids: &[Bdf],
+    ) -> Result<(), IommuError> {
+        let u = self.unit(unit)?;
+        match rids
             .iter()
-            .map(|r| (r.start, r.end, true, true))
+            .find(|r| u.table.entry_addr(r.requester_id()).is_err())
+        {
+            Some(r) => Err(IommuError::RequesterOutOfRange(*r)),
+            None => Ok(()),
+        }
+    }
+
+    fn build_quarantine(
+        &mut self,
+        _held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+        reserved: &[ReservedRange],
+        scratch: bool,
+    ) -> Result<QuarantineTables, IommuError> {
+        let unity: Vec<(u64, u64, bool, bool)> = reserved
+            .iter()
+            .map(|r| (r.start, r.end, r.read, r.write))
             .collect();
-        let tables = match mode {
-            QuarantineMode::None => None,
-            QuarantineMode::Basic | QuarantineMode::Scratch => Some(
-                QuarantineTables::build(
-                    self.mem,
-                    alloc,
-                    self.levels,
-                    &unity,
-                    mode == QuarantineMode::Scratch,
-                )
-                .map_err(|e| match e {
-                    lazaret_amd_vi::QuarantineError::OutOfFrames => IommuError::OutOfMemory,
-                    _ => IommuError::BadReservedRange(
-                        dev.reserved
-                            .first()
-                            .copied()
-                            .unwrap_or(ReservedRange { start: 0, end: 0 }),
-                    ),
-                })?,
-            ),
-        };
-        let did = match self.units[unit_index].dids.allocate() {
-            Some(d) => d,
-            None => {
-                if let Some(t) = tables {
-                    t.free(alloc);
-                }
-                return Err(IommuError::OutOfDomainIds);
-            }
-        };
-        if let Some(t) = &tables {
-            t.zero_scratch(self.mem);
-        }
-        let pages = tables.as_ref().map_or(0, |t| t.page_count());
-        self.devices.insert(
-            dev.sbdf,
-            DeviceState {
-                unit: unit_index,
-                rids: dev.requester_ids.to_vec(),
-                quarantine: tables,
-                quarantine_did: did,
+        QuarantineTables::build(self.mem, alloc, self.levels, &unity, scratch).map_err(
+            |e| match e {
+                lazaret_amd_vi::QuarantineError::OutOfFrames => IommuError::OutOfMemory,
+                _ => IommuError::BadReservedRange(
+                    reserved
+                        .first()
+                        .copied()
+                        .unwrap_or(ReservedRange::read_write(0, 0)),
+                ),
             },
-        );
-        if let Err(e) = self.switch(dev.sbdf, dev.moving, quarantine_entry) {
-            // Not registered after all: give back what was reserved for it.
-            if let Some(state) = self.devices.remove(&dev.sbdf) {
-                self.units[state.unit].dids.release(state.quarantine_did);
-                if let Some(t) = state.quarantine {
-                    t.free(alloc);
+        )
+    }
+
+    fn free_quarantine(&mut self, alloc: &mut dyn FrameAllocator, q: QuarantineTables) {
+        q.free(alloc);
+    }
+
+    fn quarantine_pages(&self, q: &QuarantineTables) -> usize {
+        q.page_count()
+    }
+
+    fn zero_scratch(&self, q: &QuarantineTables) {
+        q.zero_scratch(self.mem);
+    }
+
+    fn blocked_entry(&self, did: u16) -> DeviceTableEntry {
+        DeviceTableEntry::blocking(did)
+    }
+
+    fn quarantine_entry(&self, q: &QuarantineTables, did: u16) -> DeviceTableEntry {
+        q.device_table_entry(did)
+    }
+
+    fn guest_entry(&self, tables: &PageTable, did: u16) -> DeviceTableEntry {
+        DeviceTableEntry::translated(tables.translation_root(), did)
+    }
+
+    fn read_entry(&self, unit: usize, rid: Bdf) -> Result<DeviceTableEntry, IommuError> {
+        self.unit(unit)?
+            .table
+            .read(self.mem, rid.requester_id())
+            .map_err(table_error)
+    }
+
+    fn exchange(
+        &mut self,
+        _held: &LockHeld,
+        unit: usize,
+        rid: Bdf,
+        expected: DeviceTableEntry,
+        new: DeviceTableEntry,
+    ) -> Result<(), IommuError> {
+        self.unit(unit)?
+            .table
+            .exchange(self.mem, rid.requester_id(), expected, new)
+            .map_err(table_error)
+    }
+
+    fn new_batch(&self) -> Batch {
+        Batch::default()
+    }
+
+    fn entry_changed(
+        &self,
+        _unit: usize,
+        batch: &mut Batch,
+        rid: Bdf,
+        old: DeviceTableEntry,
+        _new: DeviceTableEntry,
+    ) {
+        push_once(&mut batch.devices, rid.requester_id(), &mut batch.overflow);
+        if old.is_valid() {
+            push_once(&mut batch.domains, old.domain_id(), &mut batch.overflow);
+        }
+    }
+
+    fn domain_retired(&self, batch: &mut Batch, did: u16) {
+        push_once(&mut batch.domains, did, &mut batch.overflow);
+    }
+
+    fn flush(
+        &mut self,
+        _held: &LockHeld,
+        unit: usize,
+        batch: &Batch,
+    ) -> Result<FlushCost, IommuError> {
+        let (mem, clock) = (self.mem, &self.clock);
+        self.unit(unit)?;
+        let u = &mut self.units[unit];
+        let before = u.hw.command_stats();
+        let mut result = Ok(());
+        if batch.overflow {
+            result = u.hw.invalidate_all(mem, clock);
+        } else if batch.domains.is_empty() && !batch.devices.is_empty() {
+            let cmds = batch
+                .devices
+                .iter()
+                .map(|&device_id| lazaret_amd_vi::Command::InvalidateDevtabEntry { device_id });
+            result = u.hw.invalidate(mem, clock, cmds);
+        } else {
+            for (i, domain) in batch.domains.iter().enumerate() {
+                // The DTE invalidations ride with the first domain's page invalidation.
+                let devices: &[u16] = if i == 0 { &batch.devices } else { &[] };
+                if let Err(e) = u.hw.after_owner_switch(mem, clock, devices, *domain) {
+                    result = Err(e);
                 }
             }
-            return Err(e);
         }
-        Ok(QuarantineInfo {
-            pages,
-            hw_domain_id: did,
+        result.map_err(|e| IommuError::TimedOut(format!("{e}")))?;
+        let after = u.hw.command_stats();
+        Ok(FlushCost {
+            descriptors: after.commands - before.commands,
+            waits: after.waits - before.waits,
+            mmio_writes: after.mmio_writes - before.mmio_writes,
         })
     }
 
-    fn create_domain(
-        &mut self,
-        _held: &LockHeld,
-        alloc: &mut dyn FrameAllocator,
-    ) -> Result<GuestTables, IommuError> {
-        let table =
-            PageTable::new(self.mem, alloc, self.levels).map_err(|_| IommuError::OutOfMemory)?;
-        let Some(dids) = allocate_each(self.units.iter_mut().map(|u| &mut u.dids)) else {
-            table.free(self.mem, alloc);
-            return Err(IommuError::OutOfDomainIds);
-        };
-        Ok(GuestTables {
-            levels: self.levels.count() as u8,
-            mapped_pages: 0,
-            vendor: Box::new(AmdGuest { table, dids }),
-        })
+    fn create_tables(&mut self, alloc: &mut dyn FrameAllocator) -> Result<PageTable, IommuError> {
+        PageTable::new(self.mem, alloc, self.levels).map_err(|_| IommuError::OutOfMemory)
     }
 
-    fn destroy_domain(
-        &mut self,
-        _held: &LockHeld,
-        alloc: &mut dyn FrameAllocator,
-        tables: GuestTables,
-    ) {
-        if let Ok(guest) = tables.vendor.downcast::<AmdGuest>() {
-            release_each(self.units.iter_mut().map(|u| &mut u.dids), &guest.dids);
-            guest.table.free(self.mem, alloc);
-        }
+    fn free_tables(&mut self, alloc: &mut dyn FrameAllocator, tables: PageTable) {
+        tables.free(self.mem, alloc);
     }
 
     fn map(
         &mut self,
-        tables: &mut GuestTables,
+        tables: &mut PageTable,
         alloc: &mut dyn FrameAllocator,
+        dids: &[u16],
         iova: u64,
         pa: PhysAddr,
         writable: bool,
     ) -> Result<(), IommuError> {
-        let guest = tables
-            .vendor
-            .downcast_mut::<AmdGuest>()
-            .ok_or_else(|| IommuError::Inconsistent("not an AMD-Vi guest".into()))?;
-        guest
-            .table
-            .map(
-                self.mem,
-                alloc,
-                iova,
-                pa,
-                Perms {
-                    read: true,
-                    write: writable,
-                },
-            )
+        let perms = Perms {
+            read: true,
+            write: writable,
+        };
+        tables
+            .map(self.mem, alloc, iova, pa, perms)
             .map_err(|_| IommuError::OutOfMemory)?;
         // QEMU's unit caches not-present entries (NpCache), so maps are invalidated too.
-        for (u, did) in self.units.iter_mut().zip(&guest.dids) {
-            if u.hw
-                .after_mapping_change(self.mem, &self.clock, *did, iova)
-                .is_err()
-            {
-                log::warn!("amd-vi: page invalidation after map timed out");
-            }
+        if self.invalidate_page(dids, iova).is_err() {
+            log::warn!("amd-vi: page invalidation after map timed out");
         }
-        tables.mapped_pages += 1;
         Ok(())
     }
 
-    fn unmap(&mut self, tables: &mut GuestTables, iova: u64) -> Option<PhysAddr> {
-        let guest = tables.vendor.downcast_mut::<AmdGuest>()?;
-        let pa = guest.table.unmap(self.mem, iova).ok().flatten()?;
-        for (u, did) in self.units.iter_mut().zip(&guest.dids) {
-            if u.hw
-                .after_mapping_change(self.mem, &self.clock, *did, iova)
-                .is_err()
-            {
-                log::warn!("amd-vi: page invalidation after unmap timed out");
-            }
-        }
-        tables.mapped_pages -= 1;
-        Some(pa)
-    }
-
-    fn attach(
+    fn unmap(
         &mut self,
-        _held: &LockHeld,
-        dev: &DeviceSpec,
-        tables: &GuestTables,
-    ) -> Result<SwitchCost, IommuError> {
-        let guest = tables
-            .vendor
-            .downcast_ref::<AmdGuest>()
-            .ok_or_else(|| IommuError::Inconsistent("not an AMD-Vi guest".into()))?;
-        let root = guest.table.translation_root();
-        let dids = guest.dids.clone();
-        self.switch(dev.sbdf, dev.moving, |s| {
-            DeviceTableEntry::translated(root, dids[s.unit])
-        })
-    }
-
-    fn quarantine(&mut self, _held: &LockHeld, dev: &DeviceSpec) -> SwitchCost {
-        if let Some(t) = self
-            .devices
-            .get(&dev.sbdf)
-            .and_then(|s| s.quarantine.as_ref())
-        {
-            t.zero_scratch(self.mem);
-        }
-        match self.switch(dev.sbdf, dev.moving, quarantine_entry) {
-            Ok(cost) => cost,
-            Err(e) => {
-                log::error!("amd-vi: returning {} to quarantine: {e}", dev.sbdf);
-                SwitchCost {
-                    timed_out: true,
-                    ..SwitchCost::default()
-                }
-            }
-        }
-    }
-
-    fn translate(&self, rid: Sbdf, iova: u64, write: bool) -> Result<PhysAddr, String> {
-        let unit = self
-            .devices
-            .values()
-            .find(|d| d.rids.contains(&rid.bdf) && self.units[d.unit].segment == rid.segment)
-            .map(|d| d.unit)
-            .or_else(|| self.unit_for(rid))
-            .ok_or_else(|| format!("no IOMMU covers {rid}"))?;
-        let u = &self.units[unit];
-        walker::translate(
-            self.mem,
-            u.table.base(),
-            u.table.entries(),
-            rid.bdf.requester_id(),
-            iova,
-            write,
-        )
-        .map_err(|f| format!("{f}"))
-    }
-
-    fn scratch_page(&self, sbdf: Sbdf) -> Option<PhysAddr> {
-        self.devices.get(&sbdf)?.quarantine.as_ref()?.scratch_page()
+        tables: &mut PageTable,
+        dids: &[u16],
+        iova: u64,
+    ) -> Result<Option<PhysAddr>, IommuError> {
+        let Some(pa) = tables.unmap(self.mem, iova).ok().flatten() else {
+            return Ok(None);
+        };
+        self.invalidate_page(dids, iova)?;
+        Ok(Some(pa))
     }
 
     fn drain_faults(&mut self, sink: &mut dyn FnMut(DmaFault)) -> usize {
@@ -448,7 +417,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for AmdViIommu<'_, M, R, C> {
                         address,
                         "illegal device table entry".into(),
                     )),
-                    other => log::warn!("amd-vi: event {other:?}"),
+                    other => log::warn!("amd-vi: event {other}"),
                 });
             match drained {
                 Ok(summary) => {
@@ -458,5 +427,28 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for AmdViIommu<'_, M, R, C> {
             }
         }
         lost
+    }
+}
+
+impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Inspect for AmdViIommu<'_, M, R, C> {
+    fn translate(&self, rid: Sbdf, iova: u64, write: bool) -> Result<PhysAddr, String> {
+        let unit = self
+            .unit_of(rid)
+            .or_else(|| self.units.iter().position(|u| u.segment == rid.segment))
+            .ok_or_else(|| format!("no IOMMU covers {rid}"))?;
+        let u = &self.units[unit];
+        walker::translate(
+            self.mem,
+            u.table.base(),
+            u.table.entries(),
+            rid.bdf.requester_id(),
+            iova,
+            write,
+        )
+        .map_err(|f| format!("{f}"))
+    }
+
+    fn scratch_page(&self, q: &QuarantineTables) -> Option<PhysAddr> {
+        q.scratch_page()
     }
 }

@@ -1,6 +1,5 @@
 //! From firmware tables to a running IOMMU: which units exist, which unit covers each PCI
 //! function, and which reserved ranges (RMRR) each function needs.
-use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
@@ -15,16 +14,21 @@ use super::amd;
 use super::vtd::{UnitConfig, VtdIommu};
 use crate::arch::mmio::MmioRegion;
 use crate::arch::tsc::TscClock;
-use crate::mm::direct_map::{CLFLUSH, DIRECT_MAP};
+use crate::mm::direct_map::{DirectMap, CLFLUSH, DIRECT_MAP};
 use crate::mm::frames::Frames;
-use crate::passthrough::iommu::{Iommu, ReservedRange};
-use lazaret_amd_vi::{AmdViUnit, DeviceTable};
+use crate::passthrough::iommu::ReservedRange;
+use lazaret_amd_vi::DeviceTable;
+
+/// The kernel's VT-d: tables through the direct map, registers mapped uncached, TSC time.
+pub type KernelVtd = VtdIommu<'static, DirectMap, MmioRegion, TscClock>;
+/// The kernel's AMD-Vi, likewise.
+pub type KernelAmd = amd::AmdViIommu<'static, DirectMap, MmioRegion, TscClock>;
 
 /// What the platform's IOMMU tables gave: the IOMMU, per function its reserved ranges and the
 /// extra requester IDs firmware says its DMA carries, and the functions that are IOMMUs
 /// themselves (never quarantined: their own accesses are not translated).
-pub struct Discovered {
-    pub iommu: Box<dyn Iommu>,
+pub struct Discovered<V> {
+    pub iommu: V,
     pub reserved: BTreeMap<Sbdf, Vec<ReservedRange>>,
     pub aliases: BTreeMap<Sbdf, Vec<Bdf>>,
     pub iommu_functions: Vec<Sbdf>,
@@ -46,7 +50,7 @@ pub fn vtd(
     dmar_bytes: &[u8],
     pci: &Enumeration,
     frames: &mut dyn FrameAllocator,
-) -> Result<Discovered, String> {
+) -> Result<Discovered<KernelVtd>, String> {
     let dmar = Dmar::parse(dmar_bytes).map_err(|e| format!("DMAR rejected: {e}"))?;
     // The same defect checks lazaret-preflight reports, so the tool's promises hold here.
     let found = defects::dmar_defects(&dmar);
@@ -116,10 +120,7 @@ pub fn vtd(
             log::warn!("vtd: ignoring RMRR {}-{}: {defect}", rmrr.base, rmrr.limit);
             continue;
         }
-        let range = ReservedRange {
-            start: rmrr.base.as_u64(),
-            end: rmrr.limit.as_u64(),
-        };
+        let range = ReservedRange::read_write(rmrr.base.as_u64(), rmrr.limit.as_u64());
         for scope in rmrr.scopes {
             let Some(target) = ResolvedScope::resolve(&scope, bridge_buses(pci, rmrr.segment))
             else {
@@ -143,7 +144,7 @@ pub fn vtd(
         .map_err(|e| format!("{e}"))?;
     summary.extend(iommu.unit_summaries());
     Ok(Discovered {
-        iommu: Box::new(iommu),
+        iommu,
         reserved,
         aliases: BTreeMap::new(),
         iommu_functions: Vec::new(),
@@ -152,13 +153,13 @@ pub fn vtd(
 }
 
 /// Brings up AMD-Vi from the IVRS table: per IOMMU (the most complete IVHD of each), its
-/// device table sized to the largest requester ID present, the command buffer and event log,
-/// then translation on with every entry blocking.
+/// device table sized to the largest requester ID the IVRS or PCI names, the command buffer
+/// and event log, then translation on with every entry blocking.
 pub fn amd(
     ivrs_bytes: &[u8],
     pci: &Enumeration,
     frames: &mut Frames,
-) -> Result<Discovered, String> {
+) -> Result<Discovered<KernelAmd>, String> {
     let ivrs = Ivrs::parse(ivrs_bytes).map_err(|e| format!("IVRS rejected: {e}"))?;
     let found = defects::ivrs_defects(&ivrs);
     for d in &found {
@@ -168,12 +169,6 @@ pub fn amd(
         return Err(format!("IVRS unusable: {}", fatal.message));
     }
     let ignored: Vec<usize> = defects::ignored_units(&found).collect();
-    let max_rid = pci
-        .functions
-        .iter()
-        .map(|f| (u16::from(f.sbdf.bdf.bus()) << 8) | 0xff)
-        .max()
-        .unwrap_or(0xff);
     let mut setups = Vec::new();
     let mut coverage = BTreeMap::new();
     let mut aliases: BTreeMap<Sbdf, Vec<Bdf>> = BTreeMap::new();
@@ -187,6 +182,21 @@ pub fn amd(
         let facts = ivhd
             .device_facts()
             .map_err(|e| format!("IVHD at {:#x}: {e}", ivhd.offset))?;
+        // Every ID a device's DMA may carry needs an entry: the IVHD's own ranges and aliases
+        // as well as what PCI enumeration found, whichever is larger.
+        let max_rid = facts
+            .as_slice()
+            .iter()
+            .flat_map(|f| [f.last, f.alias.unwrap_or(f.last)])
+            .map(|b| b.requester_id())
+            .chain(
+                pci.functions
+                    .iter()
+                    .filter(|f| f.sbdf.segment == ivhd.segment)
+                    .map(|f| (u16::from(f.sbdf.bdf.bus()) << 8) | 0xff),
+            )
+            .max()
+            .unwrap_or(0xff);
         let regs = MmioRegion::map(ivhd.base_address, AMD_VI_MMIO_LEN, frames)
             .map_err(|e| format!("mapping IOMMU registers: {e}"))?;
         let pages = (DeviceTable::bytes_for(max_rid) / PAGE_SIZE) as usize;
@@ -195,15 +205,15 @@ pub fn amd(
             .ok_or("no contiguous memory for the device table")?;
         let table = DeviceTable::new(&DIRECT_MAP, base, max_rid)
             .map_err(|e| format!("device table: {e}"))?;
-        let hw = AmdViUnit::new(regs, &DIRECT_MAP, frames, amd::TIMEOUT_US)
-            .map_err(|e| format!("IOMMU at {}: {e}", ivhd.base_address))?;
-        if hw.enabled() {
-            hw.disable(&TscClock)
-                .map_err(|e| format!("disabling the firmware's set-up: {e}"))?;
-        }
-        hw.set_device_table(&table);
-        hw.enable(&TscClock)
-            .map_err(|e| format!("IOMMU at {}: {e}", ivhd.base_address))?;
+        let setup = amd::bring_up(
+            regs,
+            &DIRECT_MAP,
+            frames,
+            table,
+            ivhd.segment,
+            ivhd.base_address,
+            &TscClock,
+        )?;
         let unit = setups.len();
         let own = Sbdf::new(ivhd.segment, ivhd.iommu_bdf);
         iommu_functions.push(own);
@@ -227,12 +237,7 @@ pub fn amd(
             ivhd.segment,
             facts.as_slice().len()
         ));
-        setups.push(amd::UnitSetup {
-            hw,
-            table,
-            segment: ivhd.segment,
-            base: ivhd.base_address,
-        });
+        setups.push(setup);
     }
     for f in &pci.functions {
         if !coverage.contains_key(&f.sbdf) && !iommu_functions.contains(&f.sbdf) {
@@ -255,12 +260,15 @@ pub fn amd(
         let range = ReservedRange {
             start: m.start.as_u64(),
             end: end.as_u64() - 1,
+            // Exclusion ranges bypass translation entirely on hardware: full access.
+            read: m.flags.read() || m.flags.exclusion(),
+            write: m.flags.write() || m.flags.exclusion(),
         };
         let (first, last) = m.devices();
         for f in pci
             .functions
             .iter()
-            .filter(|f| (first..=last).contains(&f.sbdf.bdf))
+            .filter(|f| f.sbdf.segment == m.segment && (first..=last).contains(&f.sbdf.bdf))
         {
             reserved.entry(f.sbdf).or_default().push(range);
         }
@@ -268,7 +276,7 @@ pub fn amd(
     let iommu = amd::AmdViIommu::new(&DIRECT_MAP, TscClock, setups, coverage)?;
     summary.extend(iommu.unit_summaries());
     Ok(Discovered {
-        iommu: Box::new(iommu),
+        iommu,
         reserved,
         aliases,
         iommu_functions,

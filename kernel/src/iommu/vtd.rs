@@ -1,11 +1,11 @@
-//! Intel VT-d behind the vendor-neutral [`Iommu`] seam: one root table per unit, per-device
-//! frozen quarantine tables, guest second-level tables, owner switches as one atomic context
-//! write per requester ID followed by one batched invalidation and one wait.
-use alloc::boxed::Box;
+//! Intel VT-d behind the [`Vendor`] seam: one root table per unit, context entries as the
+//! switched entries, second-level tables for guests and quarantine. Bring-up is here; the
+//! owner-switch flow is the core's.
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::ops::Range;
 
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 use lazaret_vtd::{
@@ -13,11 +13,8 @@ use lazaret_vtd::{
     IotlbScope, Levels, PageTable, Perms, QuarantineTables, RootTable, TableMemory, VtdUnit,
 };
 
-use super::dids::{allocate_each, release_each, DomainIds};
-use crate::cmdline::QuarantineMode;
 use crate::passthrough::iommu::{
-    DeviceSpec, DmaFault, GuestTables, Iommu, IommuError, QuarantineInfo, RequesterIds, SwitchCost,
-    MAX_REQUESTER_IDS,
+    DmaFault, FlushCost, Inspect, IommuError, ReservedRange, Vendor, MAX_REQUESTER_IDS,
 };
 use crate::passthrough::LockHeld;
 
@@ -38,21 +35,6 @@ struct Unit<R: Mmio> {
     root: RootTable,
     segment: u16,
     include_all: bool,
-    dids: DomainIds,
-}
-
-struct DeviceState {
-    unit: usize,
-    rids: Vec<Bdf>,
-    quarantine: Option<QuarantineTables>,
-    quarantine_did: u16,
-}
-
-/// A guest's VT-d state: one second-level table shared by every unit (all use the same
-/// depth), and a domain ID per unit.
-struct VtdGuest {
-    table: PageTable,
-    dids: Vec<u16>,
 }
 
 #[derive(Debug)]
@@ -80,6 +62,29 @@ impl core::fmt::Display for VtdError {
     }
 }
 
+/// The invalidations one switch owes a unit, on the stack: context-cache requests first,
+/// IOTLB requests after them.
+#[derive(Default)]
+pub struct Batch {
+    contexts: heapless::Vec<Invalidation, { 2 * MAX_REQUESTER_IDS }>,
+    iotlbs: heapless::Vec<Invalidation, { 2 * MAX_REQUESTER_IDS }>,
+    /// Too many requests to hold: invalidate everything instead (always safe).
+    overflow: bool,
+    write_buffer: bool,
+}
+
+impl Batch {
+    fn push(
+        list: &mut heapless::Vec<Invalidation, { 2 * MAX_REQUESTER_IDS }>,
+        i: Invalidation,
+        overflow: &mut bool,
+    ) {
+        if !list.contains(&i) && list.push(i).is_err() {
+            *overflow = true;
+        }
+    }
+}
+
 pub struct VtdIommu<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> {
     mem: &'m M,
     flush: &'m dyn CacheFlush,
@@ -89,13 +94,20 @@ pub struct VtdIommu<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> {
     /// Devices that a unit's scopes name explicitly; the rest go to the segment's
     /// INCLUDE_PCI_ALL unit.
     coverage: BTreeMap<Sbdf, usize>,
-    devices: BTreeMap<Sbdf, DeviceState>,
 }
 
 fn unit_error(base: PhysAddr, e: impl core::fmt::Display) -> VtdError {
     VtdError::Unit {
         base,
         what: format!("{e}"),
+    }
+}
+
+fn iotlb(scope: IotlbScope) -> Invalidation {
+    Invalidation::Iotlb {
+        scope,
+        drain_reads: false,
+        drain_writes: false,
     }
 }
 
@@ -114,28 +126,22 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
         if configs.is_empty() {
             return Err(VtdError::NoUnits);
         }
-        let hws: Vec<(VtdUnit<R>, UnitConfig<()>)> = configs
+        let hws: Vec<(VtdUnit<R>, u16, PhysAddr, bool)> = configs
             .into_iter()
             .map(|c| {
-                let cfg = UnitConfig {
-                    regs: (),
-                    segment: c.segment,
-                    register_base: c.register_base,
-                    include_all: c.include_all,
-                };
-                (VtdUnit::new(c.regs, TIMEOUT_US), cfg)
+                let hw = VtdUnit::new(c.regs, TIMEOUT_US);
+                (hw, c.segment, c.register_base, c.include_all)
             })
             .collect();
         // One depth for every table, chosen once: the deepest every unit supports, up to 4.
         let levels = [Levels::Four, Levels::Three, Levels::Five]
             .into_iter()
-            .find(|l| hws.iter().all(|(u, _)| u.capabilities().supports(*l)))
+            .find(|l| hws.iter().all(|(u, ..)| u.capabilities().supports(*l)))
             .ok_or(VtdError::NoCommonDepth)?;
         let mut units = Vec::new();
-        for (mut hw, cfg) in hws {
-            let tm = TableMemory::new(mem, flush);
-            let root = RootTable::new(tm, alloc).map_err(|_| VtdError::OutOfMemory)?;
-            let base = cfg.register_base;
+        for (mut hw, segment, base, include_all) in hws {
+            let root = RootTable::new(TableMemory::new(mem, flush), alloc)
+                .map_err(|_| VtdError::OutOfMemory)?;
             hw.set_root_table(root.address(), &clock)
                 .map_err(|e| unit_error(base, e))?;
             if hw.ext_capabilities().queued_invalidation() {
@@ -146,13 +152,11 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
                 .map_err(|e| unit_error(base, e))?;
             hw.enable_translation(&clock)
                 .map_err(|e| unit_error(base, e))?;
-            let dids = DomainIds::new(hw.capabilities().usable_domain_ids());
             units.push(Unit {
                 hw,
                 root,
-                segment: cfg.segment,
-                include_all: cfg.include_all,
-                dids,
+                segment,
+                include_all,
             });
         }
         Ok(VtdIommu {
@@ -162,7 +166,6 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
             units,
             levels,
             coverage,
-            devices: BTreeMap::new(),
         })
     }
 
@@ -170,15 +173,13 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
         TableMemory::new(self.mem, self.flush)
     }
 
-    fn unit_for(&self, sbdf: Sbdf) -> Option<usize> {
-        self.coverage.get(&sbdf).copied().or_else(|| {
-            self.units
-                .iter()
-                .position(|u| u.include_all && u.segment == sbdf.segment)
-        })
+    fn unit(&self, unit: usize) -> Result<&Unit<R>, IommuError> {
+        self.units
+            .get(unit)
+            .ok_or_else(|| IommuError::Inconsistent(format!("no VT-d unit {unit}")))
     }
 
-    /// Units' queued-invalidation / register statistics, for the figures.
+    /// Units' capabilities, for the boot log.
     pub fn unit_summaries(&self) -> Vec<String> {
         self.units
             .iter()
@@ -198,99 +199,14 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
             })
             .collect()
     }
-
-    /// Switches every requester ID of `sbdf` to `target` and invalidates the previous
-    /// domain IDs with one batch and one wait.
-    fn switch(
-        &mut self,
-        sbdf: Sbdf,
-        rids: &[Bdf],
-        target: impl Fn(&DeviceState, &Unit<R>) -> ContextEntry,
-    ) -> Result<SwitchCost, IommuError> {
-        let state = self
-            .devices
-            .get(&sbdf)
-            .ok_or_else(|| IommuError::Inconsistent(format!("{sbdf} was never added")))?;
-        let unit = &self.units[state.unit];
-        let new = target(state, unit);
-        let (stats_before, writes_before) = (unit.hw.invalidation_stats(), unit.hw.mmio_writes());
-        // Context-cache entries of the moved requester IDs, then the IOTLB of each previous
-        // domain: one batch, one wait (VT-d §6.5.2: a wait descriptor completes only after
-        // every descriptor submitted before it).
-        // On the stack: this runs inside deassign and destroy, which must not allocate. Every
-        // push below fits: at most one context and one IOTLB request per requester ID.
-        if rids.len() > MAX_REQUESTER_IDS {
-            return Err(IommuError::Inconsistent(format!(
-                "{sbdf}: more than {MAX_REQUESTER_IDS} requester IDs"
-            )));
-        }
-        let mut contexts: heapless::Vec<Invalidation, { 2 * MAX_REQUESTER_IDS }> =
-            heapless::Vec::new();
-        let mut iotlbs: heapless::Vec<Invalidation, MAX_REQUESTER_IDS> = heapless::Vec::new();
-        let mut newly_present = RequesterIds::new();
-        for rid in rids {
-            let old = unit
-                .root
-                .read_context(self.mem, *rid)
-                .unwrap_or(ContextEntry::NOT_PRESENT);
-            if old == new {
-                continue;
-            }
-            unit.root
-                .switch_context(self.tm(), *rid, old, new)
-                .map_err(|e| IommuError::Inconsistent(format!("{e}")))?;
-            if old.present {
-                let _ = contexts.push(Invalidation::Context(ContextScope::Device {
-                    did: old.domain_id,
-                    source_id: *rid,
-                    function_mask: 0,
-                }));
-                let tlb = Invalidation::Iotlb {
-                    scope: IotlbScope::Domain { did: old.domain_id },
-                    drain_reads: false,
-                    drain_writes: false,
-                };
-                if !iotlbs.contains(&tlb) {
-                    let _ = iotlbs.push(tlb);
-                }
-            } else if new.present {
-                let _ = newly_present.push(*rid);
-            }
-        }
-        let (unit_index, new_did) = (state.unit, new.domain_id);
-        let unit = &mut self.units[unit_index];
-        let mut timed_out = false;
-        if !contexts.is_empty() {
-            let _ = contexts.extend_from_slice(&iotlbs);
-            timed_out |= unit
-                .hw
-                .invalidate(self.mem, &contexts, &self.clock)
-                .is_err();
-        }
-        for rid in newly_present {
-            timed_out |= unit
-                .hw
-                .after_context_present(self.mem, rid, new_did, &self.clock)
-                .is_err();
-        }
-        let stats = unit.hw.invalidation_stats();
-        Ok(SwitchCost {
-            descriptors: stats.descriptors - stats_before.descriptors,
-            waits: stats.waits - stats_before.waits,
-            mmio_writes: unit.hw.mmio_writes() - writes_before,
-            timed_out,
-        })
-    }
 }
 
-fn guest_state(tables: &GuestTables) -> Result<&VtdGuest, IommuError> {
-    tables
-        .vendor
-        .downcast_ref::<VtdGuest>()
-        .ok_or_else(|| IommuError::Inconsistent("not a VT-d guest".into()))
-}
+impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
+    type Entry = ContextEntry;
+    type Quarantine = QuarantineTables;
+    type Tables = PageTable;
+    type Batch = Batch;
 
-impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
     fn name(&self) -> &'static str {
         "Intel VT-d"
     }
@@ -299,155 +215,223 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
         self.levels.count() as u8
     }
 
-    fn add_device(
+    fn unit_count(&self) -> usize {
+        self.units.len()
+    }
+
+    fn unit_of(&self, sbdf: Sbdf) -> Option<usize> {
+        self.coverage.get(&sbdf).copied().or_else(|| {
+            self.units
+                .iter()
+                .position(|u| u.include_all && u.segment == sbdf.segment)
+        })
+    }
+
+    fn domain_ids(&self, unit: usize) -> Range<u32> {
+        self.units
+            .get(unit)
+            .map_or(0..0, |u| u.hw.capabilities().usable_domain_ids())
+    }
+
+    fn prepare(
         &mut self,
         _held: &LockHeld,
         alloc: &mut dyn FrameAllocator,
-        dev: &DeviceSpec,
-        mode: QuarantineMode,
-    ) -> Result<QuarantineInfo, IommuError> {
-        let unit_index = self
-            .unit_for(dev.sbdf)
-            .ok_or(IommuError::NoUnit(dev.sbdf))?;
-        let (mem, flush, levels) = (self.mem, self.flush, self.levels);
-        let unit = &mut self.units[unit_index];
-        for rid in dev.requester_ids {
-            let created = unit
+        unit: usize,
+        rids: &[Bdf],
+    ) -> Result<(), IommuError> {
+        let (mem, flush) = (self.mem, self.flush);
+        self.unit(unit)?;
+        let u = &mut self.units[unit];
+        for rid in rids {
+            let created = u
                 .root
                 .ensure_bus(TableMemory::new(mem, flush), alloc, rid.bus())
                 .map_err(|_| IommuError::OutOfMemory)?;
-            if created && unit.hw.after_root_entry_present(mem, &self.clock).is_err() {
+            if created && u.hw.after_root_entry_present(mem, &self.clock).is_err() {
                 log::warn!(
                     "vtd: root-entry invalidation timed out for bus {:#04x}",
                     rid.bus()
                 );
             }
         }
-        let ranges: Vec<(u64, u64)> = dev.reserved.iter().map(|r| (r.start, r.end)).collect();
-        let tables =
-            match mode {
-                QuarantineMode::None => None,
-                QuarantineMode::Basic | QuarantineMode::Scratch => Some(
-                    QuarantineTables::build(
-                        TableMemory::new(mem, flush),
-                        alloc,
-                        levels,
-                        &ranges,
-                        mode == QuarantineMode::Scratch,
-                    )
-                    .map_err(|e| match e {
-                        lazaret_vtd::QuarantineError::OutOfFrames => IommuError::OutOfMemory,
-                        _ => IommuError::BadReservedRange(dev.reserved.first().copied().unwrap_or(
-                            crate::passthrough::iommu::ReservedRange { start: 0, end: 0 },
-                        )),
-                    })?,
+        Ok(())
+    }
+
+    fn build_quarantine(
+        &mut self,
+        _held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+        reserved: &[ReservedRange],
+        scratch: bool,
+    ) -> Result<QuarantineTables, IommuError> {
+        let ranges: Vec<(u64, u64)> = reserved.iter().map(|r| (r.start, r.end)).collect();
+        QuarantineTables::build(self.tm(), alloc, self.levels, &ranges, scratch).map_err(
+            |e| match e {
+                lazaret_vtd::QuarantineError::OutOfFrames => IommuError::OutOfMemory,
+                _ => IommuError::BadReservedRange(
+                    reserved
+                        .first()
+                        .copied()
+                        .unwrap_or(ReservedRange::read_write(0, 0)),
                 ),
-            };
-        let has_root = tables.as_ref().is_some_and(|t| t.root().is_some());
-        let did = if has_root {
-            match unit.dids.allocate() {
-                Some(d) => d,
-                None => {
-                    if let Some(t) = tables {
-                        t.free(alloc);
-                    }
-                    return Err(IommuError::OutOfDomainIds);
-                }
-            }
-        } else {
-            0
-        };
-        if let Some(t) = &tables {
-            t.zero_scratch(mem);
-        }
-        let pages = tables.as_ref().map_or(0, |t| t.page_count());
-        self.devices.insert(
-            dev.sbdf,
-            DeviceState {
-                unit: unit_index,
-                rids: dev.requester_ids.to_vec(),
-                quarantine: tables,
-                quarantine_did: did,
             },
-        );
-        let entry = |s: &DeviceState, _: &Unit<R>| match &s.quarantine {
-            Some(t) => t.context_entry(s.quarantine_did),
-            None => ContextEntry::NOT_PRESENT,
-        };
-        if let Err(e) = self.switch(dev.sbdf, dev.moving, entry) {
-            // Not registered after all: give back what was reserved for it.
-            if let Some(state) = self.devices.remove(&dev.sbdf) {
-                self.units[state.unit].dids.release(state.quarantine_did);
-                if let Some(t) = state.quarantine {
-                    t.free(alloc);
-                }
-            }
-            return Err(e);
-        }
-        Ok(QuarantineInfo {
-            pages,
-            hw_domain_id: did,
-        })
+        )
     }
 
-    fn create_domain(
-        &mut self,
-        _held: &LockHeld,
-        alloc: &mut dyn FrameAllocator,
-    ) -> Result<GuestTables, IommuError> {
-        let table =
-            PageTable::new(self.tm(), alloc, self.levels).map_err(|_| IommuError::OutOfMemory)?;
-        let Some(dids) = allocate_each(self.units.iter_mut().map(|u| &mut u.dids)) else {
-            table.free(self.mem, alloc);
-            return Err(IommuError::OutOfDomainIds);
-        };
-        Ok(GuestTables {
-            levels: self.levels.count() as u8,
-            mapped_pages: 0,
-            vendor: Box::new(VtdGuest { table, dids }),
-        })
+    fn free_quarantine(&mut self, alloc: &mut dyn FrameAllocator, q: QuarantineTables) {
+        q.free(alloc);
     }
 
-    fn destroy_domain(
+    fn quarantine_pages(&self, q: &QuarantineTables) -> usize {
+        q.page_count()
+    }
+
+    fn zero_scratch(&self, q: &QuarantineTables) {
+        q.zero_scratch(self.mem);
+    }
+
+    fn blocked_entry(&self, _did: u16) -> ContextEntry {
+        ContextEntry::NOT_PRESENT
+    }
+
+    fn quarantine_entry(&self, q: &QuarantineTables, did: u16) -> ContextEntry {
+        q.context_entry(did)
+    }
+
+    fn guest_entry(&self, tables: &PageTable, did: u16) -> ContextEntry {
+        ContextEntry::translated(tables.root(), self.levels, did)
+    }
+
+    fn read_entry(&self, unit: usize, rid: Bdf) -> Result<ContextEntry, IommuError> {
+        self.unit(unit)?
+            .root
+            .read_context(self.mem, rid)
+            .ok_or_else(|| IommuError::Inconsistent(format!("bus of {rid} has no context table")))
+    }
+
+    fn exchange(
         &mut self,
         _held: &LockHeld,
-        alloc: &mut dyn FrameAllocator,
-        tables: GuestTables,
+        unit: usize,
+        rid: Bdf,
+        expected: ContextEntry,
+        new: ContextEntry,
+    ) -> Result<(), IommuError> {
+        let tm = self.tm();
+        self.unit(unit)?
+            .root
+            .switch_context(tm, rid, expected, new)
+            .map_err(|e| IommuError::Inconsistent(format!("{rid}: {e}")))
+    }
+
+    fn new_batch(&self) -> Batch {
+        Batch::default()
+    }
+
+    fn entry_changed(
+        &self,
+        unit: usize,
+        batch: &mut Batch,
+        rid: Bdf,
+        old: ContextEntry,
+        new: ContextEntry,
     ) {
-        if let Ok(guest) = tables.vendor.downcast::<VtdGuest>() {
-            release_each(self.units.iter_mut().map(|u| &mut u.dids), &guest.dids);
-            guest.table.free(self.mem, alloc);
+        let caching_mode = self
+            .units
+            .get(unit)
+            .is_some_and(|u| u.hw.capabilities().caching_mode());
+        // A present entry was modified: its context-cache entries (tagged with the old DID)
+        // and the old domain's IOTLB entries go (VT-d §6.5.3.3). Not-present → present needs
+        // the same only under caching mode, where not-present entries may be cached.
+        let (did, source) = if old.present {
+            (old.domain_id, old.domain_id)
+        } else if new.present && caching_mode {
+            (0, new.domain_id)
+        } else {
+            batch.write_buffer = true;
+            return;
+        };
+        let ctx = Invalidation::Context(ContextScope::Device {
+            did,
+            source_id: rid,
+            function_mask: 0,
+        });
+        Batch::push(&mut batch.contexts, ctx, &mut batch.overflow);
+        let tlb = iotlb(IotlbScope::Domain { did: source });
+        Batch::push(&mut batch.iotlbs, tlb, &mut batch.overflow);
+    }
+
+    fn domain_retired(&self, batch: &mut Batch, did: u16) {
+        let ctx = Invalidation::Context(ContextScope::Domain { did });
+        Batch::push(&mut batch.contexts, ctx, &mut batch.overflow);
+        Batch::push(
+            &mut batch.iotlbs,
+            iotlb(IotlbScope::Domain { did }),
+            &mut batch.overflow,
+        );
+    }
+
+    fn flush(
+        &mut self,
+        _held: &LockHeld,
+        unit: usize,
+        batch: &Batch,
+    ) -> Result<FlushCost, IommuError> {
+        let (mem, clock) = (self.mem, &self.clock);
+        self.unit(unit)?;
+        let u = &mut self.units[unit];
+        let (before, writes_before) = (u.hw.invalidation_stats(), u.hw.mmio_writes());
+        let mut all: heapless::Vec<Invalidation, { 4 * MAX_REQUESTER_IDS }> = heapless::Vec::new();
+        if batch.overflow {
+            let _ = all.push(Invalidation::Context(ContextScope::Global));
+            let _ = all.push(iotlb(IotlbScope::Global));
+        } else {
+            let _ = all.extend_from_slice(&batch.contexts);
+            let _ = all.extend_from_slice(&batch.iotlbs);
         }
+        let result = if !all.is_empty() {
+            u.hw.invalidate(mem, &all, clock)
+        } else if batch.write_buffer {
+            u.hw.flush_write_buffer(clock)
+        } else {
+            Ok(())
+        };
+        result.map_err(|e| IommuError::TimedOut(format!("{e}")))?;
+        let after = u.hw.invalidation_stats();
+        Ok(FlushCost {
+            descriptors: after.descriptors - before.descriptors,
+            waits: after.waits - before.waits,
+            mmio_writes: u.hw.mmio_writes() - writes_before,
+        })
+    }
+
+    fn create_tables(&mut self, alloc: &mut dyn FrameAllocator) -> Result<PageTable, IommuError> {
+        PageTable::new(self.tm(), alloc, self.levels).map_err(|_| IommuError::OutOfMemory)
+    }
+
+    fn free_tables(&mut self, alloc: &mut dyn FrameAllocator, tables: PageTable) {
+        tables.free(self.mem, alloc);
     }
 
     fn map(
         &mut self,
-        tables: &mut GuestTables,
+        tables: &mut PageTable,
         alloc: &mut dyn FrameAllocator,
+        dids: &[u16],
         iova: u64,
         pa: PhysAddr,
         writable: bool,
     ) -> Result<(), IommuError> {
-        let tm = self.tm();
-        let guest = tables
-            .vendor
-            .downcast_mut::<VtdGuest>()
-            .ok_or_else(|| IommuError::Inconsistent("not a VT-d guest".into()))?;
-        guest
-            .table
-            .map(
-                tm,
-                alloc,
-                iova,
-                pa,
-                Perms {
-                    read: true,
-                    write: writable,
-                    snoop: false,
-                },
-            )
+        let perms = Perms {
+            read: true,
+            write: writable,
+            snoop: false,
+        };
+        tables
+            .map(self.tm(), alloc, iova, pa, perms)
             .map_err(|_| IommuError::OutOfMemory)?;
-        for (u, did) in self.units.iter_mut().zip(&guest.dids) {
+        for (u, did) in self.units.iter_mut().zip(dids) {
             if u.hw
                 .after_map(self.mem, *did, iova, 0, &self.clock)
                 .is_err()
@@ -455,85 +439,24 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
                 log::warn!("vtd: IOTLB invalidation after map timed out");
             }
         }
-        tables.mapped_pages += 1;
         Ok(())
     }
 
-    fn unmap(&mut self, tables: &mut GuestTables, iova: u64) -> Option<PhysAddr> {
-        let tm = self.tm();
-        let guest = tables.vendor.downcast_mut::<VtdGuest>()?;
-        let pa = guest.table.unmap(tm, iova).ok().flatten()?;
-        for (u, did) in self.units.iter_mut().zip(&guest.dids) {
-            if u.hw
-                .after_unmap(self.mem, *did, iova, 0, &self.clock)
-                .is_err()
-            {
-                log::warn!("vtd: IOTLB invalidation after unmap timed out");
-            }
-        }
-        tables.mapped_pages -= 1;
-        Some(pa)
-    }
-
-    fn attach(
+    fn unmap(
         &mut self,
-        _held: &LockHeld,
-        dev: &DeviceSpec,
-        tables: &GuestTables,
-    ) -> Result<SwitchCost, IommuError> {
-        let guest = guest_state(tables)?;
-        let (root, levels) = (guest.table.root(), self.levels);
-        let dids = guest.dids.clone();
-        self.switch(dev.sbdf, dev.moving, |s, _| {
-            ContextEntry::translated(root, levels, dids[s.unit])
-        })
-    }
-
-    fn quarantine(&mut self, _held: &LockHeld, dev: &DeviceSpec) -> SwitchCost {
-        if let Some(t) = self
-            .devices
-            .get(&dev.sbdf)
-            .and_then(|s| s.quarantine.as_ref())
-        {
-            // The scratch page is data: zeroed before the device returns to it.
-            t.zero_scratch(self.mem);
-        }
-        let entry = |s: &DeviceState, _: &Unit<R>| match &s.quarantine {
-            Some(t) => t.context_entry(s.quarantine_did),
-            None => ContextEntry::NOT_PRESENT,
+        tables: &mut PageTable,
+        dids: &[u16],
+        iova: u64,
+    ) -> Result<Option<PhysAddr>, IommuError> {
+        let tm = self.tm();
+        let Some(pa) = tables.unmap(tm, iova).ok().flatten() else {
+            return Ok(None);
         };
-        match self.switch(dev.sbdf, dev.moving, entry) {
-            Ok(cost) => cost,
-            Err(e) => {
-                log::error!("vtd: returning {} to quarantine: {e}", dev.sbdf);
-                SwitchCost {
-                    timed_out: true,
-                    ..SwitchCost::default()
-                }
-            }
+        for (u, did) in self.units.iter_mut().zip(dids) {
+            u.hw.after_unmap(self.mem, *did, iova, 0, &self.clock)
+                .map_err(|e| IommuError::TimedOut(format!("{e}")))?;
         }
-    }
-
-    fn translate(&self, rid: Sbdf, iova: u64, write: bool) -> Result<PhysAddr, String> {
-        let unit = self
-            .devices
-            .values()
-            .find(|d| d.rids.contains(&rid.bdf) && self.units[d.unit].segment == rid.segment)
-            .map(|d| d.unit)
-            .or_else(|| self.unit_for(rid))
-            .ok_or_else(|| format!("no unit covers {rid}"))?;
-        walker::translate(
-            self.mem,
-            self.units[unit].root.address(),
-            rid.bdf,
-            iova,
-            write,
-        )
-        .map_err(|f| format!("{f}"))
-    }
-
-    fn scratch_page(&self, sbdf: Sbdf) -> Option<PhysAddr> {
-        self.devices.get(&sbdf)?.quarantine.as_ref()?.scratch_page()
+        Ok(Some(pa))
     }
 
     fn drain_faults(&mut self, sink: &mut dyn FnMut(DmaFault)) -> usize {
@@ -552,5 +475,26 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Iommu for VtdIommu<'_, M, R, C> {
             overflowed += usize::from(summary.overflow);
         }
         overflowed
+    }
+}
+
+impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Inspect for VtdIommu<'_, M, R, C> {
+    fn translate(&self, rid: Sbdf, iova: u64, write: bool) -> Result<PhysAddr, String> {
+        let unit = self
+            .unit_of(rid)
+            .or_else(|| self.units.iter().position(|u| u.segment == rid.segment))
+            .ok_or_else(|| format!("no unit covers {rid}"))?;
+        walker::translate(
+            self.mem,
+            self.units[unit].root.address(),
+            rid.bdf,
+            iova,
+            write,
+        )
+        .map_err(|f| format!("{f}"))
+    }
+
+    fn scratch_page(&self, q: &QuarantineTables) -> Option<PhysAddr> {
+        q.scratch_page()
     }
 }

@@ -1,6 +1,13 @@
 //! Fault accounting: a per-device counter that decays with time, a threshold past which the
 //! device loses Bus Master Enable, and a rate limit on the fault log so a storm cannot drown
 //! the console.
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use lazaret_types::Sbdf;
+
+use super::iommu::{DmaFault, Vendor};
+use super::lock::DevicesGuard;
 
 /// Faults within roughly one decay period that make a device lose bus mastering.
 pub const THRESHOLD: u32 = 16;
@@ -55,6 +62,86 @@ impl LogLimiter {
         self.lines += 1;
         self.lines <= LOG_BURST
     }
+}
+
+/// What one drain of the fault logs found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultReport {
+    pub faults: usize,
+    pub overflowed: usize,
+    pub suppressed: usize,
+    /// Devices that crossed the threshold in this drain and lost Bus Master Enable.
+    pub disabled: Vec<Sbdf>,
+    pub recorded: Vec<DmaFault>,
+}
+
+/// Drains the IOMMU's fault records: logs them (rate-limited) with the device and its owner,
+/// counts them per device, and clears Bus Master Enable (through `disable_bus_master`) on
+/// devices past the threshold.
+pub fn drain_faults<V: Vendor>(
+    g: &mut DevicesGuard<'_, V>,
+    now_ms: u64,
+    disable_bus_master: &mut dyn FnMut(Sbdf) -> bool,
+) -> FaultReport {
+    let (_, s) = g.split();
+    let mut report = FaultReport::default();
+    let mut faults = Vec::new();
+    report.overflowed = s.vendor.drain_faults(&mut |f| faults.push(f));
+    for f in faults {
+        report.faults += 1;
+        let device = s
+            .devices
+            .values_mut()
+            .find(|d| d.sbdf.segment == f.segment && d.requester_ids.contains(&f.requester));
+        let (owner, sbdf) = match device {
+            Some(d) => {
+                let score = d.faults.record(now_ms);
+                if score >= THRESHOLD && !d.bus_master_disabled {
+                    d.bus_master_disabled = disable_bus_master(d.sbdf);
+                    if d.bus_master_disabled {
+                        report.disabled.push(d.sbdf);
+                        log::warn!(
+                            "fault: {} exceeded {THRESHOLD} faults; Bus Master Enable cleared, its DMA is stopped",
+                            d.sbdf
+                        );
+                    }
+                }
+                (Some(d.owner), Some(d.sbdf))
+            }
+            None => (None, None),
+        };
+        if s.stats.fault_log.allow(now_ms) {
+            let owner_name = owner
+                .and_then(|o| s.domains.get(o))
+                .map_or("none", |d| d.name.as_str());
+            log::warn!(
+                "fault: {:04x}:{} {} at {:#x}: {} (device {}, domain {})",
+                f.segment,
+                f.requester,
+                if f.write { "write" } else { "read" },
+                f.address,
+                f.reason,
+                sbdf.map_or_else(|| String::from("unknown"), |s| alloc::format!("{s}")),
+                owner_name
+            );
+        } else {
+            report.suppressed += 1;
+        }
+        report.recorded.push(f);
+    }
+    if report.suppressed > 0 {
+        log::warn!(
+            "fault: {} more fault(s) not logged (rate limit)",
+            report.suppressed
+        );
+    }
+    if report.overflowed > 0 {
+        log::warn!(
+            "fault: the fault log overflowed; {} fault(s) were not recorded",
+            report.overflowed
+        );
+    }
+    report
 }
 
 #[cfg(test)]

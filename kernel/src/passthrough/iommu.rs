@@ -1,28 +1,40 @@
-//! The vendor-neutral IOMMU seam (roughly Xen's `iommu_ops`). VT-d and AMD-Vi implement it;
-//! the passthrough core never sees vendor bits.
+//! The vendor seam: what VT-d and AMD-Vi do differently, and nothing more. The flow that both
+//! share — add, assign, deassign, destroy, the owner switch, its invalidation and what happens
+//! when the hardware times out — is written once, in the core (`super::switch`,
+//! `super::ops`); a vendor implements only the steps below.
 //!
-//! Every method that reads or changes which domain a device's DMA reaches takes a
-//! [`LockHeld`], which only a [`super::DevicesGuard`] can lend: what Xen checks with
+//! Every method that writes what a device's DMA reaches takes a [`LockHeld`], which only the
+//! core can borrow from the held device lock: what Xen checks with
 //! `ASSERT(pcidevs_locked())` at run time, the compiler checks here.
-use alloc::boxed::Box;
 use alloc::string::String;
-use core::any::Any;
 use core::fmt;
+use core::ops::Range;
 
 use lazaret_types::{Bdf, FrameAllocator, PhysAddr, Sbdf};
 
 use super::LockHeld;
-use crate::cmdline::QuarantineMode;
 
-/// An RMRR (VT-d) or IVMD unity range (AMD-Vi): `[start, end]`, inclusive, identity-mapped
-/// for the device whatever its owner.
+/// An RMRR (VT-d) or IVMD unity / exclusion range (AMD-Vi): `[start, end]`, inclusive,
+/// identity-mapped for the device whatever its owner, with the access firmware allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ReservedRange {
     pub start: u64,
     pub end: u64,
+    pub read: bool,
+    pub write: bool,
 }
 
 impl ReservedRange {
+    /// A range the device may read and write (every RMRR: VT-d §8.4 gives no permissions).
+    pub const fn read_write(start: u64, end: u64) -> ReservedRange {
+        ReservedRange {
+            start,
+            end,
+            read: true,
+            write: true,
+        }
+    }
+
     pub fn overlaps(&self, other: &ReservedRange) -> bool {
         self.start <= other.end && other.start <= self.end
     }
@@ -36,234 +48,23 @@ pub const MAX_REQUESTER_IDS: usize = 16;
 /// which must not allocate.
 pub type RequesterIds = heapless::Vec<Bdf, MAX_REQUESTER_IDS>;
 
-/// What the IOMMU needs to know about a device.
-#[derive(Clone, Copy, Debug)]
-pub struct DeviceSpec<'a> {
-    pub sbdf: Sbdf,
-    /// Every requester ID the device's DMA can carry: its own, phantom functions, bridge
-    /// aliases. Each gets a context / device-table entry that moves with the device.
-    pub requester_ids: &'a [Bdf],
-    /// The requester IDs this operation points at the new owner: all of them, except IDs
-    /// shared with another device (a bridge alias) that keeps its current owner — one context
-    /// entry serves every device behind the alias, and it follows the group, not one member.
-    pub moving: &'a [Bdf],
-    pub reserved: &'a [ReservedRange],
-}
-
-/// What adding a device reserved for its quarantine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QuarantineInfo {
-    /// Table pages plus the scratch page (`levels + 1` in scratch mode without RMRR).
-    pub pages: usize,
-    /// The IOMMU's domain ID for this device while quarantined (0 when no context is present).
-    pub hw_domain_id: u16,
-}
-
-/// The cost of one owner switch, for the figures.
+/// What one flush cost, for the figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SwitchCost {
+pub struct FlushCost {
     pub descriptors: u64,
     pub waits: u64,
     pub mmio_writes: u64,
-    /// The completion wait ran out of time: the entries are switched (state consistent),
-    /// the caches may still hold the previous owner's translations. Logged by the caller.
-    pub timed_out: bool,
 }
 
-impl core::ops::AddAssign for SwitchCost {
-    fn add_assign(&mut self, o: SwitchCost) {
+impl core::ops::AddAssign for FlushCost {
+    fn add_assign(&mut self, o: FlushCost) {
         self.descriptors += o.descriptors;
         self.waits += o.waits;
         self.mmio_writes += o.mmio_writes;
-        self.timed_out |= o.timed_out;
     }
 }
 
-/// A guest's IOMMU page tables and hardware domain ID(s). Vendor state is opaque to the
-/// core; the mapping lock around it lives in [`crate::domain::Domain`].
-pub struct GuestTables {
-    pub levels: u8,
-    /// Mappings currently present, for the figures and the destroy path.
-    pub mapped_pages: u64,
-    pub vendor: Box<dyn Any + Send>,
-}
-
-/// One DMA fault, decoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DmaFault {
-    pub segment: u16,
-    pub requester: Bdf,
-    pub write: bool,
-    pub address: u64,
-    pub reason: String,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IommuError {
-    OutOfMemory,
-    /// No IOMMU unit covers the device.
-    NoUnit(Sbdf),
-    /// The unit's domain IDs are all in use.
-    OutOfDomainIds,
-    /// A reserved range cannot be mapped (beyond the table width, say).
-    BadReservedRange(ReservedRange),
-    /// An entry changed under us (a bug: entries change only under the device lock).
-    Inconsistent(String),
-}
-
-impl fmt::Display for IommuError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IommuError::OutOfMemory => f.write_str("out of memory for IOMMU tables"),
-            IommuError::NoUnit(s) => write!(f, "no IOMMU unit covers {s}"),
-            IommuError::OutOfDomainIds => f.write_str("the IOMMU has no free domain ID"),
-            IommuError::BadReservedRange(r) => write!(
-                f,
-                "reserved range {:#x}-{:#x} cannot be mapped",
-                r.start, r.end
-            ),
-            IommuError::Inconsistent(s) => write!(f, "IOMMU state inconsistent: {s}"),
-        }
-    }
-}
-
-pub trait Iommu {
-    fn name(&self) -> &'static str;
-
-    /// Table depth used for every table this IOMMU builds and programs.
-    fn levels(&self) -> u8;
-
-    /// Reserves everything the device will ever need — context/device-table space, its
-    /// quarantine tables and scratch page, its hardware domain ID — and puts every requester
-    /// ID in quarantine. Fails cleanly (nothing left allocated).
-    fn add_device(
-        &mut self,
-        held: &LockHeld,
-        alloc: &mut dyn FrameAllocator,
-        dev: &DeviceSpec,
-        mode: QuarantineMode,
-    ) -> Result<QuarantineInfo, IommuError>;
-
-    /// A guest's empty page tables and its hardware domain ID(s).
-    fn create_domain(
-        &mut self,
-        held: &LockHeld,
-        alloc: &mut dyn FrameAllocator,
-    ) -> Result<GuestTables, IommuError>;
-
-    /// Frees a guest's tables and domain ID(s); no device may still point at them.
-    fn destroy_domain(
-        &mut self,
-        held: &LockHeld,
-        alloc: &mut dyn FrameAllocator,
-        tables: GuestTables,
-    );
-
-    /// Maps one 4 KiB page of a guest (caller holds the guest's mapping lock: `&mut`).
-    fn map(
-        &mut self,
-        tables: &mut GuestTables,
-        alloc: &mut dyn FrameAllocator,
-        iova: u64,
-        pa: PhysAddr,
-        writable: bool,
-    ) -> Result<(), IommuError>;
-
-    /// Unmaps one page and invalidates it; never allocates.
-    fn unmap(&mut self, tables: &mut GuestTables, iova: u64) -> Option<PhysAddr>;
-
-    /// Moves every requester ID of `dev` from wherever it is to `tables` (one atomic entry
-    /// write each), then invalidates for the previous domain ID(s) with one wait.
-    fn attach(
-        &mut self,
-        held: &LockHeld,
-        dev: &DeviceSpec,
-        tables: &GuestTables,
-    ) -> Result<SwitchCost, IommuError>;
-
-    /// Moves every requester ID of `dev` back to its quarantine entry. The scratch page is
-    /// zeroed first. Never allocates, never fails.
-    fn quarantine(&mut self, held: &LockHeld, dev: &DeviceSpec) -> SwitchCost;
-
-    /// Where the device's DMA to `iova` lands now, read from the tables as the hardware walks
-    /// them (the reference walker): what scenarios and tests check isolation with.
-    fn translate(&self, rid: Sbdf, iova: u64, write: bool) -> Result<PhysAddr, String>;
-
-    /// The device's private scratch page (scratch mode).
-    fn scratch_page(&self, sbdf: Sbdf) -> Option<PhysAddr>;
-
-    /// Hands every recorded DMA fault to `sink`; returns how many overflowed unrecorded.
-    fn drain_faults(&mut self, sink: &mut dyn FnMut(DmaFault)) -> usize;
-}
-
-/// The kernel holds whichever IOMMU the platform has as a `Box<dyn Iommu>`.
-impl<T: Iommu + ?Sized> Iommu for Box<T> {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    fn levels(&self) -> u8 {
-        (**self).levels()
-    }
-    fn add_device(
-        &mut self,
-        held: &LockHeld,
-        alloc: &mut dyn FrameAllocator,
-        dev: &DeviceSpec,
-        mode: QuarantineMode,
-    ) -> Result<QuarantineInfo, IommuError> {
-        (**self).add_device(held, alloc, dev, mode)
-    }
-    fn create_domain(
-        &mut self,
-        held: &LockHeld,
-        alloc: &mut dyn FrameAllocator,
-    ) -> Result<GuestTables, IommuError> {
-        (**self).create_domain(held, alloc)
-    }
-    fn destroy_domain(
-        &mut self,
-        held: &LockHeld,
-        alloc: &mut dyn FrameAllocator,
-        tables: GuestTables,
-    ) {
-        (**self).destroy_domain(held, alloc, tables)
-    }
-    fn map(
-        &mut self,
-        tables: &mut GuestTables,
-        alloc: &mut dyn FrameAllocator,
-        iova: u64,
-        pa: PhysAddr,
-        writable: bool,
-    ) -> Result<(), IommuError> {
-        (**self).map(tables, alloc, iova, pa, writable)
-    }
-    fn unmap(&mut self, tables: &mut GuestTables, iova: u64) -> Option<PhysAddr> {
-        (**self).unmap(tables, iova)
-    }
-    fn attach(
-        &mut self,
-        held: &LockHeld,
-        dev: &DeviceSpec,
-        tables: &GuestTables,
-    ) -> Result<SwitchCost, IommuError> {
-        (**self).attach(held, dev, tables)
-    }
-    fn quarantine(&mut self, held: &LockHeld, dev: &DeviceSpec) -> SwitchCost {
-        (**self).quarantine(held, dev)
-    }
-    fn translate(&self, rid: Sbdf, iova: u64, write: bool) -> Result<PhysAddr, String> {
-        (**self).translate(rid, iova, write)
-    }
-    fn scratch_page(&self, sbdf: Sbdf) -> Option<PhysAddr> {
-        (**self).scratch_page(sbdf)
-    }
-    fn drain_faults(&mut self, sink: &mut dyn FnMut(DmaFault)) -> usize {
-        (**self).drain_faults(sink)
-    }
-}
-
-impl SwitchCost {
+impl FlushCost {
     /// Prints the cost of one owner switch as FIGURE lines (`<what>-invalidation-descriptors`, …).
     pub fn report(&self, what: &str) {
         crate::console::figure(
@@ -282,4 +83,172 @@ impl SwitchCost {
             "writes",
         );
     }
+}
+
+/// One DMA fault, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DmaFault {
+    pub segment: u16,
+    pub requester: Bdf,
+    pub write: bool,
+    pub address: u64,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IommuError {
+    OutOfMemory,
+    /// No IOMMU unit covers the device.
+    NoUnit(Sbdf),
+    /// A requester ID the unit cannot hold (beyond the AMD device table, say).
+    RequesterOutOfRange(Bdf),
+    /// The unit's domain IDs are all in use.
+    OutOfDomainIds,
+    /// A reserved range cannot be mapped (beyond the table width, say).
+    BadReservedRange(ReservedRange),
+    /// An entry changed under us (a bug: entries change only under the device lock).
+    Inconsistent(String),
+    /// The invalidation did not complete in time; the caches may still hold what was
+    /// invalidated.
+    TimedOut(String),
+    /// The unit reported an error for the invalidation (VT-d IQE/ICE/ITE, AMD ILLEGAL_COMMAND).
+    Hardware(String),
+}
+
+impl fmt::Display for IommuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IommuError::OutOfMemory => f.write_str("out of memory for IOMMU tables"),
+            IommuError::NoUnit(s) => write!(f, "no IOMMU unit covers {s}"),
+            IommuError::RequesterOutOfRange(b) => {
+                write!(f, "requester ID {b} lies beyond what the IOMMU can hold")
+            }
+            IommuError::OutOfDomainIds => f.write_str("the IOMMU has no free domain ID"),
+            IommuError::BadReservedRange(r) => write!(
+                f,
+                "reserved range {:#x}-{:#x} cannot be mapped",
+                r.start, r.end
+            ),
+            IommuError::Inconsistent(s) => write!(f, "IOMMU state inconsistent: {s}"),
+            IommuError::TimedOut(s) => write!(f, "IOMMU invalidation timed out: {s}"),
+            IommuError::Hardware(s) => write!(f, "IOMMU reported an error: {s}"),
+        }
+    }
+}
+
+/// What a vendor does differently. Units are numbered `0..unit_count()`; every device sits
+/// behind exactly one.
+pub trait Vendor {
+    /// One context entry (VT-d) or device-table entry (AMD-Vi), as the hardware reads it.
+    type Entry: Copy + Eq + fmt::Debug;
+    /// A device's frozen quarantine tables and scratch page: built once, never changed.
+    type Quarantine;
+    /// A guest's I/O page tables (changed under the guest's own mapping lock).
+    type Tables;
+    /// The invalidations a set of entry changes owes, on the stack.
+    type Batch;
+
+    fn name(&self) -> &'static str;
+    /// Table depth of every table this IOMMU builds and programs.
+    fn levels(&self) -> u8;
+    fn unit_count(&self) -> usize;
+    fn unit_of(&self, sbdf: Sbdf) -> Option<usize>;
+    /// The hardware domain IDs `unit` may hand out.
+    fn domain_ids(&self, unit: usize) -> Range<u32>;
+
+    /// Checks that every requester ID can be programmed on `unit` and reserves what they need
+    /// (VT-d: a context table per bus). Called before any entry is written; may allocate.
+    fn prepare(
+        &mut self,
+        held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+        unit: usize,
+        rids: &[Bdf],
+    ) -> Result<(), IommuError>;
+
+    /// A device's quarantine tables: the reserved ranges identity-mapped, and everything else
+    /// on its own scratch page (`scratch`) or absent (basic mode).
+    fn build_quarantine(
+        &mut self,
+        held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+        reserved: &[ReservedRange],
+        scratch: bool,
+    ) -> Result<Self::Quarantine, IommuError>;
+    /// Gives back quarantine tables no entry ever pointed at.
+    fn free_quarantine(&mut self, alloc: &mut dyn FrameAllocator, q: Self::Quarantine);
+    fn quarantine_pages(&self, q: &Self::Quarantine) -> usize;
+    /// Zeroes the scratch page (before the device enters quarantine).
+    fn zero_scratch(&self, q: &Self::Quarantine);
+
+    /// The entry that blocks every DMA (quarantine mode none, a device whose switch failed).
+    fn blocked_entry(&self, did: u16) -> Self::Entry;
+    fn quarantine_entry(&self, q: &Self::Quarantine, did: u16) -> Self::Entry;
+    fn guest_entry(&self, tables: &Self::Tables, did: u16) -> Self::Entry;
+
+    fn read_entry(&self, unit: usize, rid: Bdf) -> Result<Self::Entry, IommuError>;
+    /// Writes `new` in one atomic 16-byte store if the entry still holds `expected`.
+    fn exchange(
+        &mut self,
+        held: &LockHeld,
+        unit: usize,
+        rid: Bdf,
+        expected: Self::Entry,
+        new: Self::Entry,
+    ) -> Result<(), IommuError>;
+
+    fn new_batch(&self) -> Self::Batch;
+    /// Queues what the hardware may cache of `old` now that `rid` holds `new`.
+    fn entry_changed(
+        &self,
+        unit: usize,
+        batch: &mut Self::Batch,
+        rid: Bdf,
+        old: Self::Entry,
+        new: Self::Entry,
+    );
+    /// Queues everything tagged with `did`, which will be handed out again.
+    fn domain_retired(&self, batch: &mut Self::Batch, did: u16);
+    /// Submits the batch, ordered so no stale entry can be refilled, with one bounded wait.
+    fn flush(
+        &mut self,
+        held: &LockHeld,
+        unit: usize,
+        batch: &Self::Batch,
+    ) -> Result<FlushCost, IommuError>;
+
+    fn create_tables(&mut self, alloc: &mut dyn FrameAllocator)
+        -> Result<Self::Tables, IommuError>;
+    /// Frees tables no entry points at and no cache holds.
+    fn free_tables(&mut self, alloc: &mut dyn FrameAllocator, tables: Self::Tables);
+    /// Maps one 4 KiB page (the caller holds the guest's mapping lock); `dids[unit]` is the
+    /// guest's domain ID on each unit, for what the unit's caches need.
+    fn map(
+        &mut self,
+        tables: &mut Self::Tables,
+        alloc: &mut dyn FrameAllocator,
+        dids: &[u16],
+        iova: u64,
+        pa: PhysAddr,
+        writable: bool,
+    ) -> Result<(), IommuError>;
+    /// Unmaps one page and invalidates it; never allocates. `Err` when the invalidation did
+    /// not complete: the page may still be reachable through a cache.
+    fn unmap(
+        &mut self,
+        tables: &mut Self::Tables,
+        dids: &[u16],
+        iova: u64,
+    ) -> Result<Option<PhysAddr>, IommuError>;
+
+    /// Hands every recorded DMA fault to `sink`; returns how many were lost unrecorded.
+    fn drain_faults(&mut self, sink: &mut dyn FnMut(DmaFault)) -> usize;
+}
+
+/// What tests and scenarios check isolation with: the tables read back as the hardware walks
+/// them, from what is programmed in the unit — not from the core's own records.
+pub trait Inspect: Vendor {
+    /// Where `rid`'s DMA to `iova` lands now, by the reference walker.
+    fn translate(&self, rid: Sbdf, iova: u64, write: bool) -> Result<PhysAddr, String>;
+    fn scratch_page(&self, q: &Self::Quarantine) -> Option<PhysAddr>;
 }

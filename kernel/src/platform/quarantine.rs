@@ -1,8 +1,6 @@
 //! Boot-time IOMMU bring-up: find the IOMMU in ACPI, put every PCI function in quarantine.
-use crate::passthrough::DeviceKind;
-use alloc::boxed::Box;
+use alloc::string::String;
 
-use crate::mm::frames::Frames;
 use lazaret_pci::Enumeration;
 
 use super::acpi::Platform;
@@ -10,53 +8,73 @@ use crate::arch::tsc;
 use crate::cmdline::QuarantineMode;
 use crate::console::figure;
 use crate::hypervisor::Passthrough;
-use crate::iommu::discover;
+use crate::iommu::discover::{self, Discovered};
+use crate::mm::frames::Frames;
+use crate::passthrough::iommu::Vendor;
 use crate::passthrough::requester::requester_ids;
-use crate::passthrough::{self, DeviceLock, State};
+use crate::passthrough::{self, DeviceKind, DeviceLock};
 
+/// The IOMMU with every PCI function quarantined; `Ok(None)` when the platform has none,
+/// `Err` when it has one that could not be brought up (devices then cannot be quarantined).
 pub fn bring_up(
     platform: &Platform,
     pci: &Enumeration,
     frames: &mut Frames,
     mode: QuarantineMode,
-) -> Option<Passthrough> {
-    let discovered = match (platform.raw_table(b"DMAR"), platform.raw_table(b"IVRS")) {
-        (Some(dmar), _) => discover::vtd(dmar, pci, frames),
-        (None, Some(ivrs)) => discover::amd(ivrs, pci, frames),
-        (None, None) => {
-            log::warn!("iommu: no DMAR or IVRS table: no IOMMU, devices cannot be quarantined");
-            return None;
-        }
-    };
-    if !crate::mm::direct_map::cmpxchg16b_supported() {
-        log::error!(
-            "iommu: the CPU lacks cmpxchg16b; owner switches cannot be atomic, IOMMU left off"
-        );
-        return None;
+) -> Result<Option<Passthrough>, String> {
+    let (dmar, ivrs) = (platform.raw_table(b"DMAR"), platform.raw_table(b"IVRS"));
+    if dmar.is_none() && ivrs.is_none() {
+        log::warn!("iommu: no DMAR or IVRS table: no IOMMU, devices cannot be quarantined");
+        return Ok(None);
     }
-    let discovered = match discovered {
-        Ok(d) => d,
-        Err(e) => {
-            log::error!("iommu: bring-up failed: {e}");
-            return None;
-        }
-    };
+    // Checked before any unit is touched: translation must not go on with entries that
+    // cannot be switched atomically.
+    if !crate::mm::direct_map::cmpxchg16b_supported() {
+        return Err(
+            "the CPU lacks cmpxchg16b; owner switches cannot be atomic, IOMMU left off".into(),
+        );
+    }
+    Ok(Some(match (dmar, ivrs) {
+        (Some(dmar), _) => Passthrough::Vtd(quarantine_all(
+            discover::vtd(dmar, pci, frames)?,
+            pci,
+            frames,
+            mode,
+        )),
+        (None, Some(ivrs)) => Passthrough::Amd(quarantine_all(
+            discover::amd(ivrs, pci, frames)?,
+            pci,
+            frames,
+            mode,
+        )),
+        (None, None) => return Ok(None),
+    }))
+}
+
+fn quarantine_all<V: Vendor>(
+    discovered: Discovered<V>,
+    pci: &Enumeration,
+    frames: &mut Frames,
+    mode: QuarantineMode,
+) -> DeviceLock<V> {
     for line in &discovered.summary {
         log::info!("iommu: {line}");
     }
-    let (reserved, aliases, iommu_functions) = (
-        discovered.reserved,
-        discovered.aliases,
-        discovered.iommu_functions,
-    );
-    let lock: Passthrough = DeviceLock::new(State::new(discovered.iommu as Box<_>, mode));
+    let Discovered {
+        iommu,
+        reserved,
+        aliases,
+        iommu_functions,
+        ..
+    } = discovered;
+    let lock = DeviceLock::new(iommu, mode);
     let (mut added, mut pages) = (0usize, 0usize);
     {
         let mut g = lock.lock();
         log::info!(
             "iommu: {} with {}-level tables; quarantine mode {mode}",
-            g.state().iommu.name(),
-            g.state().iommu.levels()
+            g.state().iommu_name(),
+            g.state().levels()
         );
         for f in pci
             .functions
@@ -68,25 +86,19 @@ pub fn bring_up(
             rids.sort();
             rids.dedup();
             let ranges = reserved.get(&f.sbdf).cloned().unwrap_or_default();
-            match passthrough::add_device(
-                &mut g,
-                frames,
-                f.sbdf,
-                DeviceKind::of(f),
-                rids.clone(),
-                ranges.clone(),
-            ) {
+            let (count, range_count) = (rids.len(), ranges.len());
+            match passthrough::add_device(&mut g, frames, f.sbdf, DeviceKind::of(f), rids, ranges) {
                 Ok(q) => {
                     added += 1;
                     pages = pages.max(q.pages);
+                    let group = g.state().group_of(f.sbdf);
                     log::info!(
-                        "quarantine: {} -> DomIO ({:?}, {} requester ID(s), {} reserved range(s), {} page(s), DID {})",
+                        "quarantine: {} -> DomIO ({}, {count} requester ID(s), {range_count} reserved range(s), {} page(s), DID {}{})",
                         f.sbdf,
                         DeviceKind::of(f),
-                        rids.len(),
-                        ranges.len(),
                         q.pages,
-                        q.hw_domain_id
+                        q.hw_domain_id,
+                        if group.len() > 1 { " — shares a requester ID: alias group" } else { "" }
                     );
                 }
                 Err(e) => log::error!("quarantine: {} not quarantined: {e}", f.sbdf),
@@ -105,5 +117,5 @@ pub fn bring_up(
         "ms",
     );
     figure("pages-per-quarantined-device", pages, "pages");
-    Some(lock)
+    lock
 }

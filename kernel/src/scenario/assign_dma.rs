@@ -12,7 +12,7 @@ use crate::console::figure;
 use crate::hypervisor::Hypervisor;
 use crate::mm::direct_map::DIRECT_MAP;
 use crate::passthrough;
-use crate::passthrough::iommu::Iommu;
+use crate::passthrough::iommu::Inspect;
 
 const PAGE: usize = PAGE_SIZE as usize;
 const GUEST_PAGES: usize = 16;
@@ -21,7 +21,7 @@ const SOURCE_GPA: u64 = 0x3000;
 const TARGET_GPA: u64 = 0x5800;
 const TARGET_LEN: usize = 0x400;
 
-pub fn run(hv: &mut Hypervisor, checks: &mut Checks) {
+pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     let devices = edu::find(hv);
     let Some(d) = devices.first() else {
         checks.check("edu-devices", false, format_args!("no edu device"));
@@ -51,7 +51,7 @@ pub fn run(hv: &mut Hypervisor, checks: &mut Checks) {
     );
     let host = |gpa: u64| {
         g.state()
-            .domains
+            .domains()
             .get(dom)
             .and_then(|d| d.memory.host_address(gpa))
     };
@@ -70,16 +70,16 @@ pub fn run(hv: &mut Hypervisor, checks: &mut Checks) {
         assigned.is_ok(),
         format_args!("{} -> {dom:?}: {:?}", d.sbdf, assigned),
     );
-    if let Ok(cost) = assigned {
-        cost.report("assign");
+    if let Ok(r) = &assigned {
+        r.cost.report("assign");
     }
-    let walks = g.state().iommu.translate(d.sbdf, TARGET_GPA, true);
+    let walks = g.state().translate(d.sbdf, TARGET_GPA, true);
     checks.check(
         "assign-walk",
         walks == Ok(target),
         format_args!("gpa {TARGET_GPA:#x} walks to {walks:?}, expected {target}"),
     );
-    let scratch = g.state().iommu.scratch_page(d.sbdf);
+    let scratch = g.state().scratch_page(d.sbdf);
     drop(g);
 
     let read = d.edu.dma_from_ram(SOURCE_GPA, 0, DMA_LEN, edu::deadline());
@@ -125,8 +125,8 @@ pub fn run(hv: &mut Hypervisor, checks: &mut Checks) {
             d.sbdf, deassigned
         ),
     );
-    if let Ok(cost) = deassigned {
-        cost.report("deassign");
+    if let Ok(r) = &deassigned {
+        r.cost.report("deassign");
     }
     drop(g);
     DIRECT_MAP.zero(target_page, PAGE_SIZE);

@@ -9,6 +9,7 @@ use lazaret_types::{PhysAddr, Sbdf};
 use crate::arch::mmio::MmioRegion;
 use crate::arch::tsc;
 use crate::hypervisor::Hypervisor;
+use crate::passthrough::iommu::Inspect;
 
 pub const VENDOR: u16 = 0x1234;
 pub const DEVICE: u16 = 0x11e8;
@@ -20,7 +21,7 @@ pub struct EduDevice {
     pub edu: Edu<MmioRegion>,
 }
 
-pub fn find(hv: &mut Hypervisor) -> Vec<EduDevice> {
+pub fn find<V: Inspect>(hv: &mut Hypervisor<V>) -> Vec<EduDevice> {
     let mut out = Vec::new();
     let sbdfs: Vec<Sbdf> = hv
         .pci

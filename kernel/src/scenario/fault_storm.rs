@@ -7,12 +7,13 @@ use super::checks::Checks;
 use super::edu;
 use crate::cmdline::QuarantineMode;
 use crate::hypervisor::Hypervisor;
+use crate::passthrough::iommu::Inspect;
 use crate::passthrough::{drain_faults, faults};
 
 /// More than enough DMAs to cross the threshold.
 const MAX_DMAS: usize = 3 * faults::THRESHOLD as usize;
 
-pub fn run(hv: &mut Hypervisor, checks: &mut Checks) {
+pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     if hv.options.quarantine != QuarantineMode::Basic {
         checks.check(
             "fault-storm",

@@ -11,8 +11,9 @@ use lazaret_rt::exit::ExitCode;
 use crate::cmdline::Scenario;
 use crate::console::result;
 use crate::hypervisor::Hypervisor;
+use crate::passthrough::iommu::Inspect;
 
-pub fn run(scenario: Scenario, hv: &mut Hypervisor) -> ExitCode {
+pub fn run<V: Inspect>(scenario: Scenario, hv: &mut Hypervisor<V>) -> ExitCode {
     log::info!("scenario {}: start", scenario.name());
     match scenario {
         Scenario::Boot => {

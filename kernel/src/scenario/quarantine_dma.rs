@@ -14,7 +14,7 @@ use super::edu::{self, EduDevice};
 use crate::cmdline::QuarantineMode;
 use crate::hypervisor::Hypervisor;
 use crate::mm::direct_map::DIRECT_MAP;
-use crate::passthrough::iommu::Iommu;
+use crate::passthrough::iommu::Inspect;
 use crate::passthrough::{self, drain_faults};
 
 /// IOVAs the devices use: page 0, a low page, the last page below the edu's 28-bit mask, and
@@ -42,7 +42,7 @@ fn read_page(addr: PhysAddr) -> Vec<u8> {
 struct Sentinels(Vec<PhysAddr>);
 
 impl Sentinels {
-    fn new(hv: &mut Hypervisor, count: usize) -> Sentinels {
+    fn new<V: Inspect>(hv: &mut Hypervisor<V>, count: usize) -> Sentinels {
         let frames: Vec<PhysAddr> = (0..count).filter_map(|_| hv.frames.alloc_frame()).collect();
         for f in &frames {
             DIRECT_MAP.write_bytes(*f, &[0x5a; PAGE]);
@@ -56,12 +56,12 @@ impl Sentinels {
             .all(|f| read_page(*f).iter().all(|b| *b == 0x5a))
     }
 
-    fn release(self, hv: &mut Hypervisor) {
+    fn release<V: Inspect>(self, hv: &mut Hypervisor<V>) {
         self.0.into_iter().for_each(|f| hv.frames.free_frame(f));
     }
 }
 
-pub fn run(hv: &mut Hypervisor, checks: &mut Checks) {
+pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     let devices = edu::find(hv);
     if !checks.check(
         "edu-devices",
@@ -84,7 +84,7 @@ pub fn run(hv: &mut Hypervisor, checks: &mut Checks) {
     }
 }
 
-fn scratch(hv: &mut Hypervisor, devices: &[EduDevice], checks: &mut Checks) {
+fn scratch<V: Inspect>(hv: &mut Hypervisor<V>, devices: &[EduDevice], checks: &mut Checks) {
     let sentinels = Sentinels::new(hv, 8);
     let Some(lock) = hv.passthrough.as_ref() else {
         return;
@@ -93,7 +93,7 @@ fn scratch(hv: &mut Hypervisor, devices: &[EduDevice], checks: &mut Checks) {
         let g = lock.lock();
         devices
             .iter()
-            .map(|d| g.state().iommu.scratch_page(d.sbdf))
+            .map(|d| g.state().scratch_page(d.sbdf))
             .collect()
     };
     let mut dmas = 0;
@@ -111,7 +111,7 @@ fn scratch(hv: &mut Hypervisor, devices: &[EduDevice], checks: &mut Checks) {
             IOVAS.iter().all(|iova| {
                 [false, true]
                     .iter()
-                    .all(|w| g.state().iommu.translate(d.sbdf, *iova, *w) == Ok(page))
+                    .all(|w| g.state().translate(d.sbdf, *iova, *w) == Ok(page))
             })
         };
         checks.check(
@@ -165,7 +165,7 @@ fn scratch(hv: &mut Hypervisor, devices: &[EduDevice], checks: &mut Checks) {
 }
 
 /// After a trip through a guest, the device's reads in quarantine return zeros.
-fn requarantine_reads_zero(hv: &mut Hypervisor, d: &EduDevice, checks: &mut Checks) {
+fn requarantine_reads_zero<V: Inspect>(hv: &mut Hypervisor<V>, d: &EduDevice, checks: &mut Checks) {
     let Some(lock) = hv.passthrough.as_ref() else {
         return;
     };
@@ -177,7 +177,7 @@ fn requarantine_reads_zero(hv: &mut Hypervisor, d: &EduDevice, checks: &mut Chec
             passthrough::destroy_domain(&mut g, &mut hv.frames, dom)?;
             Ok(())
         });
-    let page = g.state().iommu.scratch_page(d.sbdf);
+    let page = g.state().scratch_page(d.sbdf);
     drop(g);
     let Some(page) = page else { return };
     let read = d.edu.dma_from_ram(0x2000, 0, DMA_LEN, edu::deadline());
@@ -193,7 +193,7 @@ fn requarantine_reads_zero(hv: &mut Hypervisor, d: &EduDevice, checks: &mut Chec
     );
 }
 
-fn faulting(hv: &mut Hypervisor, devices: &[EduDevice], checks: &mut Checks) {
+fn faulting<V: Inspect>(hv: &mut Hypervisor<V>, devices: &[EduDevice], checks: &mut Checks) {
     let sentinels = Sentinels::new(hv, 8);
     let Some(lock) = hv.passthrough.as_ref() else {
         return;

@@ -3,8 +3,9 @@
 //! IOMMU must not translate at all (exclusion range).
 //!
 //! Layout (offsets within the block): 0 type, 1 flags, 2 length (u16, 32), 4 DeviceID,
-//! 6 auxiliary data (20h/21h: reserved; 22h: the range's last DeviceID), 8 reserved (u64),
-//! 16 start address (u64), 24 memory block length (u64).
+//! 6 auxiliary data (20h/21h: reserved; 22h: the range's last DeviceID), 8 PCI segment group
+//! (u16; reserved, so 0, in tables older than multi-segment IVRS), 10 reserved, 16 start
+//! address (u64), 24 memory block length (u64).
 use core::fmt;
 
 use lazaret_types::{Bdf, PhysAddr};
@@ -66,6 +67,8 @@ pub struct Ivmd {
     pub length: u16,
     pub device_id: Bdf,
     pub aux: u16,
+    /// The PCI segment of the devices named.
+    pub segment: u16,
     pub start: PhysAddr,
     pub size: u64,
 }
@@ -79,7 +82,8 @@ impl Ivmd {
         let length = r.u16()?;
         let device_id = Bdf::from_requester_id(r.u16()?);
         let aux = r.u16()?;
-        r.skip(8)?;
+        let segment = r.u16()?;
+        r.skip(6)?;
         Ok(Ivmd {
             offset,
             kind,
@@ -87,6 +91,7 @@ impl Ivmd {
             length,
             device_id,
             aux,
+            segment,
             start: PhysAddr(r.u64()?),
             size: r.u64()?,
         })

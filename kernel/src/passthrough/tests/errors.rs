@@ -9,7 +9,7 @@ use super::fixture::*;
 use crate::cmdline::QuarantineMode;
 use crate::domain::DomainId;
 use crate::passthrough::iommu::ReservedRange;
-use crate::passthrough::{self, PassthroughError};
+use crate::passthrough::{self, DeviceKind, PassthroughError};
 
 /// Devices 0-5 of the cast plus 00:06.0, whose RMRR overlaps device 1's; guest `a` (4 pages)
 /// owns device 0, guest `b` has 16 pages; `dead` was destroyed and its slot reused.
@@ -27,10 +27,10 @@ fn scene(g: &mut Guard<'_, '_>, alloc: &mut SimFrameAllocator<'_>) -> Scene {
     let overlapping = Dev {
         sbdf: sbdf(0, 6, 0),
         rids: vec![bdf(0, 6, 0)],
-        reserved: vec![ReservedRange {
-            start: HIGH_RMRR.start + 0x1000,
-            end: HIGH_RMRR.start + 0x2fff,
-        }],
+        reserved: vec![ReservedRange::read_write(
+            HIGH_RMRR.start + 0x1000,
+            HIGH_RMRR.start + 0x2fff,
+        )],
     };
     add(g, alloc, &overlapping).unwrap();
     let a = passthrough::create_domain(g, alloc, "a", 4).unwrap();
@@ -69,7 +69,7 @@ fn refused_requests_change_nothing() {
     let s = scene(&mut g, &mut alloc);
     let (dom_io, hypervisor) = (g.state().domains.dom_io, g.state().domains.hypervisor);
     let ghost = sbdf(9, 9, 1);
-    let (d0, d1, d3, d5) = (cast(0).sbdf, cast(1).sbdf, cast(3).sbdf, cast(5).sbdf);
+    let (d0, d1, d5) = (cast(0).sbdf, cast(1).sbdf, cast(5).sbdf);
     let assign = |dom: DomainId, dev| {
         move |g: &mut Guard<'_, '_>, a: &mut SimFrameAllocator<'_>| {
             passthrough::assign(g, a, dom, dev).map(drop)
@@ -100,7 +100,7 @@ fn refused_requests_change_nothing() {
         deassign(s.dead, d0),
     );
     refused(g, alloc, UnknownDomain(s.dead), |g, a| {
-        passthrough::destroy_domain(g, a, s.dead)
+        passthrough::destroy_domain(g, a, s.dead).map(|_| ())
     });
     refused(
         g,
@@ -150,19 +150,8 @@ fn refused_requests_change_nothing() {
     refused(g, alloc, NotAGuest(dom_io), assign(dom_io, d1));
     refused(g, alloc, NotAGuest(hypervisor), assign(hypervisor, d1));
     refused(g, alloc, NotAGuest(dom_io), |g, a| {
-        passthrough::destroy_domain(g, a, dom_io)
+        passthrough::destroy_domain(g, a, dom_io).map(|_| ())
     });
-    let alias = bdf(1, 0, 0);
-    refused(
-        g,
-        alloc,
-        SharedAlias {
-            sbdf: d3,
-            alias,
-            other: cast(4).sbdf,
-        },
-        assign(s.b, d3),
-    );
     refused(
         g,
         alloc,
@@ -238,4 +227,59 @@ fn a_device_with_more_requester_ids_than_a_switch_holds_is_refused() {
         },
         |g, alloc| add(g, alloc, &big).map(|_| ()),
     );
+}
+
+#[test]
+fn an_alias_group_moves_in_one_call_and_a_bridge_is_never_assigned() {
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let (d3, d4) = (cast(3), cast(4));
+    add(&mut g, &mut alloc, &d3).unwrap();
+    add(&mut g, &mut alloc, &d4).unwrap();
+    let bridge = sbdf(0, 0x1e, 0);
+    passthrough::add_device(
+        &mut g,
+        &mut alloc,
+        bridge,
+        DeviceKind::Bridge,
+        vec![bridge.bdf],
+        vec![],
+    )
+    .unwrap();
+    let dom = passthrough::create_domain(&mut g, &mut alloc, "g", 4).unwrap();
+    let before = snapshot(&g, &alloc);
+    assert_eq!(
+        passthrough::assign(&mut g, &mut alloc, dom, bridge).map(drop),
+        Err(PassthroughError::Bridge(bridge))
+    );
+    assert_eq!(
+        snapshot(&g, &alloc),
+        before,
+        "a refused bridge changed state"
+    );
+    // Assigning one member of the alias group moves both: one entry serves them all.
+    passthrough::assign(&mut g, &mut alloc, dom, d3.sbdf).unwrap();
+    for d in [&d3, &d4] {
+        assert_eq!(g.state().owner_of(d.sbdf), Some(dom), "{}", d.sbdf);
+        for rid in &d.rids {
+            let gpa = 0x1000;
+            assert_eq!(
+                reach(&g, *rid, gpa).ok(),
+                g.state()
+                    .domains()
+                    .get(dom)
+                    .unwrap()
+                    .memory
+                    .host_address(gpa),
+                "{rid} follows the group"
+            );
+        }
+    }
+    passthrough::deassign(&mut g, dom, d4.sbdf).unwrap();
+    let dom_io = g.state().dom_io();
+    assert!([&d3, &d4]
+        .iter()
+        .all(|d| g.state().owner_of(d.sbdf) == Some(dom_io)));
 }

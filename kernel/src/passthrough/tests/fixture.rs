@@ -16,12 +16,12 @@ use lazaret_vtd::ContextEntry;
 use crate::cmdline::QuarantineMode;
 use crate::domain::DomainId;
 use crate::iommu::vtd::{UnitConfig, VtdIommu};
-use crate::passthrough::iommu::{Iommu, ReservedRange};
-use crate::passthrough::{self, DeviceLock, DevicesGuard, State};
+use crate::passthrough::iommu::ReservedRange;
+use crate::passthrough::{self, DeviceLock, DevicesGuard};
 
 pub type Unit<'a> = VtdIommu<'a, SimMemory, SimRef<'a>, StepClock>;
-pub type Lock<'a> = DeviceLock<State<Unit<'a>>>;
-pub type Guard<'g, 'a> = DevicesGuard<'g, State<Unit<'a>>>;
+pub type Lock<'a> = DeviceLock<Unit<'a>>;
+pub type Guard<'g, 'a> = DevicesGuard<'g, Unit<'a>>;
 
 /// Where the allocator's window starts, and how many frames it holds (plenty: tests that
 /// need exhaustion inject it).
@@ -53,7 +53,7 @@ pub fn new_lock<'a>(
         alloc,
     )
     .unwrap();
-    DeviceLock::new(State::new(iommu, mode))
+    DeviceLock::new(iommu, mode)
 }
 
 pub fn bdf(bus: u8, dev: u8, func: u8) -> Bdf {
@@ -65,15 +65,9 @@ pub fn sbdf(bus: u8, dev: u8, func: u8) -> Sbdf {
 }
 
 /// An RMRR far above every guest's memory (4 GiB), two pages.
-pub const HIGH_RMRR: ReservedRange = ReservedRange {
-    start: 0x1_0000_0000,
-    end: 0x1_0000_1fff,
-};
+pub const HIGH_RMRR: ReservedRange = ReservedRange::read_write(0x1_0000_0000, 0x1_0000_1fff);
 /// An RMRR at guest-physical page 8: inside a guest of more than 8 pages.
-pub const LOW_RMRR: ReservedRange = ReservedRange {
-    start: 0x8000,
-    end: 0x8fff,
-};
+pub const LOW_RMRR: ReservedRange = ReservedRange::read_write(0x8000, 0x8fff);
 
 /// A device as the tests register it.
 #[derive(Clone, Debug)]
@@ -118,7 +112,7 @@ pub fn add(
     g: &mut Guard<'_, '_>,
     alloc: &mut SimFrameAllocator<'_>,
     d: &Dev,
-) -> Result<passthrough::iommu::QuarantineInfo, passthrough::PassthroughError> {
+) -> Result<passthrough::QuarantineInfo, passthrough::PassthroughError> {
     passthrough::add_device(
         g,
         alloc,
@@ -131,7 +125,7 @@ pub fn add(
 
 /// Where a write DMA from `rid` to `iova` lands, as the reference walker says.
 pub fn reach(g: &Guard<'_, '_>, rid: Bdf, iova: u64) -> Result<PhysAddr, alloc::string::String> {
-    g.state().iommu.translate(sbdf_of(rid), iova, true)
+    g.state().translate(sbdf_of(rid), iova, true)
 }
 
 /// IOVAs every check samples: the first pages, a guest page beyond small guests, the low

@@ -9,7 +9,6 @@ use lazaret_vtd::Levels;
 
 use super::fixture::*;
 use crate::cmdline::QuarantineMode;
-use crate::passthrough::iommu::Iommu;
 use crate::passthrough::{self, PassthroughError};
 
 /// Sample IOVAs plus a few pseudo-random ones below 2^48 (xorshift, fixed seed: the test is
@@ -36,7 +35,7 @@ fn scratch_mode_gives_each_device_levels_plus_one_pages_and_a_private_scratch_pa
     let mut alloc = new_alloc(&sim);
     let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
     let mut g = lock.lock();
-    let levels = g.state().iommu.levels();
+    let levels = g.state().levels();
     let mut scratch_pages = BTreeSet::new();
     for i in [0, 2, 3] {
         let d = cast(i);
@@ -51,12 +50,12 @@ fn scratch_mode_gives_each_device_levels_plus_one_pages_and_a_private_scratch_pa
             _ => 0,
         };
         assert_eq!(alloc.frames_in_use() - before, q.pages + new_buses);
-        let scratch = g.state().iommu.scratch_page(d.sbdf).unwrap();
+        let scratch = g.state().scratch_page(d.sbdf).unwrap();
         assert!(scratch_pages.insert(scratch), "scratch page shared");
         for rid in &d.rids {
             for iova in iovas() {
                 for write in [false, true] {
-                    let at = g.state().iommu.translate(sbdf_of(*rid), iova, write);
+                    let at = g.state().translate(sbdf_of(*rid), iova, write);
                     assert_eq!(
                         at,
                         Ok(PhysAddr(scratch.0 + iova % PAGE_SIZE)),
@@ -76,7 +75,7 @@ fn scratch_mode_gives_each_device_levels_plus_one_pages_and_a_private_scratch_pa
         .state()
         .devices
         .values()
-        .map(|d| d.quarantine.hw_domain_id)
+        .map(|d| d.quarantine_did)
         .collect();
     assert_eq!(
         dids.len(),
@@ -94,7 +93,7 @@ fn basic_mode_without_rmrr_programs_no_context() {
     let d = cast(2);
     let q = add(&mut g, &mut alloc, &d).unwrap();
     assert_eq!(q.pages, 0);
-    assert_eq!(g.state().iommu.scratch_page(d.sbdf), None);
+    assert_eq!(g.state().scratch_page(d.sbdf), None);
     for rid in &d.rids {
         assert!(!context_entry(&sim, *rid).present);
         for iova in iovas() {
@@ -130,7 +129,7 @@ fn reserved_ranges_are_identity_mapped_in_basic_and_scratch_mode() {
         for i in [1, 5] {
             let d = cast(i);
             add(&mut g, &mut alloc, &d).unwrap();
-            let scratch = g.state().iommu.scratch_page(d.sbdf);
+            let scratch = g.state().scratch_page(d.sbdf);
             assert_eq!(scratch.is_some(), mode == QuarantineMode::Scratch);
             let r = d.reserved[0];
             for iova in [r.start, r.start + 0x123, r.end & !0xfff, r.end] {
@@ -177,15 +176,15 @@ fn assign_points_every_requester_id_at_the_guest_frames() {
             assert!(reach(&g, *rid, iova).is_err(), "{iova:#x} beyond the guest");
         }
         let ctx = context_entry(&sim, *rid);
-        let tables = g.state().domains.get(dom).unwrap().iommu.as_ref().unwrap();
+        let tables = g.state().guest(dom).unwrap().tables.lock();
         assert_eq!(
             ctx.levels().map(|l| l.count()),
-            Some(u32::from(tables.lock().levels)),
+            Some(tables.levels().count()),
             "AW matches the guest tables' depth"
         );
         assert_ne!(
             ctx.domain_id,
-            g.state().devices[&d.sbdf].quarantine.hw_domain_id,
+            g.state().devices[&d.sbdf].quarantine_did,
             "the guest has its own domain ID"
         );
     }
@@ -199,7 +198,7 @@ fn deassign_returns_to_a_zeroed_scratch_page_without_allocating() {
     let mut g = lock.lock();
     let d = cast(0);
     add(&mut g, &mut alloc, &d).unwrap();
-    let scratch = g.state().iommu.scratch_page(d.sbdf).unwrap();
+    let scratch = g.state().scratch_page(d.sbdf).unwrap();
     // A DMA while quarantined lands in the scratch page...
     let at = reach(&g, d.rids[0], 0x5008).unwrap();
     sim.mem.write_u64(at, 0xdead_beef);
@@ -259,7 +258,7 @@ fn destroy_quarantines_the_devices_and_frees_every_frame_without_allocating() {
     assert!(g.state().domains.get(dom).is_none());
     for d in &devs {
         assert_eq!(g.state().devices[&d.sbdf].owner, g.state().domains.dom_io);
-        let scratch = g.state().iommu.scratch_page(d.sbdf).unwrap();
+        let scratch = g.state().scratch_page(d.sbdf).unwrap();
         for rid in &d.rids {
             assert_eq!(reach_page(&g, *rid, 0x7654), Ok(scratch));
         }
@@ -281,23 +280,29 @@ fn an_owner_switch_costs_two_descriptors_and_one_wait_per_requester_id() {
     let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 2).unwrap();
     let writes = sim.regs.write_count();
     let cost = passthrough::assign(&mut g, &mut alloc, dom, d.sbdf).unwrap();
-    assert_eq!(g.state().stats.last_switch, cost);
-    assert_eq!((cost.descriptors, cost.waits), (2, 1), "{cost:?}");
-    assert!(!cost.timed_out);
-    assert_eq!(cost.mmio_writes, (sim.regs.write_count() - writes) as u64);
-    assert!(cost.mmio_writes >= 1, "the queue tail is written");
-    std::eprintln!("FIGURE assign-mmio-writes {} writes", cost.mmio_writes);
+    assert_eq!(g.state().stats.last_switch, cost.cost);
+    assert_eq!((cost.cost.descriptors, cost.cost.waits), (2, 1), "{cost:?}");
+    assert!(cost.timed_out.is_none());
+    assert_eq!(
+        cost.cost.mmio_writes,
+        (sim.regs.write_count() - writes) as u64
+    );
+    assert!(cost.cost.mmio_writes >= 1, "the queue tail is written");
+    std::eprintln!("FIGURE assign-mmio-writes {} writes", cost.cost.mmio_writes);
     let back = passthrough::deassign(&mut g, dom, d.sbdf).unwrap();
-    assert_eq!(g.state().stats.last_switch, back);
-    assert_eq!((back.descriptors, back.waits), (2, 1), "{back:?}");
+    assert_eq!(g.state().stats.last_switch, back.cost);
+    assert_eq!((back.cost.descriptors, back.cost.waits), (2, 1), "{back:?}");
     assert_eq!(g.state().stats.owner_switches, 2);
-    std::eprintln!("FIGURE deassign-mmio-writes {} writes", back.mmio_writes);
+    std::eprintln!(
+        "FIGURE deassign-mmio-writes {} writes",
+        back.cost.mmio_writes
+    );
     // A phantom function moves with its device: one context descriptor per requester ID,
     // one IOTLB descriptor for the one previous domain, still one wait.
     let p = cast(2);
     add(&mut g, &mut alloc, &p).unwrap();
     let cost = passthrough::assign(&mut g, &mut alloc, dom, p.sbdf).unwrap();
-    assert_eq!((cost.descriptors, cost.waits), (3, 1), "{cost:?}");
+    assert_eq!((cost.cost.descriptors, cost.cost.waits), (3, 1), "{cost:?}");
 }
 
 #[test]
@@ -311,7 +316,7 @@ fn a_timed_out_wait_is_counted_and_leaves_state_consistent() {
     let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 2).unwrap();
     sim.set_dead(lazaret_vtd::sim_device::DEAD_QUEUE);
     let cost = passthrough::assign(&mut g, &mut alloc, dom, d.sbdf).unwrap();
-    assert!(cost.timed_out);
+    assert!(cost.timed_out.is_some());
     assert_eq!(g.state().stats.switch_timeouts, 1);
     assert_eq!(
         g.state().devices[&d.sbdf].owner,
@@ -329,9 +334,9 @@ fn a_timed_out_wait_is_counted_and_leaves_state_consistent() {
     // The queue comes back: the next switch completes (and drains what was left behind).
     sim.set_dead(0);
     let back = passthrough::deassign(&mut g, dom, d.sbdf).unwrap();
-    assert!(!back.timed_out, "{back:?}");
+    assert!(back.timed_out.is_none(), "{back:?}");
     assert_eq!(g.state().stats.switch_timeouts, 1);
-    let scratch = g.state().iommu.scratch_page(d.sbdf).unwrap();
+    let scratch = g.state().scratch_page(d.sbdf).unwrap();
     assert_eq!(reach_page(&g, d.rids[0], 0x10), Ok(scratch));
 }
 
@@ -341,7 +346,7 @@ fn a_three_level_unit_builds_and_programs_three_levels() {
     let mut alloc = new_alloc(&sim);
     let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
     let mut g = lock.lock();
-    assert_eq!(g.state().iommu.levels(), 3);
+    assert_eq!(g.state().levels(), 3);
     let d = cast(1);
     let q = add(&mut g, &mut alloc, &d).unwrap();
     // Scratch page, two shared tables, the root, and private level-2 and level-1 tables
@@ -349,7 +354,7 @@ fn a_three_level_unit_builds_and_programs_three_levels() {
     assert_eq!(q.pages, 3 + 1 + 2);
     let ctx = context_entry(&sim, d.rids[0]);
     assert_eq!(ctx.levels(), Some(Levels::Three));
-    let scratch = g.state().iommu.scratch_page(d.sbdf).unwrap();
+    let scratch = g.state().scratch_page(d.sbdf).unwrap();
     assert_eq!(reach_page(&g, d.rids[0], (1 << 39) - 1), Ok(scratch));
     assert!(reach(&g, d.rids[0], 1 << 39)
         .unwrap_err()

@@ -1,0 +1,534 @@
+//! The assignment API: add a device (into quarantine), create a guest, assign an alias group
+//! to it, deassign it back to quarantine, destroy the guest. Everything that can fail is
+//! obtained by add and create; deassign and destroy never allocate.
+use alloc::vec::Vec;
+
+use lazaret_types::{Bdf, FrameAllocator, PhysAddr, Sbdf, PAGE_SIZE};
+use spinning_top::Spinlock;
+
+use super::dids::allocate_each;
+use super::errors::PassthroughError;
+use super::iommu::{IommuError, RequesterIds, ReservedRange, Vendor};
+use super::lock::DevicesGuard;
+use super::registry::{Device, DeviceKind, Group, Guest, State, MAX_GROUP};
+use super::switch::{record, switch_group, SwitchReport, Target};
+use super::LockHeld;
+use crate::cmdline::QuarantineMode;
+use crate::domain::{Domain, DomainId, DomainKind, GuestMemory};
+
+/// What adding a device reserved for its quarantine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuarantineInfo {
+    /// Table pages plus the scratch page (`levels + 1` in scratch mode without RMRR).
+    pub pages: usize,
+    /// The IOMMU's domain ID for this device while quarantined.
+    pub hw_domain_id: u16,
+}
+
+/// Registers a device and puts it in quarantine; everything it will need later — entry
+/// space, quarantine tables, scratch page, domain ID — is reserved now. Refusals and
+/// allocation failures leave nothing behind.
+pub fn add_device<V: Vendor>(
+    g: &mut DevicesGuard<'_, V>,
+    alloc: &mut dyn FrameAllocator,
+    sbdf: Sbdf,
+    kind: DeviceKind,
+    requester_ids: Vec<Bdf>,
+    reserved: Vec<ReservedRange>,
+) -> Result<QuarantineInfo, PassthroughError> {
+    let (held, s) = g.split();
+    if s.devices.contains_key(&sbdf) {
+        return Err(PassthroughError::DeviceExists(sbdf));
+    }
+    let count = requester_ids.len();
+    let Ok(rids) = RequesterIds::from_slice(&requester_ids) else {
+        return Err(PassthroughError::TooManyRequesterIds { sbdf, count });
+    };
+    let unit = s.vendor.unit_of(sbdf).ok_or(IommuError::NoUnit(sbdf))?;
+    let holds = check_group_join(s, sbdf, unit, &rids)?;
+    // Every requester ID is checked (and its bus given a table) before any entry is written.
+    s.vendor.prepare(held, alloc, unit, &rids)?;
+    let quarantine = match s.mode {
+        QuarantineMode::None => None,
+        mode => Some(s.vendor.build_quarantine(
+            held,
+            alloc,
+            &reserved,
+            mode == QuarantineMode::Scratch,
+        )?),
+    };
+    let Some(did) = s.dids.get_mut(unit).and_then(|d| d.allocate()) else {
+        if let Some(q) = quarantine {
+            s.vendor.free_quarantine(alloc, q);
+        }
+        return Err(IommuError::OutOfDomainIds.into());
+    };
+    let pages = quarantine
+        .as_ref()
+        .map_or(0, |q| s.vendor.quarantine_pages(q));
+    let owner = s.domains.dom_io;
+    s.devices.insert(
+        sbdf,
+        Device {
+            sbdf,
+            kind,
+            unit,
+            requester_ids: rids,
+            holds,
+            reserved,
+            owner,
+            quarantine,
+            quarantine_did: did,
+            pages,
+            blocked: false,
+            faults: Default::default(),
+            bus_master_disabled: false,
+        },
+    );
+    let mut one = Group::new();
+    let _ = one.push(sbdf);
+    let report = switch_group(held, s, &one, Target::Quarantine);
+    if let Some(e) = report.failed {
+        // Registered and blocked: its tables stay reserved, since an entry may reach them.
+        return Err(e.into());
+    }
+    Ok(QuarantineInfo {
+        pages,
+        hw_domain_id: did,
+    })
+}
+
+/// Which requester IDs a new device holds (those no registered device uses yet), after
+/// checking that the alias group it joins is quarantined, behind its unit, and not too big.
+fn check_group_join<V: Vendor>(
+    s: &State<V>,
+    sbdf: Sbdf,
+    unit: usize,
+    rids: &RequesterIds,
+) -> Result<RequesterIds, PassthroughError> {
+    let mut holds = RequesterIds::new();
+    let mut joined = Group::new();
+    for rid in rids {
+        let mut shared = false;
+        for other in s
+            .devices
+            .values()
+            .filter(|o| o.sbdf.segment == sbdf.segment && o.requester_ids.contains(rid))
+        {
+            shared = true;
+            if other.owner != s.domains.dom_io {
+                return Err(PassthroughError::SharedAlias {
+                    sbdf,
+                    alias: *rid,
+                    other: other.sbdf,
+                });
+            }
+            if other.unit != unit {
+                return Err(PassthroughError::GroupSpansUnits {
+                    sbdf,
+                    other: other.sbdf,
+                });
+            }
+            for member in s.group_of(other.sbdf) {
+                if !joined.contains(&member) && joined.push(member).is_err() {
+                    return Err(PassthroughError::GroupTooLarge(sbdf));
+                }
+            }
+        }
+        if !shared {
+            let _ = holds.push(*rid);
+        }
+    }
+    if joined.len() >= MAX_GROUP {
+        return Err(PassthroughError::GroupTooLarge(sbdf));
+    }
+    Ok(holds)
+}
+
+/// Creates a guest with `pages` pages of memory (host frames, mapped 1:1 at guest-physical
+/// 0 in its IOMMU tables). On failure nothing stays allocated.
+pub fn create_domain<V: Vendor>(
+    g: &mut DevicesGuard<'_, V>,
+    alloc: &mut dyn FrameAllocator,
+    name: &str,
+    pages: usize,
+) -> Result<DomainId, PassthroughError> {
+    let (_, s) = g.split();
+    let mut frames = Vec::with_capacity(pages);
+    let give_back = |frames: Vec<PhysAddr>, alloc: &mut dyn FrameAllocator| {
+        frames.into_iter().for_each(|f| alloc.free_frame(f))
+    };
+    for _ in 0..pages {
+        match alloc.alloc_frame() {
+            Some(f) => frames.push(f),
+            None => {
+                give_back(frames, alloc);
+                return Err(IommuError::OutOfMemory.into());
+            }
+        }
+    }
+    let mut tables = match s.vendor.create_tables(alloc) {
+        Ok(t) => t,
+        Err(e) => {
+            give_back(frames, alloc);
+            return Err(e.into());
+        }
+    };
+    // Never programmed yet: these IDs can go straight back on failure.
+    let Some(dids) = allocate_each(s.dids.iter_mut()) else {
+        s.vendor.free_tables(alloc, tables);
+        give_back(frames, alloc);
+        return Err(IommuError::OutOfDomainIds.into());
+    };
+    for (i, frame) in frames.iter().enumerate() {
+        if let Err(e) = s.vendor.map(
+            &mut tables,
+            alloc,
+            &dids,
+            i as u64 * PAGE_SIZE,
+            *frame,
+            true,
+        ) {
+            s.vendor.free_tables(alloc, tables);
+            super::dids::release_each(s.dids.iter_mut(), &dids);
+            give_back(frames, alloc);
+            return Err(e.into());
+        }
+    }
+    let id = s.domains.insert(Domain {
+        kind: DomainKind::Guest,
+        name: name.into(),
+        memory: GuestMemory::new(frames),
+    });
+    let slot = id.index() as usize;
+    if s.guests.len() <= slot {
+        s.guests.resize_with(slot + 1, || None);
+    }
+    s.guests[slot] = Some(Guest {
+        tables: Spinlock::new(tables),
+        dids,
+        stale: false,
+        parked: false,
+    });
+    Ok(id)
+}
+
+/// Gives `sbdf` — with every device of its alias group — to guest `domain`. Refused requests
+/// change nothing.
+pub fn assign<V: Vendor>(
+    g: &mut DevicesGuard<'_, V>,
+    alloc: &mut dyn FrameAllocator,
+    domain: DomainId,
+    sbdf: Sbdf,
+) -> Result<SwitchReport, PassthroughError> {
+    let (held, s) = g.split();
+    check_guest(s, domain)?;
+    if !s.devices.contains_key(&sbdf) {
+        return Err(PassthroughError::UnknownDevice(sbdf));
+    }
+    let group = s.group_of(sbdf);
+    let memory_end = s.domains.get(domain).map_or(0, |d| d.memory.size());
+    for member in group.iter().filter_map(|m| s.devices.get(m)) {
+        if member.kind == DeviceKind::Bridge {
+            return Err(PassthroughError::Bridge(member.sbdf));
+        }
+        if member.blocked {
+            return Err(PassthroughError::Blocked(member.sbdf));
+        }
+        if member.owner != s.domains.dom_io {
+            return Err(PassthroughError::AlreadyAssigned {
+                sbdf: member.sbdf,
+                owner: member.owner,
+            });
+        }
+        if let Some(other) = s.devices.values().find(|o| {
+            !group.contains(&o.sbdf)
+                && member
+                    .reserved
+                    .iter()
+                    .any(|r| o.reserved.iter().any(|x| r.overlaps(x)))
+        }) {
+            return Err(PassthroughError::SharedReserved {
+                sbdf: member.sbdf,
+                other: other.sbdf,
+            });
+        }
+        if let Some(range) = member.reserved.iter().find(|r| r.start < memory_end) {
+            return Err(PassthroughError::ReservedInGuestMemory {
+                sbdf: member.sbdf,
+                range: *range,
+            });
+        }
+    }
+    // Reserved ranges go into the target before the switch, so the devices never lose them.
+    let mapped = map_reserved(s, alloc, domain, &group)?;
+    let report = switch_group(held, s, &group, Target::Guest(domain));
+    record(s, &report);
+    if let Some(e) = report.failed.clone() {
+        unmap_pages(s, domain, &mapped);
+        return Err(e.into());
+    }
+    for member in &group {
+        if let Some(d) = s.devices.get_mut(member) {
+            d.owner = domain;
+        }
+    }
+    Ok(report)
+}
+
+fn check_guest<V: Vendor>(s: &State<V>, id: DomainId) -> Result<(), PassthroughError> {
+    if s.domains.get(id).is_none() {
+        return Err(PassthroughError::UnknownDomain(id));
+    }
+    match s.guest(id) {
+        Some(_) => Ok(()),
+        None if s.domains.is_guest(id) => Err(PassthroughError::UnknownDomain(id)),
+        None => Err(PassthroughError::NotAGuest(id)),
+    }
+}
+
+/// Maps every reserved page of the group into the guest; on failure unmaps what it mapped.
+fn map_reserved<V: Vendor>(
+    s: &mut State<V>,
+    alloc: &mut dyn FrameAllocator,
+    domain: DomainId,
+    group: &Group,
+) -> Result<Vec<u64>, PassthroughError> {
+    let mut mapped = Vec::new();
+    let Some(guest) = s
+        .guests
+        .get(domain.index() as usize)
+        .and_then(|g| g.as_ref())
+    else {
+        return Ok(mapped);
+    };
+    let mut tables = guest.tables.lock();
+    for r in group
+        .iter()
+        .filter_map(|m| s.devices.get(m))
+        .flat_map(|d| d.reserved.iter())
+    {
+        let mut page = r.start & !(PAGE_SIZE - 1);
+        while page <= r.end {
+            let result = s.vendor.map(
+                &mut tables,
+                alloc,
+                &guest.dids,
+                page,
+                PhysAddr(page),
+                r.write,
+            );
+            if let Err(e) = result {
+                for p in &mapped {
+                    let _ = s.vendor.unmap(&mut tables, &guest.dids, *p);
+                }
+                return Err(e.into());
+            }
+            mapped.push(page);
+            page += PAGE_SIZE;
+        }
+    }
+    Ok(mapped)
+}
+
+fn unmap_pages<V: Vendor>(s: &mut State<V>, domain: DomainId, pages: &[u64]) {
+    let Some(guest) = s
+        .guests
+        .get_mut(domain.index() as usize)
+        .and_then(|g| g.as_mut())
+    else {
+        return;
+    };
+    let mut tables = guest.tables.lock();
+    for p in pages {
+        if s.vendor.unmap(&mut tables, &guest.dids, *p).is_err() {
+            guest.stale = true;
+        }
+    }
+}
+
+/// Takes `sbdf` — with its alias group — back from `domain` into quarantine. Never
+/// allocates; fails only when the caller does not own the device. A switch that times out
+/// or fails is in the report; the device is quarantined (or blocked) either way.
+pub fn deassign<V: Vendor>(
+    g: &mut DevicesGuard<'_, V>,
+    domain: DomainId,
+    sbdf: Sbdf,
+) -> Result<SwitchReport, PassthroughError> {
+    let (held, s) = g.split();
+    let dev = s
+        .devices
+        .get(&sbdf)
+        .ok_or(PassthroughError::UnknownDevice(sbdf))?;
+    if dev.owner != domain || domain == s.domains.dom_io {
+        return Err(PassthroughError::NotOwner {
+            sbdf,
+            owner: dev.owner,
+        });
+    }
+    Ok(take_back(held, s, domain, sbdf))
+}
+
+fn take_back<V: Vendor>(
+    held: &LockHeld,
+    s: &mut State<V>,
+    domain: DomainId,
+    sbdf: Sbdf,
+) -> SwitchReport {
+    let group = s.group_of(sbdf);
+    let report = switch_group(held, s, &group, Target::Quarantine);
+    record(s, &report);
+    let dom_io = s.domains.dom_io;
+    for member in &group {
+        if let Some(d) = s.devices.get_mut(member) {
+            d.owner = dom_io;
+        }
+    }
+    let State {
+        vendor,
+        devices,
+        guests,
+        ..
+    } = s;
+    let Some(guest) = guests
+        .get_mut(domain.index() as usize)
+        .and_then(|g| g.as_mut())
+    else {
+        return report;
+    };
+    if !report.clean() {
+        guest.stale = true;
+    }
+    // Reserved ranges leave the guest after the switch, unless another of its devices
+    // still needs them.
+    let mut tables = guest.tables.lock();
+    for r in group
+        .iter()
+        .filter_map(|m| devices.get(m))
+        .flat_map(|d| d.reserved.iter())
+    {
+        let still_needed = devices
+            .values()
+            .any(|o| o.owner == domain && o.reserved.contains(r));
+        if still_needed {
+            continue;
+        }
+        let mut page = r.start & !(PAGE_SIZE - 1);
+        while page <= r.end {
+            if vendor.unmap(&mut tables, &guest.dids, page).is_err() {
+                guest.stale = true;
+            }
+            page += PAGE_SIZE;
+        }
+    }
+    report
+}
+
+/// How a destroy ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DestroyReport {
+    /// Devices taken back into quarantine.
+    pub devices: usize,
+    /// An invalidation did not complete: the guest's frames, tables and domain IDs are held
+    /// back (parked) until [`reclaim_parked`] flushes them successfully.
+    pub parked: bool,
+}
+
+/// Destroys a guest: its devices go to quarantine first, then its domain IDs are flushed,
+/// then its tables and memory are freed — or parked, if the hardware may still reach them.
+/// Never allocates.
+pub fn destroy_domain<V: Vendor>(
+    g: &mut DevicesGuard<'_, V>,
+    alloc: &mut dyn FrameAllocator,
+    domain: DomainId,
+) -> Result<DestroyReport, PassthroughError> {
+    let (held, s) = g.split();
+    check_guest(s, domain)?;
+    let mut report = DestroyReport::default();
+    // One group at a time, without collecting them: destroy must not allocate.
+    while let Some(sbdf) = s
+        .devices
+        .values()
+        .find(|d| d.owner == domain)
+        .map(|d| d.sbdf)
+    {
+        report.devices += s.group_of(sbdf).len();
+        take_back(held, s, domain, sbdf);
+    }
+    if let Some(guest) = s
+        .guests
+        .get_mut(domain.index() as usize)
+        .and_then(|g| g.as_mut())
+    {
+        guest.parked = true;
+    }
+    report.parked = !reclaim(held, s, alloc, domain);
+    if report.parked {
+        s.stats.parked_domains += 1;
+        log::error!(
+            "passthrough: domain {domain} parked: the IOMMU may still reach its memory, which is kept until a flush succeeds"
+        );
+    }
+    Ok(report)
+}
+
+/// Flushes every domain ID of the parked guest `domain`; when all complete, frees its tables,
+/// memory and IDs and removes it. Returns whether it was freed.
+fn reclaim<V: Vendor>(
+    held: &LockHeld,
+    s: &mut State<V>,
+    alloc: &mut dyn FrameAllocator,
+    domain: DomainId,
+) -> bool {
+    let slot = domain.index() as usize;
+    let Some(guest) = s.guests.get(slot).and_then(|g| g.as_ref()) else {
+        return false;
+    };
+    // A domain ID is flushed before it is reused: whatever a device refilled under it
+    // after its own switch is gone before another guest gets it.
+    let mut flushed = true;
+    for (unit, did) in guest.dids.iter().enumerate() {
+        let mut batch = s.vendor.new_batch();
+        s.vendor.domain_retired(&mut batch, *did);
+        if let Err(e) = s.vendor.flush(held, unit, &batch) {
+            log::error!("passthrough: flushing domain {domain}'s ID {did}: {e}");
+            flushed = false;
+        }
+    }
+    if !flushed {
+        return false;
+    }
+    let Some(guest) = s.guests.get_mut(slot).and_then(Option::take) else {
+        return false;
+    };
+    super::dids::release_each(s.dids.iter_mut(), &guest.dids);
+    s.vendor.free_tables(alloc, guest.tables.into_inner());
+    if let Some(mut d) = s.domains.remove(domain) {
+        d.memory
+            .take_frames()
+            .into_iter()
+            .for_each(|f| alloc.free_frame(f));
+    }
+    true
+}
+
+/// Retries every parked guest; returns how many were freed.
+pub fn reclaim_parked<V: Vendor>(
+    g: &mut DevicesGuard<'_, V>,
+    alloc: &mut dyn FrameAllocator,
+) -> usize {
+    let (held, s) = g.split();
+    let mut freed = 0;
+    let mut skip = 0;
+    loop {
+        let next = s.parked_domains().nth(skip);
+        let Some(id) = next else {
+            return freed;
+        };
+        if reclaim(held, s, alloc, id) {
+            freed += 1;
+        } else {
+            skip += 1;
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The device registry and everything else the device lock guards. Ownership fields are
+//! private to the core: only add / assign / deassign / destroy change them, and only
+//! together with the hardware.
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+
+use lazaret_types::{Bdf, PhysAddr, Sbdf};
+use spinning_top::Spinlock;
+
+use super::dids::DomainIds;
+use super::faults::{FaultCounter, LogLimiter};
+use super::iommu::{FlushCost, Inspect, RequesterIds, ReservedRange, Vendor};
+use crate::cmdline::QuarantineMode;
+use crate::domain::{DomainId, Domains};
+
+/// Most devices in one alias group (functions whose DMA shares a requester ID): a group
+/// moves in one switch, on the stack.
+pub const MAX_GROUP: usize = 16;
+
+/// The members of an alias group, on the stack.
+pub type Group = heapless::Vec<Sbdf, MAX_GROUP>;
+
+/// What kind of PCI function a device is: it decides which requester IDs its DMA carries,
+/// and whether it may be assigned at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A PCI Express endpoint (or root-complex integrated one): its own requester ID.
+    PcieEndpoint,
+    /// Conventional PCI: behind a bridge its DMA may carry the bridge's ID instead.
+    ConventionalPci,
+    /// A PCI-to-PCI bridge or PCIe port (type 1 header): never assigned, it forwards other
+    /// devices' DMA.
+    Bridge,
+}
+
+impl DeviceKind {
+    pub fn of(f: &lazaret_pci::PciFunction) -> DeviceKind {
+        match (f.header, f.pcie.is_some()) {
+            (lazaret_pci::HeaderKind::Bridge { .. }, _) => DeviceKind::Bridge,
+            (_, true) => DeviceKind::PcieEndpoint,
+            (_, false) => DeviceKind::ConventionalPci,
+        }
+    }
+}
+
+impl core::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            DeviceKind::PcieEndpoint => "PCIe endpoint",
+            DeviceKind::ConventionalPci => "conventional PCI",
+            DeviceKind::Bridge => "bridge",
+        })
+    }
+}
+
+/// One PCI function as the core tracks it.
+pub struct Device<Q> {
+    pub(super) sbdf: Sbdf,
+    pub(super) kind: DeviceKind,
+    pub(super) unit: usize,
+    pub(super) requester_ids: RequesterIds,
+    /// The requester IDs whose quarantine entry is this device's: all of its own, except
+    /// aliases another group member registered first (one entry serves the whole group).
+    pub(super) holds: RequesterIds,
+    pub(super) reserved: Vec<ReservedRange>,
+    pub(super) owner: DomainId,
+    pub(super) quarantine: Option<Q>,
+    pub(super) quarantine_did: u16,
+    pub(super) pages: usize,
+    /// Set when a switch failed half-way: every entry of the device blocks, and it cannot be
+    /// assigned until it is added again.
+    pub(super) blocked: bool,
+    pub(super) faults: FaultCounter,
+    pub(super) bus_master_disabled: bool,
+}
+
+impl<Q> Device<Q> {
+    pub fn sbdf(&self) -> Sbdf {
+        self.sbdf
+    }
+    pub fn kind(&self) -> DeviceKind {
+        self.kind
+    }
+    pub fn requester_ids(&self) -> &[Bdf] {
+        &self.requester_ids
+    }
+    pub fn reserved(&self) -> &[ReservedRange] {
+        &self.reserved
+    }
+    pub fn owner(&self) -> DomainId {
+        self.owner
+    }
+    /// Table pages plus the scratch page reserved for its quarantine.
+    pub fn quarantine_pages(&self) -> usize {
+        self.pages
+    }
+    /// The IOMMU's domain ID for this device while quarantined.
+    pub fn quarantine_domain_id(&self) -> u16 {
+        self.quarantine_did
+    }
+    pub fn blocked(&self) -> bool {
+        self.blocked
+    }
+    pub fn faults(&self) -> FaultCounter {
+        self.faults
+    }
+    pub fn bus_master_disabled(&self) -> bool {
+        self.bus_master_disabled
+    }
+    pub fn shares_requester_id_with<P>(&self, other: &Device<P>) -> bool {
+        self.sbdf != other.sbdf
+            && self.sbdf.segment == other.sbdf.segment
+            && self
+                .requester_ids
+                .iter()
+                .any(|r| other.requester_ids.contains(r))
+    }
+}
+
+/// A guest's IOMMU state: its tables behind their own mapping lock (they change at run
+/// time, unlike the frozen quarantine tables) and its domain ID on every unit.
+pub struct Guest<T> {
+    pub(super) tables: Spinlock<T>,
+    pub(super) dids: Vec<u16>,
+    /// An invalidation of this guest's translations did not complete: a cache may still
+    /// reach its frames, so they are not freed until a flush of its domain IDs succeeds.
+    pub(super) stale: bool,
+    /// Destroyed, but parked: its tables, frames and domain IDs are kept until a flush
+    /// succeeds (`reclaim_parked`).
+    pub(super) parked: bool,
+}
+
+/// Counters behind the FIGURE lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub owner_switches: u64,
+    pub last_switch: FlushCost,
+    pub switch_timeouts: u64,
+    pub switch_failures: u64,
+    pub parked_domains: u64,
+    pub fault_log: LogLimiter,
+}
+
+/// Everything the device lock guards.
+pub struct State<V: Vendor> {
+    pub(super) vendor: V,
+    pub(super) domains: Domains,
+    /// Per domain-arena slot: the guest's IOMMU state (`None` for system domains).
+    pub(super) guests: Vec<Option<Guest<V::Tables>>>,
+    pub(super) devices: BTreeMap<Sbdf, Device<V::Quarantine>>,
+    /// Per unit.
+    pub(super) dids: Vec<DomainIds>,
+    pub(super) mode: QuarantineMode,
+    pub(super) stats: Stats,
+}
+
+impl<V: Vendor> State<V> {
+    pub(super) fn new(vendor: V, mode: QuarantineMode) -> State<V> {
+        let dids = (0..vendor.unit_count())
+            .map(|u| DomainIds::new(vendor.domain_ids(u)))
+            .collect();
+        State {
+            vendor,
+            domains: Domains::new(),
+            guests: Vec::new(),
+            devices: BTreeMap::new(),
+            dids,
+            mode,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn iommu_name(&self) -> &'static str {
+        self.vendor.name()
+    }
+    pub fn levels(&self) -> u8 {
+        self.vendor.levels()
+    }
+    pub fn mode(&self) -> QuarantineMode {
+        self.mode
+    }
+    pub fn domains(&self) -> &Domains {
+        &self.domains
+    }
+    pub fn dom_io(&self) -> DomainId {
+        self.domains.dom_io
+    }
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+    pub fn vendor(&self) -> &V {
+        &self.vendor
+    }
+
+    pub fn device(&self, sbdf: Sbdf) -> Option<&Device<V::Quarantine>> {
+        self.devices.get(&sbdf)
+    }
+    pub fn devices(&self) -> impl Iterator<Item = &Device<V::Quarantine>> {
+        self.devices.values()
+    }
+    pub fn owner_of(&self, sbdf: Sbdf) -> Option<DomainId> {
+        self.devices.get(&sbdf).map(|d| d.owner)
+    }
+
+    /// The device whose DMA carries `rid` in `segment` (the first of its alias group).
+    pub fn device_by_requester(&self, segment: u16, rid: Bdf) -> Option<&Device<V::Quarantine>> {
+        self.devices
+            .values()
+            .find(|d| d.sbdf.segment == segment && d.requester_ids.contains(&rid))
+    }
+
+    /// `sbdf` and every device that shares a requester ID with it, transitively: what must
+    /// move together. Bounded (checked when devices are added).
+    pub fn group_of(&self, sbdf: Sbdf) -> Group {
+        let mut group = Group::new();
+        if !self.devices.contains_key(&sbdf) {
+            return group;
+        }
+        let _ = group.push(sbdf);
+        let mut i = 0;
+        while let Some(member) = group.get(i).and_then(|s| self.devices.get(s)) {
+            for other in self.devices.values() {
+                if !group.contains(&other.sbdf)
+                    && member.shares_requester_id_with(other)
+                    && group.push(other.sbdf).is_err()
+                {
+                    return group;
+                }
+            }
+            i += 1;
+        }
+        group.sort_unstable();
+        group
+    }
+
+    /// A live guest's IOMMU state.
+    pub(super) fn guest(&self, id: DomainId) -> Option<&Guest<V::Tables>> {
+        if !self.domains.is_guest(id) {
+            return None;
+        }
+        self.guests
+            .get(id.index() as usize)?
+            .as_ref()
+            .filter(|g| !g.parked)
+    }
+
+    /// The guest's domain ID on `unit`.
+    pub fn guest_domain_id(&self, id: DomainId, unit: usize) -> Option<u16> {
+        self.guest(id)?.dids.get(unit).copied()
+    }
+
+    /// Domains destroyed whose memory is held back until a flush succeeds.
+    pub fn parked_domains(&self) -> impl Iterator<Item = DomainId> + '_ {
+        self.domains.iter().map(|(id, _)| id).filter(|id| {
+            self.guests
+                .get(id.index() as usize)
+                .and_then(|g| g.as_ref())
+                .is_some_and(|g| g.parked)
+        })
+    }
+}
+
+impl<V: Inspect> State<V> {
+    /// Where `rid`'s DMA to `iova` lands now, by the reference walker.
+    pub fn translate(
+        &self,
+        rid: Sbdf,
+        iova: u64,
+        write: bool,
+    ) -> Result<PhysAddr, alloc::string::String> {
+        self.vendor.translate(rid, iova, write)
+    }
+
+    /// The device's private scratch page (scratch mode).
+    pub fn scratch_page(&self, sbdf: Sbdf) -> Option<PhysAddr> {
+        let q = self.devices.get(&sbdf)?.quarantine.as_ref()?;
+        self.vendor.scratch_page(q)
+    }
+}

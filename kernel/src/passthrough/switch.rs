@@ -1,0 +1,168 @@
+//! The owner switch, written once for both vendors (design.md §4): every requester ID of an
+//! alias group is pointed at its new owner with one atomic entry write each — never through
+//! not-present — then what the hardware may cache of the old entries is invalidated in one
+//! ordered batch with one bounded wait.
+//!
+//! When it does not go to plan, the report says so and the caller acts on it:
+//! - the wait timed out: the entries are switched, but the caches may still hold the previous
+//!   owner's translations, so that owner's frames, tables and domain IDs must not be freed
+//!   (the caller marks the guest stale; destroy parks it);
+//! - an entry could not be written: every entry of the group is set to block, the group is
+//!   marked blocked, and its ownership is not recorded as moved.
+use lazaret_types::Bdf;
+
+use super::iommu::{FlushCost, IommuError, Vendor};
+use super::registry::{Group, State};
+use super::LockHeld;
+use crate::domain::DomainId;
+
+/// How one switch ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwitchReport {
+    pub cost: FlushCost,
+    /// The invalidation did not complete: entries are switched, caches may lag.
+    pub timed_out: Option<IommuError>,
+    /// An entry could not be written: the group blocks all DMA and is marked blocked.
+    pub failed: Option<IommuError>,
+}
+
+impl SwitchReport {
+    pub fn clean(&self) -> bool {
+        self.timed_out.is_none() && self.failed.is_none()
+    }
+}
+
+/// Where a switch points the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Target {
+    /// Each member's own quarantine entry, on the requester IDs it holds.
+    Quarantine,
+    /// The guest's tables, on every requester ID of every member.
+    Guest(DomainId),
+}
+
+/// Moves `group` (all behind one unit, checked when its members were added) to `target`.
+pub(super) fn switch_group<V: Vendor>(
+    held: &LockHeld,
+    s: &mut State<V>,
+    group: &Group,
+    target: Target,
+) -> SwitchReport {
+    let Some(unit) = group.first().and_then(|m| s.devices.get(m)).map(|d| d.unit) else {
+        return SwitchReport::default();
+    };
+    let mut batch = s.vendor.new_batch();
+    let mut failed = None;
+    'members: for sbdf in group {
+        let Some(dev) = s.devices.get(sbdf) else {
+            continue;
+        };
+        let (new, rids) = match target {
+            Target::Quarantine => {
+                if dev.quarantine.is_some() {
+                    // The scratch page is data: zeroed before the device returns to it.
+                    if let Some(q) = &dev.quarantine {
+                        s.vendor.zero_scratch(q);
+                    }
+                }
+                let entry = match &dev.quarantine {
+                    Some(q) => s.vendor.quarantine_entry(q, dev.quarantine_did),
+                    None => s.vendor.blocked_entry(dev.quarantine_did),
+                };
+                (entry, &dev.holds)
+            }
+            Target::Guest(id) => {
+                let Some(guest) = s.guests.get(id.index() as usize).and_then(|g| g.as_ref()) else {
+                    failed = Some(IommuError::Inconsistent("the guest has no tables".into()));
+                    break 'members;
+                };
+                let Some(did) = guest.dids.get(unit).copied() else {
+                    failed = Some(IommuError::Inconsistent("no domain ID on the unit".into()));
+                    break 'members;
+                };
+                let entry = s.vendor.guest_entry(&guest.tables.lock(), did);
+                (entry, &dev.requester_ids)
+            }
+        };
+        for rid in rids {
+            if let Err(e) = write_entry(held, &mut s.vendor, unit, &mut batch, *rid, new) {
+                failed = Some(e);
+                break 'members;
+            }
+        }
+    }
+    if failed.is_some() {
+        block_group(held, s, group, unit, &mut batch);
+    }
+    let flushed = s.vendor.flush(held, unit, &batch);
+    let mut report = SwitchReport {
+        failed,
+        ..SwitchReport::default()
+    };
+    match flushed {
+        Ok(cost) => report.cost = cost,
+        Err(e) => report.timed_out = Some(e),
+    }
+    if let Some(e) = &report.timed_out {
+        s.stats.switch_timeouts += 1;
+        log::error!(
+            "passthrough: switch of {}: {e}; entries switched, caches may lag",
+            group[0]
+        );
+    }
+    if let Some(e) = &report.failed {
+        s.stats.switch_failures += 1;
+        log::error!(
+            "passthrough: switch of {} failed: {e}; its DMA is blocked",
+            group[0]
+        );
+    }
+    report
+}
+
+/// Counts an owner switch (add's first switch into quarantine is not one) for the figures.
+pub(super) fn record<V: Vendor>(s: &mut State<V>, report: &SwitchReport) {
+    s.stats.owner_switches += 1;
+    s.stats.last_switch = report.cost;
+}
+
+/// One entry: read, compare, atomic exchange, and what the change owes the caches.
+fn write_entry<V: Vendor>(
+    held: &LockHeld,
+    vendor: &mut V,
+    unit: usize,
+    batch: &mut V::Batch,
+    rid: Bdf,
+    new: V::Entry,
+) -> Result<(), IommuError> {
+    let old = vendor.read_entry(unit, rid)?;
+    if old == new {
+        return Ok(());
+    }
+    vendor.exchange(held, unit, rid, old, new)?;
+    vendor.entry_changed(unit, batch, rid, old, new);
+    Ok(())
+}
+
+/// After a failed write: every entry of every member blocks (best effort: a write that
+/// fails again is logged), and the members are marked.
+fn block_group<V: Vendor>(
+    held: &LockHeld,
+    s: &mut State<V>,
+    group: &Group,
+    unit: usize,
+    batch: &mut V::Batch,
+) {
+    for sbdf in group {
+        let Some(dev) = s.devices.get_mut(sbdf) else {
+            continue;
+        };
+        dev.blocked = true;
+        let blocked = s.vendor.blocked_entry(dev.quarantine_did);
+        for rid in &dev.requester_ids {
+            if let Err(e) = write_entry(held, &mut s.vendor, unit, batch, *rid, blocked) {
+                log::error!("passthrough: cannot block {rid} of {sbdf}: {e}");
+            }
+        }
+    }
+}
