@@ -12,10 +12,11 @@ use lazaret_amd_vi::sim_device::SimAmdVi;
 use lazaret_amd_vi::{AmdViUnit, DeviceTable};
 use lazaret_kernel::cmdline::QuarantineMode;
 use lazaret_kernel::iommu::amd::{AmdViIommu, UnitSetup};
+use lazaret_kernel::passthrough::iommu::IommuError;
 use lazaret_kernel::passthrough::{self, DeviceLock};
 use lazaret_types::poll::StepClock;
 use lazaret_types::sim::{SimFrameAllocator, SimMemory, SimRegisters};
-use lazaret_types::PhysAddr;
+use lazaret_types::{FrameAllocator, PhysAddr, PhysMem};
 
 /// HATS = 10b (6 levels), as QEMU's amd-iommu reports.
 const EFR: u64 = 2 << 10;
@@ -107,4 +108,42 @@ fn unity_ranges_are_mapped_in_basic_mode_unlike_xen() {
         g.state().translate(s, RMRR.start + 0x40, true),
         Ok(PhysAddr(RMRR.start + 0x40))
     );
+}
+
+#[test]
+fn an_alias_beyond_the_device_table_is_refused_before_any_entry_is_written() {
+    let sim = Amd::sim();
+    let mem = Amd::mem(&sim);
+    let mut alloc = new_alloc(mem);
+    let lock = DeviceLock::new(Amd::iommu(&sim, &mut alloc), QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    // The simulated table holds requester IDs 0x00-0xff; 01:00.0 (0x100) lies beyond it.
+    let s = sbdf(1);
+    let beyond = lazaret_types::Bdf::new(1, 0, 0).expect("valid");
+    // The DTE of the device's own ID as bring-up left it, read from the table's memory.
+    let own = PhysAddr(0x80_0000 + u64::from(s.bdf.requester_id()) * 32);
+    let before = (mem.read_u128(own), alloc.frames_in_use());
+    let r = passthrough::add_device(
+        &mut g,
+        &mut alloc,
+        s,
+        DeviceKind::PcieEndpoint,
+        vec![s.bdf, beyond],
+        vec![],
+    );
+    assert!(
+        matches!(
+            r,
+            Err(passthrough::PassthroughError::Iommu(
+                IommuError::RequesterOutOfRange(b)
+            )) if b == beyond
+        ),
+        "{r:?}"
+    );
+    assert_eq!(
+        (mem.read_u128(own), alloc.frames_in_use()),
+        before,
+        "nothing changed"
+    );
+    assert!(g.state().device(s).is_none(), "not registered");
 }

@@ -5,5 +5,6 @@ mod errors;
 mod failures;
 mod faults;
 mod fixture;
+mod holes;
 mod props;
 mod unit;
