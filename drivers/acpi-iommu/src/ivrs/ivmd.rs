@@ -151,6 +151,17 @@ mod tests {
     }
 
     #[test]
+    fn the_segment_group_is_read_from_offset_8() {
+        let mut b = block(0x21, 0x07, 0x0010, 0);
+        b[8..10].copy_from_slice(&3u16.to_le_bytes());
+        let m = Ivmd::parse(IvmdType::Select, Reader::new(&b, 0)).expect("valid");
+        assert_eq!(m.segment, 3);
+        let old = block(0x21, 0x07, 0x0010, 0);
+        let m = Ivmd::parse(IvmdType::Select, Reader::new(&old, 0)).expect("valid");
+        assert_eq!(m.segment, 0, "reserved (zero) in single-segment tables");
+    }
+
+    #[test]
     fn range_ivmd_uses_aux_as_last_device() {
         let b = block(0x22, 0x06, 0x0100, 0x01ff);
         let m = Ivmd::parse(IvmdType::Range, Reader::new(&b, 0xc8)).expect("valid");
