@@ -145,7 +145,7 @@ impl<'m> SimFrameAllocator<'m> {
 
     /// The word and mask of a page-aligned frame this allocator has handed out at least once.
     fn bit(&self, frame: PhysAddr) -> Option<(usize, u64)> {
-        if frame.0 < self.start || frame.0 >= self.next || frame.0 % PAGE_SIZE != 0 {
+        if frame.0 < self.start || frame.0 >= self.next || !frame.0.is_multiple_of(PAGE_SIZE) {
             return None;
         }
         let i = ((frame.0 - self.start) / PAGE_SIZE) as usize;
