@@ -256,4 +256,29 @@ mod tests {
         );
         assert_eq!(a.get(x), None);
     }
+
+    #[test]
+    fn remove_makes_no_heap_allocation() {
+        let mut a: Arena<u64> = Arena::default();
+        let handles: Vec<Handle<u64>> = (0..1000).map(|v| a.insert(v)).collect();
+        let ((), n) = crate::mm::heap::counting::heap_allocations_during(|| {
+            for h in handles
+                .iter()
+                .rev()
+                .step_by(2)
+                .chain(handles.iter().step_by(2))
+            {
+                a.remove(*h);
+            }
+            a.remove(handles[0]); // stale: refused
+        });
+        assert_eq!(n, 0, "remove allocated");
+        assert!(a.is_empty());
+        let ((), n) = crate::mm::heap::counting::heap_allocations_during(|| {
+            for v in 0..1000 {
+                a.insert(v);
+            }
+        });
+        assert_eq!(n, 0, "reinserting into freed slots needs no new memory");
+    }
 }

@@ -417,6 +417,37 @@ mod tests {
         );
     }
 
+    #[test]
+    fn freeing_frames_makes_no_heap_allocation() {
+        let mut f = Frames::new(no_zero);
+        f.add(Range::new(MIB, 64 * MIB));
+        f.add(Range::new(1 << 32, (1 << 32) + 64 * MIB));
+        let held: Vec<PhysAddr> = (0..20_000)
+            .map(|_| f.alloc_frame().expect("frame"))
+            .collect();
+        let block = f.alloc_contiguous(16).expect("block");
+        let ((), n) = crate::mm::heap::counting::heap_allocations_during(|| {
+            for frame in held.iter().rev().step_by(3).chain(held.iter().step_by(3)) {
+                f.free_frame(*frame);
+            }
+            for i in 0..16 {
+                f.free_frame(PhysAddr(block.as_u64() + i * PAGE_SIZE));
+            }
+            f.free_frame(block); // refused (double free): refusing does not allocate either
+            f.free_frame(PhysAddr(0x10)); // refused (not ours)
+        });
+        assert_eq!(n, 0, "freeing frames allocated");
+        assert_eq!(f.refused_frees(), 2);
+        let ((), n) = crate::mm::heap::counting::heap_allocations_during(|| {
+            f.alloc_frame().expect("frame");
+            f.alloc_contiguous(8).expect("block");
+        });
+        assert_eq!(
+            n, 0,
+            "after boot, allocating frames does not touch the heap either"
+        );
+    }
+
     mod model {
         use super::*;
         use proptest::prelude::*;
