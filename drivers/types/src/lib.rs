@@ -7,6 +7,8 @@
 #![cfg_attr(not(test), no_std)]
 
 mod addr;
+#[cfg(any(test, feature = "sim"))]
+pub mod counting;
 mod mem;
 mod pci_id;
 pub mod poll;

@@ -7,7 +7,7 @@
 extern crate alloc;
 
 use alloc::boxed::Box;
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
@@ -93,12 +93,21 @@ impl PhysMem for SimMemory {
 }
 
 /// Hands out frames from a fixed physical window, counts them, and can be told to fail.
+///
+/// Freed frames are reused last-freed first (a use-after-free then hits a frame that has a
+/// new owner, which the tests' walkers see). Freeing never allocates: the free stack and
+/// the in-use bits grow only when a frame is handed out for the first time, so they always
+/// have room for every frame that can come back (deassign and destroy are checked to make
+/// no heap allocation, with this allocator underneath).
 pub struct SimFrameAllocator<'m> {
     memory: &'m SimMemory,
+    start: u64,
     next: u64,
     end: u64,
     free: Vec<u64>,
-    in_use: BTreeSet<u64>,
+    /// One bit per frame of `[start, next)`: set while handed out.
+    in_use_bits: Vec<u64>,
+    in_use: usize,
     allocations: usize,
     fail_at: Option<usize>,
 }
@@ -108,10 +117,12 @@ impl<'m> SimFrameAllocator<'m> {
     pub fn new(memory: &'m SimMemory, start: PhysAddr, frames: u64) -> Self {
         SimFrameAllocator {
             memory,
+            start: start.0,
             next: start.0,
             end: start.0 + frames * PAGE_SIZE,
             free: Vec::new(),
-            in_use: BTreeSet::new(),
+            in_use_bits: Vec::new(),
+            in_use: 0,
             allocations: 0,
             fail_at: None,
         }
@@ -128,7 +139,30 @@ impl<'m> SimFrameAllocator<'m> {
     }
 
     pub fn is_allocated(&self, frame: PhysAddr) -> bool {
-        self.in_use.contains(&frame.0)
+        self.bit(frame)
+            .is_some_and(|(word, mask)| self.in_use_bits[word] & mask != 0)
+    }
+
+    /// The word and mask of a page-aligned frame this allocator has handed out at least once.
+    fn bit(&self, frame: PhysAddr) -> Option<(usize, u64)> {
+        if frame.0 < self.start || frame.0 >= self.next || !frame.0.is_multiple_of(PAGE_SIZE) {
+            return None;
+        }
+        let i = ((frame.0 - self.start) / PAGE_SIZE) as usize;
+        Some((i / 64, 1 << (i % 64)))
+    }
+
+    /// A never-used frame from the window, with room reserved to take it back later.
+    fn bump(&mut self) -> Option<u64> {
+        if self.next >= self.end {
+            return None;
+        }
+        let handed_out = ((self.next - self.start) / PAGE_SIZE) as usize + 1;
+        self.free
+            .reserve(handed_out.saturating_sub(self.free.len()));
+        self.in_use_bits.resize(handed_out.div_ceil(64), 0);
+        self.next += PAGE_SIZE;
+        Some(self.next - PAGE_SIZE)
     }
 }
 
@@ -142,27 +176,34 @@ impl FrameAllocator for SimFrameAllocator<'_> {
         }
         let frame = match self.free.pop() {
             Some(f) => f,
-            None if self.next < self.end => {
-                self.next += PAGE_SIZE;
-                self.next - PAGE_SIZE
-            }
-            None => return None,
+            None => self.bump()?,
         };
         self.memory.zero(PhysAddr(frame), PAGE_SIZE);
-        self.in_use.insert(frame);
+        let (word, mask) = self.bit(PhysAddr(frame))?;
+        self.in_use_bits[word] |= mask;
+        self.in_use += 1;
         Some(PhysAddr(frame))
     }
 
+    /// Panics on a double free or a foreign frame: in a test that is the bug to report.
     fn free_frame(&mut self, frame: PhysAddr) {
-        assert!(
-            self.in_use.remove(&frame.0),
-            "double free or foreign frame {frame}"
+        let held = self
+            .bit(frame)
+            .filter(|(w, m)| self.in_use_bits[*w] & m != 0);
+        let Some((word, mask)) = held else {
+            panic!("double free or foreign frame {frame}");
+        };
+        self.in_use_bits[word] &= !mask;
+        self.in_use -= 1;
+        debug_assert!(
+            self.free.len() < self.free.capacity(),
+            "room reserved at bump"
         );
         self.free.push(frame.0);
     }
 
     fn frames_in_use(&self) -> usize {
-        self.in_use.len()
+        self.in_use
     }
 }
 
@@ -297,6 +338,41 @@ mod tests {
         assert_eq!(a.frames_in_use(), 2);
         a.free_frame(f);
         assert_eq!(a.frames_in_use(), 1);
+    }
+
+    #[test]
+    fn freed_frames_come_back_last_freed_first_and_zeroed() {
+        let m = SimMemory::new();
+        let mut a = SimFrameAllocator::new(&m, PhysAddr(0x10_0000), 100);
+        let f: Vec<PhysAddr> = (0..70).map(|_| a.alloc_frame().expect("frame")).collect();
+        m.write_u64(f[3], 0xdead);
+        a.free_frame(f[3]);
+        a.free_frame(f[65]);
+        assert!(!a.is_allocated(f[3]) && a.is_allocated(f[4]));
+        assert_eq!(a.frames_in_use(), 68);
+        assert_eq!(a.alloc_frame(), Some(f[65]));
+        assert_eq!(a.alloc_frame(), Some(f[3]));
+        assert_eq!(m.read_u64(f[3]), 0, "zeroed again");
+        assert_eq!(a.alloc_frame(), Some(PhysAddr(0x10_0000 + 70 * PAGE_SIZE)));
+    }
+
+    #[test]
+    #[should_panic(expected = "double free")]
+    fn a_double_free_panics() {
+        let m = SimMemory::new();
+        let mut a = SimFrameAllocator::new(&m, PhysAddr(0x10_0000), 4);
+        let f = a.alloc_frame().expect("frame");
+        a.free_frame(f);
+        a.free_frame(f);
+    }
+
+    #[test]
+    #[should_panic(expected = "foreign frame")]
+    fn a_foreign_frame_panics() {
+        let m = SimMemory::new();
+        let mut a = SimFrameAllocator::new(&m, PhysAddr(0x10_0000), 4);
+        a.alloc_frame().expect("frame");
+        a.free_frame(PhysAddr(0x10_1000)); // in the window, never handed out
     }
 
     #[test]

@@ -50,3 +50,25 @@ unsafe impl GlobalAlloc for KernelHeap {
         unsafe { self.0.dealloc(ptr, layout) }
     }
 }
+
+/// The host tests' global allocator: counts each thread's heap allocations, so tests can
+/// prove deassign, destroy and frame frees allocate nothing (design.md §4). Installed for
+/// the kernel's unit-test binary only; the kernel itself uses [`KernelHeap`].
+///
+/// ```ignore
+/// let (result, allocations) = crate::mm::heap::counting::heap_allocations_during(|| ...);
+/// assert_eq!(allocations, 0);
+/// ```
+#[cfg(test)]
+pub mod counting {
+    lazaret_types::counting_allocator!();
+
+    #[global_allocator]
+    static COUNTING: CountingAllocator = CountingAllocator;
+
+    #[test]
+    fn the_counter_counts_in_this_binary() {
+        let (_v, n) = heap_allocations_during(|| alloc::vec![1u8]);
+        assert_eq!(n, 1, "a one-element Vec is one allocation");
+    }
+}
