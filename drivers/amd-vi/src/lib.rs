@@ -36,6 +36,7 @@ pub mod poll;
 pub mod pte;
 pub mod quarantine;
 pub mod regs;
+pub mod switch;
 pub mod unit;
 pub mod walker;
 
@@ -51,5 +52,6 @@ pub use pagetable::{MapError, PageTable, Perms, TranslationRoot};
 pub use poll::{Clock, TimedOut};
 pub use quarantine::{QuarantineError, QuarantineTables, UnityRange};
 pub use regs::{ExtendedFeatures, RingLength};
-pub use unit::{AmdViUnit, UnitError};
+pub use switch::SwitchBatch;
+pub use unit::{AmdViUnit, BringUpError, BringUpStep, UnitError};
 pub use walker::{translate, walk_tables, Fault};
