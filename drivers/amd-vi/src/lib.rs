@@ -44,6 +44,9 @@ pub mod walker;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim_device;
 
+#[cfg(test)]
+mod isolation_tests;
+
 pub use command::{Command, CommandError, CommandQueue, CommandStats, PageScope};
 pub use device_table::{DeviceTable, DeviceTableEntry, DeviceTableError};
 pub use event_log::{DrainSummary, Event, EventFlags, EventLog, EventLogError};
