@@ -645,3 +645,40 @@ impl SimAmdVi {
         logged
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_ranges_follow_the_s_bit_encoding() {
+        // S = 0: one page, PDE and S bits ignored for the address.
+        assert_eq!(page_range(0x5000 | raw::PAGES_PDE), (0x5000, 0x5fff));
+        // S = 1, bit 12 clear: 8 KiB; bits 12 set, 13 clear: 16 KiB, naturally aligned.
+        assert_eq!(page_range(0x4000 | raw::PAGES_S), (0x4000, 0x5fff));
+        assert_eq!(page_range(0x5000 | raw::PAGES_S), (0x4000, 0x7fff));
+        // 2 MiB: bits 20:12 set, 21 clear.
+        assert_eq!(page_range(0x6ff000 | raw::PAGES_S), (0x600000, 0x7fffff));
+        // The driver's "all pages" address: bits 62:12 set.
+        assert_eq!(page_range(0x7fff_ffff_ffff_f000 | 3), (0, u64::MAX));
+    }
+
+    #[test]
+    fn dma_beyond_the_programmed_table_is_refused_and_logged() {
+        let mem = Rc::new(SimMemory::new());
+        let sim = SimAmdVi::new(mem.clone(), 2 << 10);
+        let r = sim.mmio().unwrap();
+        r.write64(regs::DEVICE_TABLE_BASE, 0x20_0000); // one page: 128 DeviceIDs
+        r.write64(regs::EVENT_LOG_BASE, (8 << 56) | 0x30_0000);
+        r.write64(regs::CONTROL, control::IOMMU_EN | control::EVENT_LOG_EN);
+        // DeviceID 0x7f: all-zero DTE, V = 0, untranslated (as hardware does).
+        assert_eq!(sim.dma(0x7f, 0x1234, true), Ok(PhysAddr(0x1234)));
+        let f = sim.dma(0x80, 0x1234, true).unwrap_err();
+        assert!(matches!(f.reason, Fault::DeviceIdBeyondTable { .. }));
+        assert_eq!(r.get(regs::EVENT_TAIL), 16, "tail moved by the unit");
+        assert_eq!(mem.read_u64(PhysAddr(0x30_0000)) >> 60, 1);
+        // IommuEn = 0: every DMA passes untranslated.
+        r.write64(regs::CONTROL, 0);
+        assert_eq!(sim.dma(0x80, 0x1234, true), Ok(PhysAddr(0x1234)));
+    }
+}
