@@ -438,3 +438,89 @@ fn mmio_of_a_sim_is_shared() {
     a.write64(regs::EXCLUSION_BASE, 7);
     assert_eq!(b.read64(regs::EXCLUSION_BASE), 7);
 }
+
+/// Issue 8 §7 at the driver level: 10,000 owner switches of device 0x10 between
+/// quarantine and two guests, with a DMA before and after every command effect of every
+/// flush. Every 25 steps the guest 0x10 does not own is rebuilt on a new frame under the same
+/// DomainID: guest A relies on the invalidation owed when 0x10 left it; guest B also hosts
+/// device 0x11, which DMAs every step, so B's rebuild needs its DomainID retired. During a
+/// flush a DMA may land at the previous or the next owner's frame; after it only at the
+/// next owner's — through the caches.
+#[test]
+fn ten_thousand_switches_with_dma_between_every_command() {
+    let mem = Rc::new(SimMemory::new());
+    let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 512);
+    let mut r = rig_with(EFR, &mut a, &mem);
+    r.sim.set_seed(0x5eed);
+    let q = QuarantineTables::build(&*mem, &mut a, Levels::FOUR, &[], true).unwrap();
+    let (rid, rid_b) = (0x10, 0x11);
+    let mut frames = [q.scratch_page().unwrap().0, 0x20_0000, 0x30_0000];
+    let mut tables = [
+        None,
+        Some(guest(&mem, &mut a, frames[1])),
+        Some(guest(&mem, &mut a, frames[2])),
+    ];
+    let dids = [9u16, 5, 6];
+    let entry = |tables: &[Option<PageTable>; 3], owner: usize| match &tables[owner] {
+        Some(t) => DeviceTableEntry::translated(t.translation_root(), dids[owner]),
+        None => q.device_table_entry(dids[0]),
+    };
+    r.switch(rid_b, entry(&tables, 2)).unwrap();
+    let mut owner = 0;
+    let mut x = 0x1234_5678_9abc_def1u64;
+    let (mut switches, mut probes) = (0u32, 0usize);
+    for step in 0..10_000u32 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let next = (owner + 1 + (x % 2) as usize) % 3;
+        let rebuild = (1..3).find(|&g| g != owner && g != next);
+        if let (true, Some(g)) = (step % 25 == 24, rebuild) {
+            if let Some(t) = tables[g].take() {
+                t.free(&*mem, &mut a);
+            }
+            frames[g] += 0x1000;
+            tables[g] = Some(guest(&mem, &mut a, frames[g]));
+            if g == 2 {
+                // 0x11 moves to the new tables; DomainID 6 is retired, not "left".
+                let e = entry(&tables, 2);
+                r.table.switch_owner(&*mem, rid_b, e).unwrap();
+                let mut b = SwitchBatch::new();
+                b.device_changed(rid_b);
+                b.domain_retired(dids[2]);
+                r.unit.flush(&*mem, &b, &r.clock).unwrap();
+            }
+        }
+        let write = step % 2 == 0;
+        let new = entry(&tables, next);
+        r.sim.set_dma_during_invalidation(Some((rid, IOVA, write)));
+        let old = r.table.switch_owner(&*mem, rid, new).unwrap();
+        let mut b = SwitchBatch::new();
+        b.entry_changed(rid, old, new);
+        r.unit.flush(&*mem, &b, &r.clock).unwrap();
+        r.sim.set_dma_during_invalidation(None);
+        let allowed = [frames[owner], frames[next]];
+        for landed in r.sim.take_dmas_during_invalidation() {
+            let pa = landed.unwrap().0;
+            assert!(allowed.contains(&pa), "step {step}: DMA landed at {pa:#x}");
+            probes += 1;
+        }
+        assert_eq!(
+            r.sim.dma(rid, IOVA, !write),
+            Ok(PhysAddr(frames[next])),
+            "step {step}: after the flush"
+        );
+        assert_eq!(
+            r.sim.dma(rid_b, IOVA, write),
+            Ok(PhysAddr(frames[2])),
+            "step {step}: the other device in guest B"
+        );
+        owner = next;
+        switches += 1;
+    }
+    assert_eq!(switches, 10_000);
+    assert!(probes >= 30_000, "{probes} DMAs during invalidation");
+    for t in tables.into_iter().flatten() {
+        t.free(&*mem, &mut a);
+    }
+}
