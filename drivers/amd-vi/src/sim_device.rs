@@ -3,8 +3,8 @@
 //!
 //! - Registers: Control → Status running bits; Command Tail → execute commands; Status
 //!   write-1-to-clear; base registers written while the unit runs are ignored and counted
-//!   ([`SimAmdVi::programmed_while_running`]): the spec leaves them undefined then.
-//! - DMA ([`SimAmdVi::dma`]): IommuEn = 0 → untranslated. Otherwise the DTE comes from the
+//!   ([`SimAmdVi::programmed_while_running`](crate::sim_device::SimAmdVi::programmed_while_running)): the spec leaves them undefined then.
+//! - DMA ([`SimAmdVi::dma`](crate::sim_device::SimAmdVi::dma)): IommuEn = 0 → untranslated. Otherwise the DTE comes from the
 //!   Device Table Base register (base and Size) through a DTE cache; translations come from
 //!   an IOTLB tagged by (DomainID, 4 KiB page), misses walk through a page-directory cache
 //!   tagged by (DomainID, level, IOVA prefix). Caches fill on every translation and are
@@ -12,17 +12,17 @@
 //!   S/address range, PDE = 1 for directory entries; §2.4.3) and INVALIDATE_IOMMU_ALL. A
 //!   refused DMA logs IO_PAGE_FAULT (or ILLEGAL_DEV_TABLE_ENTRY) in the event log and moves
 //!   the tail register — which QEMU's amd-iommu does not do.
-//! - Commands between two COMPLETION_WAITs run in a seeded random order ([`SimAmdVi::set_seed`]),
-//!   as §2.4 allows; [`SimAmdVi::set_dma_during_invalidation`] performs a DMA between every
+//! - Commands between two COMPLETION_WAITs run in a seeded random order ([`SimAmdVi::set_seed`](crate::sim_device::SimAmdVi::set_seed)),
+//!   as §2.4 allows; [`SimAmdVi::set_dma_during_invalidation`](crate::sim_device::SimAmdVi::set_dma_during_invalidation) performs a DMA between every
 //!   two command effects, the race a badly ordered batch loses.
-//! - Faults: [`SimAmdVi::set_stalled`] (nothing runs), [`SimAmdVi::set_wait_never_completes`]
-//!   (the processor stops at the next COMPLETION_WAIT), [`SimAmdVi::inject_illegal_command`]
+//! - Faults: [`SimAmdVi::set_stalled`](crate::sim_device::SimAmdVi::set_stalled) (nothing runs), [`SimAmdVi::set_wait_never_completes`](crate::sim_device::SimAmdVi::set_wait_never_completes)
+//!   (the processor stops at the next COMPLETION_WAIT), [`SimAmdVi::inject_illegal_command`](crate::sim_device::SimAmdVi::inject_illegal_command)
 //!   (ILLEGAL_COMMAND_ERROR logged, CmdBufRun cleared, head left on the command),
-//!   [`SimAmdVi::set_firmware_enabled`] (a unit left running).
+//!   [`SimAmdVi::set_firmware_enabled`](crate::sim_device::SimAmdVi::set_firmware_enabled) (a unit left running).
 //!
 //! Commands are decoded here from the raw bits (spec §2.4 figures), not with
 //! [`Command::decode`], so an encoding bug in the driver cannot cancel out; DTEs and page
-//! tables are judged by the independent [`crate::walker`]. [`SimAmdVi::executed`] lists
+//! tables are judged by the independent [`crate::walker`]. [`SimAmdVi::executed`](crate::sim_device::SimAmdVi::executed) lists
 //! what ran, decoded for test assertions.
 
 extern crate alloc;

@@ -9,7 +9,7 @@
 //! [`translate_programmed`] starts from what the unit is programmed with (Device Table Base
 //! register, EFR.HATS), so a table smaller than a DeviceID, or a DTE deeper than the unit
 //! walks, is refused as hardware refuses it. The caching simulator
-//! ([`crate::sim_device`]) runs its misses through [`check_dte`] and [`walk_with`].
+//! (`sim_device`, feature `sim`) runs its misses through [`check_dte`] and [`walk_with`].
 //!
 //! Rules followed, with the spec and QEMU's `amdvi_do_translate` / `amdvi_page_walk`:
 //! - DTE\[V\] = 0: the request passes untranslated (pass-through).
