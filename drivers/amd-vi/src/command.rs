@@ -2,18 +2,23 @@
 //! writes commands at the tail and moves the Command Buffer Tail register, the IOMMU executes
 //! from the head and moves the Head register (§3.4.7).
 //!
-//! One completion wait per batch is enough: the IOMMU executes commands in order, and
-//! COMPLETION_WAIT "does not finish until all older commands issued since a prior
-//! COMPLETION_WAIT have completely executed" (§2.4.1). So an owner switch is
-//! INVALIDATE_DEVTAB_ENTRY + INVALIDATE_IOMMU_PAGES (previous DomainID) + ONE COMPLETION_WAIT
-//! and one tail-register write — Xen waits after each command.
+//! Commands between two COMPLETION_WAITs may complete in any order (§2.4); a COMPLETION_WAIT
+//! "does not finish until all older commands issued since a prior COMPLETION_WAIT have
+//! completely executed" (§2.4.1) and younger commands wait for it. [`crate::switch`] orders
+//! owner-switch batches with that; this module only moves commands and polls one store.
+//!
+//! A command the IOMMU refuses (ILLEGAL_COMMAND_ERROR, COMMAND_HARDWARE_ERROR, §2.5.5/§2.5.6)
+//! stops the command processor: Status.CmdBufRun drops while CmdBufEn stays set, and the head
+//! register stays on the offending command. Waits watch for that and report
+//! [`CommandError::ProcessorStopped`] at once instead of timing out; the unit restarts the
+//! ring ([`crate::AmdViUnit`]).
 
 use core::fmt;
 
 use lazaret_types::{Mmio, PhysAddr, PhysMem};
 
 use crate::poll::{poll_until, Clock, TimedOut};
-use crate::regs::{self, RingLength, RING_POINTER_MASK};
+use crate::regs::{self, status, RingLength, RING_POINTER_MASK};
 
 /// Bytes per command.
 pub const COMMAND_BYTES: u64 = 16;
@@ -128,6 +133,9 @@ pub enum CommandError {
     /// The completion-wait store did not arrive in time. State stays consistent: the wait's
     /// sequence number is never reused, so a late store cannot satisfy a later wait.
     WaitTimedOut(TimedOut),
+    /// Status.CmdBufRun dropped: the IOMMU refused the command at byte offset `head` of the
+    /// ring (`raw`, as read back) and stopped; later commands did not run.
+    ProcessorStopped { head: u64, raw: [u64; 2] },
 }
 
 impl fmt::Display for CommandError {
@@ -135,6 +143,11 @@ impl fmt::Display for CommandError {
         match self {
             CommandError::QueueStalled(t) => write!(f, "command buffer stalled: {t}"),
             CommandError::WaitTimedOut(t) => write!(f, "completion wait: {t}"),
+            CommandError::ProcessorStopped { head, raw } => write!(
+                f,
+                "command processor stopped at ring offset {head:#x} (command {:#018x}_{:016x})",
+                raw[1], raw[0]
+            ),
         }
     }
 }
@@ -220,6 +233,33 @@ impl CommandQueue {
         self.head = (regs.read64(regs::COMMAND_HEAD) & RING_POINTER_MASK) % self.bytes();
     }
 
+    /// `Some` when the processor stopped on an error (CmdBufRun clear), naming the command the
+    /// head register points at.
+    fn stopped<M, R>(&mut self, mem: &M, regs: &R) -> Option<CommandError>
+    where
+        M: PhysMem + ?Sized,
+        R: Mmio + ?Sized,
+    {
+        if regs.read64(regs::STATUS) & status::CMD_BUF_RUN != 0 {
+            return None;
+        }
+        self.read_head(regs);
+        let at = PhysAddr(self.base.0 + self.head);
+        let raw = [mem.read_u64(at), mem.read_u64(PhysAddr(at.0 + 8))];
+        Some(CommandError::ProcessorStopped {
+            head: self.head,
+            raw,
+        })
+    }
+
+    /// Forgets every unexecuted command: head and tail 0, as the unit sets them when the ring
+    /// is restarted (CmdBufEn off, pointers rewritten, CmdBufEn on).
+    pub fn reset(&mut self) {
+        self.tail = 0;
+        self.head = 0;
+        self.unpublished = false;
+    }
+
     /// Makes the IOMMU see every command written so far: one tail-register write.
     pub fn publish<R: Mmio + ?Sized>(&mut self, regs: &R) {
         if self.unpublished {
@@ -248,13 +288,16 @@ impl CommandQueue {
         if self.full() {
             self.publish(regs);
             poll_until(clock, self.timeout_us, || {
+                if let Some(e) = self.stopped(mem, regs) {
+                    return Some(Err(e));
+                }
                 self.read_head(regs);
-                (!self.full()).then_some(())
+                (!self.full()).then_some(Ok(()))
             })
             .map_err(|t| {
                 self.stats.timeouts += 1;
                 CommandError::QueueStalled(t)
-            })?;
+            })??;
         }
         let [q0, q1] = cmd.encode();
         let at = PhysAddr(self.base.0 + self.tail);
@@ -297,12 +340,15 @@ impl CommandQueue {
         self.stats.waits += 1;
         let slot = self.wait_slot;
         poll_until(clock, self.timeout_us, || {
-            (mem.read_u64(slot) == sequence).then_some(())
+            if mem.read_u64(slot) == sequence {
+                return Some(Ok(()));
+            }
+            self.stopped(mem, regs).map(Err)
         })
         .map_err(|t| {
             self.stats.timeouts += 1;
             CommandError::WaitTimedOut(t)
-        })
+        })?
     }
 }
 
@@ -378,9 +424,11 @@ mod tests {
         q.submit_and_wait(&*mem, &regs, &StepClock::default(), batch)
             .unwrap();
         assert_eq!(regs.write_count() - writes, 1);
-        let seen = sim.executed();
-        assert_eq!(&seen[..2], &batch);
-        assert!(matches!(seen[2], Command::CompletionWait { .. }));
+        // Unfenced commands take effect in any order (the sim shuffles them); the wait last.
+        let mut seen = sim.executed();
+        assert!(matches!(seen.pop(), Some(Command::CompletionWait { .. })));
+        assert_eq!(seen.len(), 2);
+        assert!(batch.iter().all(|c| seen.contains(c)));
         assert_eq!(
             q.stats(),
             CommandStats {

@@ -234,9 +234,21 @@ impl DeviceTable {
         (self.base.0 & crate::regs::BASE_MASK) | (pages - 1)
     }
 
+    /// Whether `device_id` has an entry here. Check every ID of a device (aliases too) before
+    /// the first write, so an add never fails half-way with some DTEs already pointing at
+    /// tables that are then freed.
+    pub fn covers(&self, device_id: u16) -> bool {
+        u32::from(device_id) < self.entries
+    }
+
+    /// [`Self::covers`] for every ID.
+    pub fn covers_all(&self, device_ids: &[u16]) -> bool {
+        device_ids.iter().all(|&id| self.covers(id))
+    }
+
     /// Address of the entry of `requester_id`.
     pub fn entry_addr(&self, requester_id: u16) -> Result<PhysAddr, DeviceTableError> {
-        if u32::from(requester_id) >= self.entries {
+        if !self.covers(requester_id) {
             return Err(DeviceTableError::BeyondTable {
                 requester_id,
                 entries: self.entries,

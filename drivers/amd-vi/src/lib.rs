@@ -9,16 +9,23 @@
 //! Bring-up and use, in the order the kernel follows:
 //!
 //! 1. [`DeviceTable::new`] over [`DeviceTable::bytes_for`] contiguous bytes (every entry
-//!    starts blocking), [`AmdViUnit::new`] (reads EFR, sets up command buffer and event log),
-//!    [`AmdViUnit::set_device_table`], [`AmdViUnit::enable`], [`AmdViUnit::invalidate_all`].
-//!    Pick one [`Levels`] (≤ [`ExtendedFeatures::max_levels`]) and build every table from it.
-//! 2. Device add (may allocate and fail): [`QuarantineTables::build`], then
-//!    [`DeviceTable::switch_owner`] to [`QuarantineTables::device_table_entry`] and
-//!    [`AmdViUnit::after_owner_switch`].
-//! 3. Assign / deassign (never allocates): [`QuarantineTables::zero_scratch`] when entering
-//!    quarantine, [`DeviceTable::switch_owner`] (one `cmpxchg16b`), then
-//!    [`AmdViUnit::after_owner_switch`] with the previous DomainID (N + 1 commands, one wait).
-//! 4. Faults: [`AmdViUnit::drain_events`]; isolation proofs: [`walker::translate`].
+//!    starts blocking), then [`AmdViUnit::bring_up`]: disables a unit firmware left running,
+//!    programs device table, command buffer and event log, sets Control.Coherent, enables,
+//!    and invalidates everything cached (INVALIDATE_IOMMU_ALL, or every DTE and DomainID
+//!    without EFR.IASup). Pick one [`Levels`] (≤ [`ExtendedFeatures::max_levels`]) and build
+//!    every table from it.
+//! 2. Device add (may allocate and fail): check every DeviceID with
+//!    [`DeviceTable::covers_all`] before the first write, [`QuarantineTables::build`] (IVMD
+//!    ranges with their read/write flags), then switch as in 3.
+//! 3. Assign / deassign / destroy (never allocates): [`QuarantineTables::zero_scratch`] when
+//!    entering quarantine, [`DeviceTable::switch_owner`] (one `cmpxchg16b`) per DeviceID,
+//!    [`SwitchBatch::entry_changed`] with old and new entry, [`SwitchBatch::domain_retired`]
+//!    for a DomainID about to be reused, then ONE [`AmdViUnit::flush`]: DTE invalidations,
+//!    a COMPLETION_WAIT fence (the IOMMU may complete unfenced commands in any order, §2.4),
+//!    page invalidations, one polled wait. See [`switch`] for why the fence is needed.
+//! 4. Faults: [`AmdViUnit::drain_events`]; isolation proofs: [`walker::translate_programmed`]
+//!    (independent of the builders), and in host tests `sim_device::SimAmdVi::dma`, which
+//!    caches like hardware.
 //!
 //! [`PhysMem`]: lazaret_types::PhysMem
 //! [`FrameAllocator`]: lazaret_types::FrameAllocator
@@ -36,12 +43,16 @@ pub mod poll;
 pub mod pte;
 pub mod quarantine;
 pub mod regs;
+pub mod switch;
 pub mod unit;
 pub mod walker;
 
 /// A simulated unit for host tests, here and in the kernel's passthrough tests.
 #[cfg(any(test, feature = "sim"))]
 pub mod sim_device;
+
+#[cfg(test)]
+mod isolation_tests;
 
 pub use command::{Command, CommandError, CommandQueue, CommandStats, PageScope};
 pub use device_table::{DeviceTable, DeviceTableEntry, DeviceTableError};
@@ -51,5 +62,6 @@ pub use pagetable::{MapError, PageTable, Perms, TranslationRoot};
 pub use poll::{Clock, TimedOut};
 pub use quarantine::{QuarantineError, QuarantineTables, UnityRange};
 pub use regs::{ExtendedFeatures, RingLength};
-pub use unit::{AmdViUnit, UnitError};
-pub use walker::{translate, walk_tables, Fault};
+pub use switch::SwitchBatch;
+pub use unit::{AmdViUnit, BringUpError, BringUpStep, UnitError};
+pub use walker::{translate, translate_programmed, walk_tables, Fault};

@@ -309,16 +309,19 @@ mod tests {
         assert_eq!(a.frames_in_use(), 4, "root + 3 lower tables");
         let root = pt.translation_root();
         assert_eq!(
-            walk_tables(&mem, root, iova + 0x10, false),
+            walk_tables(&mem, root.root(), root.levels().count(), iova + 0x10, false),
             Ok(PhysAddr(0x5010))
         );
-        assert!(walk_tables(&mem, root, iova, true).is_err(), "read-only");
+        assert!(
+            walk_tables(&mem, root.root(), root.levels().count(), iova, true).is_err(),
+            "read-only"
+        );
         assert_eq!(
             pt.map(&mem, &mut a, iova, PhysAddr(0x6000), Perms::READ),
             Err(MapError::AlreadyMapped { iova })
         );
         assert_eq!(pt.unmap(&mem, iova), Ok(Some(PhysAddr(0x5000))));
-        assert!(walk_tables(&mem, root, iova, false).is_err());
+        assert!(walk_tables(&mem, root.root(), root.levels().count(), iova, false).is_err());
         assert_eq!(pt.unmap(&mem, iova), Ok(None));
         pt.free(&mem, &mut a);
         assert_eq!(a.frames_in_use(), 0);
@@ -372,8 +375,11 @@ mod tests {
                 Err(MapError::OutOfFrames)
             );
             assert_eq!(a.frames_in_use(), before, "no leak (fail at {fail_at})");
-            assert!(walk_tables(&mem, root, far, false).is_err());
-            assert_eq!(walk_tables(&mem, root, 0, true), Ok(PhysAddr(0x9000)));
+            assert!(walk_tables(&mem, root.root(), root.levels().count(), far, false).is_err());
+            assert_eq!(
+                walk_tables(&mem, root.root(), root.levels().count(), 0, true),
+                Ok(PhysAddr(0x9000))
+            );
             pt.free(&mem, &mut a);
             assert_eq!(a.frames_in_use(), 0);
         }
@@ -391,11 +397,11 @@ mod tests {
             pt.identity_map(&mem, &mut a, 0x1ff000, 0x200fff, Perms::READ),
             Err(MapError::OutOfFrames)
         );
-        assert!(walk_tables(&mem, root, 0x1ff000, false).is_err());
+        assert!(walk_tables(&mem, root.root(), root.levels().count(), 0x1ff000, false).is_err());
         pt.identity_map(&mem, &mut a, 0x1ff000, 0x200fff, Perms::READ)
             .unwrap();
         assert_eq!(
-            walk_tables(&mem, root, 0x200123, false),
+            walk_tables(&mem, root.root(), root.levels().count(), 0x200123, false),
             Ok(PhysAddr(0x200123))
         );
         pt.free(&mem, &mut a);

@@ -301,7 +301,8 @@ mod tests {
             let scratch = q.scratch_page().unwrap();
             for iova in samples(levels) {
                 for write in [false, true] {
-                    let pa = walk_tables(&mem, root, iova, write).unwrap();
+                    let pa =
+                        walk_tables(&mem, root.root(), root.levels().count(), iova, write).unwrap();
                     assert_eq!(pa, PhysAddr(scratch.0 | (iova & 0xfff)), "iova {iova:#x}");
                 }
             }
@@ -323,9 +324,12 @@ mod tests {
         let root = q.translation_root().unwrap();
         let scratch = q.scratch_page().unwrap();
         for iova in [0xfed0_0000u64, 0xfed0_1abc] {
-            assert_eq!(walk_tables(&mem, root, iova, false), Ok(PhysAddr(iova)));
             assert_eq!(
-                walk_tables(&mem, root, iova, true),
+                walk_tables(&mem, root.root(), root.levels().count(), iova, false),
+                Ok(PhysAddr(iova))
+            );
+            assert_eq!(
+                walk_tables(&mem, root.root(), root.levels().count(), iova, true),
                 Err(Fault::Permission {
                     level: 1,
                     write: true
@@ -333,13 +337,19 @@ mod tests {
             );
         }
         assert_eq!(
-            walk_tables(&mem, root, 0x7_0000_0010, true),
+            walk_tables(
+                &mem,
+                root.root(),
+                root.levels().count(),
+                0x7_0000_0010,
+                true
+            ),
             Ok(PhysAddr(0x7_0000_0010))
         );
         // Neighbours of unity pages, including ones in the private tables, still hit scratch.
         for iova in [0xfecf_f000u64, 0xfed0_2000, 0x7_0000_1000, 0x6_ffff_f000, 0] {
             assert_eq!(
-                walk_tables(&mem, root, iova, true),
+                walk_tables(&mem, root.root(), root.levels().count(), iova, true),
                 Ok(scratch),
                 "iova {iova:#x}"
             );
@@ -359,7 +369,7 @@ mod tests {
         let empty = q.translation_root().unwrap();
         assert!(!q.device_table_entry(5).is_blocking());
         assert_eq!(
-            walk_tables(&mem, empty, 0, true),
+            walk_tables(&mem, empty.root(), empty.levels().count(), 0, true),
             Err(Fault::NotPresent { level: 3 })
         );
         let unity = [(0x10_0000, 0x10_0fff, true, true)];
@@ -367,15 +377,15 @@ mod tests {
         let root = q2.translation_root().unwrap();
         assert_eq!(q2.scratch_page(), None);
         assert_eq!(
-            walk_tables(&mem, root, 0x10_0123, true),
+            walk_tables(&mem, root.root(), root.levels().count(), 0x10_0123, true),
             Ok(PhysAddr(0x10_0123))
         );
         assert_eq!(
-            walk_tables(&mem, root, 0x10_1000, false),
+            walk_tables(&mem, root.root(), root.levels().count(), 0x10_1000, false),
             Err(Fault::NotPresent { level: 1 })
         );
         assert_eq!(
-            walk_tables(&mem, root, 0x4000_0000, false),
+            walk_tables(&mem, root.root(), root.levels().count(), 0x4000_0000, false),
             Err(Fault::NotPresent { level: 3 })
         );
         q2.free(&mut a);

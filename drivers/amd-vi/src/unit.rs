@@ -1,22 +1,34 @@
-//! One AMD-Vi unit: its registers, command queue and event log, and the bring-up order.
+//! One AMD-Vi unit: its registers, command queue and event log, bring-up, and the flush
+//! every owner switch ends with.
 //!
-//! Bring-up (§3.4, and the order Linux and Xen follow): program the device table, command
-//! buffer and event log bases while IommuEn = 0; leave the exclusion range off (base and
+//! Bring-up ([`AmdViUnit::bring_up`], §3.4): a unit firmware left running is disabled first
+//! (CmdBufEn, EventLogEn, then IommuEn off, and the running bits awaited) — base registers
+//! written while the unit runs are undefined. Then the device table, command buffer and
+//! event log bases are programmed with IommuEn = 0; the exclusion range stays off (base and
 //! limit 0: an exclusion range lets matching DMA bypass translation entirely, the opposite
-//! of quarantine; IVMD unity ranges go into the per-device tables instead); then set
-//! CmdBufEn, EventLogEn and finally IommuEn, and wait (bounded) for Status.CmdBufRun and
-//! EventLogRun. The running bits only follow once IommuEn is set (QEMU's
-//! `amdvi_handle_control_write` gates both on it), so the wait comes after the last write.
+//! of quarantine; IVMD unity ranges go into the per-device tables instead); Control.Coherent
+//! is set (§3.4.4: device-table fetches snoop the CPU caches, which is what writing DTEs
+//! through ordinary stores assumes); then CmdBufEn, EventLogEn and finally IommuEn, and a
+//! bounded wait for Status.CmdBufRun and EventLogRun (they only follow IommuEn: QEMU's
+//! `amdvi_handle_control_write` gates both on it). Last, whatever the unit cached before is
+//! dropped: INVALIDATE_IOMMU_ALL when EFR.IASup, else every DTE and every DomainID, one wait.
+//!
+//! Command errors stop the command processor ([`crate::command`]); every wait here detects
+//! that, restarts the ring (CmdBufEn off, head = tail = 0, CmdBufEn on — §3.4.7) and reports
+//! the refused command, so the next batch runs instead of timing out.
 
 use core::fmt;
 
 use lazaret_types::{FrameAllocator, Mmio, PhysAddr, PhysMem, PAGE_SIZE};
+
+use core::cell::Cell;
 
 use crate::command::{Command, CommandError, CommandQueue, CommandStats, PageScope};
 use crate::device_table::DeviceTable;
 use crate::event_log::{wait_status, DrainSummary, Event, EventLog, EventLogError};
 use crate::poll::{Clock, TimedOut};
 use crate::regs::{self, control, status, ExtendedFeatures, RingLength};
+use crate::switch::SwitchBatch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnitError {
@@ -28,6 +40,52 @@ pub enum UnitError {
     EventLog(EventLogError),
     /// INVALIDATE_IOMMU_ALL without EFR.IASup.
     InvalidateAllUnsupported,
+    /// Firmware left the unit running (Control shown); [`AmdViUnit::new`] will not program
+    /// rings under a running unit — [`AmdViUnit::bring_up`] disables it first.
+    LeftEnabled {
+        control: u64,
+    },
+    /// The command processor stopped on an error and could not be restarted.
+    CommandRestartFailed(TimedOut),
+}
+
+/// The step of [`AmdViUnit::bring_up`] that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BringUpStep {
+    /// Disabling what firmware left running.
+    DisableFirmwareSetup,
+    /// Allocating and programming the command buffer and event log.
+    ProgramRings,
+    /// Setting CmdBufEn, EventLogEn, IommuEn and waiting for the running bits.
+    Enable,
+    /// The initial invalidation of everything cached.
+    InitialInvalidation,
+}
+
+/// [`AmdViUnit::bring_up`] failed at `step` because of `cause`. Frames already given to
+/// the unit's rings are not returned: after a failed enable or invalidation the unit may
+/// still read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BringUpError {
+    pub step: BringUpStep,
+    pub cause: UnitError,
+}
+
+impl fmt::Display for BringUpStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BringUpStep::DisableFirmwareSetup => "disabling the firmware's set-up",
+            BringUpStep::ProgramRings => "programming the command buffer and event log",
+            BringUpStep::Enable => "enabling translation and the rings",
+            BringUpStep::InitialInvalidation => "invalidating everything cached",
+        })
+    }
+}
+
+impl fmt::Display for BringUpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AMD-Vi bring-up, {}: {}", self.step, self.cause)
+    }
 }
 
 impl fmt::Display for UnitError {
@@ -39,6 +97,13 @@ impl fmt::Display for UnitError {
             UnitError::EventLog(e) => write!(f, "AMD-Vi {e}"),
             UnitError::InvalidateAllUnsupported => {
                 write!(f, "INVALIDATE_IOMMU_ALL not supported (EFR.IASup = 0)")
+            }
+            UnitError::LeftEnabled { control } => write!(
+                f,
+                "AMD-Vi left running by firmware (Control {control:#x}); disable it first"
+            ),
+            UnitError::CommandRestartFailed(t) => {
+                write!(f, "AMD-Vi command buffer restart: {t}")
             }
         }
     }
@@ -57,6 +122,33 @@ pub struct AmdViUnit<R: Mmio> {
     commands: CommandQueue,
     events: EventLog,
     timeout_us: u64,
+    /// Entries of the programmed device table: what "every DTE" means without EFR.IASup.
+    device_ids: Cell<u32>,
+}
+
+/// Control bits that mean "running": none may be set while base registers are written.
+const RUNNING: u64 = control::IOMMU_EN | control::CMD_BUF_EN | control::EVENT_LOG_EN;
+
+/// CmdBufEn and EventLogEn off, then IommuEn (and the interrupt enables) off; waits for both
+/// running bits to clear.
+fn disable_regs<R: Mmio + ?Sized>(
+    regs: &R,
+    clock: &(impl Clock + ?Sized),
+    timeout_us: u64,
+) -> Result<(), UnitError> {
+    let c = regs.read64(regs::CONTROL);
+    let c = c & !(control::CMD_BUF_EN | control::EVENT_LOG_EN);
+    regs.write64(regs::CONTROL, c);
+    let interrupts = control::EVENT_INT_EN | control::COM_WAIT_INT_EN;
+    regs.write64(regs::CONTROL, c & !(control::IOMMU_EN | interrupts));
+    wait_status(
+        regs,
+        clock,
+        timeout_us,
+        status::CMD_BUF_RUN | status::EVENT_LOG_RUN,
+        false,
+    )
+    .map_err(UnitError::StatusTimedOut)
 }
 
 /// Three single frames, or none.
@@ -75,14 +167,51 @@ fn alloc_three<A: FrameAllocator + ?Sized>(alloc: &mut A) -> Option<[PhysAddr; 3
 }
 
 impl<R: Mmio> AmdViUnit<R> {
+    /// The whole bring-up sequence (module docs): disable what firmware left running,
+    /// program `table` and the rings, set Coherent, enable, invalidate everything cached.
+    /// `timeout_us` bounds every wait, here and later.
+    pub fn bring_up<M, A>(
+        regs: R,
+        mem: &M,
+        alloc: &mut A,
+        table: &DeviceTable,
+        clock: &(impl Clock + ?Sized),
+        timeout_us: u64,
+    ) -> Result<Self, BringUpError>
+    where
+        M: PhysMem + ?Sized,
+        A: FrameAllocator + ?Sized,
+    {
+        let fail = |step| move |cause| BringUpError { step, cause };
+        if regs.read64(regs::CONTROL) & RUNNING != 0 {
+            disable_regs(&regs, clock, timeout_us)
+                .map_err(fail(BringUpStep::DisableFirmwareSetup))?;
+        }
+        let mut unit =
+            Self::new(regs, mem, alloc, timeout_us).map_err(fail(BringUpStep::ProgramRings))?;
+        unit.set_device_table(table);
+        unit.update_control(control::COHERENT, 0);
+        unit.enable(clock).map_err(fail(BringUpStep::Enable))?;
+        let mut everything = SwitchBatch::new();
+        everything.invalidate_everything();
+        unit.flush(mem, &everything, clock)
+            .map_err(fail(BringUpStep::InitialInvalidation))?;
+        Ok(unit)
+    }
+
     /// Reads EFR, allocates a one-page command buffer, the completion-wait slot and a
-    /// one-page event log, and programs their base registers (the unit must be disabled).
-    /// `timeout_us` bounds every wait.
+    /// one-page event log, and programs their base registers. Refuses
+    /// ([`UnitError::LeftEnabled`]) a unit that is running: use [`Self::bring_up`], which
+    /// disables it first. `timeout_us` bounds every wait.
     pub fn new<M, A>(regs: R, mem: &M, alloc: &mut A, timeout_us: u64) -> Result<Self, UnitError>
     where
         M: PhysMem + ?Sized,
         A: FrameAllocator + ?Sized,
     {
+        let c = regs.read64(regs::CONTROL);
+        if c & RUNNING != 0 {
+            return Err(UnitError::LeftEnabled { control: c });
+        }
         let [cmd, slot, log] = alloc_three(alloc).ok_or(UnitError::OutOfFrames)?;
         for f in [cmd, slot, log] {
             mem.zero(f, PAGE_SIZE);
@@ -108,6 +237,7 @@ impl<R: Mmio> AmdViUnit<R> {
             events: EventLog::new(log, len),
             regs,
             timeout_us,
+            device_ids: Cell::new(u32::from(u16::MAX) + 1),
         })
     }
 
@@ -127,6 +257,7 @@ impl<R: Mmio> AmdViUnit<R> {
     pub fn set_device_table(&self, table: &DeviceTable) {
         self.regs
             .write64(regs::DEVICE_TABLE_BASE, table.base_register());
+        self.device_ids.set(table.entries());
     }
 
     fn update_control(&self, set: u64, clear: u64) {
@@ -152,31 +283,69 @@ impl<R: Mmio> AmdViUnit<R> {
     /// Stops command processing and logging, then translation; waits for both running bits
     /// to clear.
     pub fn disable(&self, clock: &(impl Clock + ?Sized)) -> Result<(), UnitError> {
-        self.update_control(0, control::CMD_BUF_EN | control::EVENT_LOG_EN);
-        self.update_control(0, control::IOMMU_EN);
-        self.wait(clock, status::CMD_BUF_RUN | status::EVENT_LOG_RUN, false)
+        disable_regs(&self.regs, clock, self.timeout_us)
     }
 
     pub fn enabled(&self) -> bool {
         self.regs.read64(regs::CONTROL) & control::IOMMU_EN != 0
     }
 
-    /// Runs `cmds` followed by one completion wait.
+    /// Runs `cmds` followed by one completion wait. When the command processor stopped on an
+    /// error, restarts the ring (later batches run) and returns
+    /// [`CommandError::ProcessorStopped`]: the batch did not complete.
     pub fn invalidate<M: PhysMem + ?Sized>(
         &mut self,
         mem: &M,
         clock: &(impl Clock + ?Sized),
         cmds: impl IntoIterator<Item = Command>,
     ) -> Result<(), UnitError> {
-        Ok(self
-            .commands
-            .submit_and_wait(mem, &self.regs, clock, cmds)?)
+        match self.commands.submit_and_wait(mem, &self.regs, clock, cmds) {
+            Err(e @ CommandError::ProcessorStopped { .. }) => {
+                self.restart_commands(clock)?;
+                Err(UnitError::Command(e))
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// §3.4.7: CmdBufEn off (and CmdBufRun awaited), head = tail = 0, CmdBufEn on (and
+    /// CmdBufRun awaited). Commands not yet executed are dropped.
+    fn restart_commands(&mut self, clock: &(impl Clock + ?Sized)) -> Result<(), UnitError> {
+        let failed = |e| match e {
+            UnitError::StatusTimedOut(t) => UnitError::CommandRestartFailed(t),
+            other => other,
+        };
+        self.update_control(0, control::CMD_BUF_EN);
+        self.wait(clock, status::CMD_BUF_RUN, false)
+            .map_err(failed)?;
+        self.regs.write64(regs::COMMAND_HEAD, 0);
+        self.regs.write64(regs::COMMAND_TAIL, 0);
+        self.commands.reset();
+        self.update_control(control::CMD_BUF_EN, 0);
+        self.wait(clock, status::CMD_BUF_RUN, true).map_err(failed)
+    }
+
+    /// Submits `batch` in the order [`SwitchBatch::commands`] gives (DTE invalidations, a
+    /// fence, page invalidations), then ONE completion wait that is polled (bounded): one
+    /// tail-register write for the lot. An empty batch costs nothing.
+    pub fn flush<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        batch: &SwitchBatch,
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ia = self.features.invalidate_all();
+        let cmds = batch.commands(ia, self.device_ids.get());
+        self.invalidate(mem, clock, cmds)
     }
 
     /// After DTE switches of `device_ids` (a device and its aliases) away from
-    /// `previous_domain`: INVALIDATE_DEVTAB_ENTRY per DeviceID, INVALIDATE_IOMMU_PAGES for the
-    /// whole previous domain, ONE completion wait (see [`crate::command`] for why one wait
-    /// suffices), one tail-register write.
+    /// `previous_domain`: [`Self::flush`] of INVALIDATE_DEVTAB_ENTRY per DeviceID, a fence,
+    /// INVALIDATE_IOMMU_PAGES for the whole previous domain, ONE polled completion wait.
+    /// Prefer [`SwitchBatch::entry_changed`] + [`Self::flush`], which skip what is not owed.
     pub fn after_owner_switch<M: PhysMem + ?Sized>(
         &mut self,
         mem: &M,
@@ -184,14 +353,10 @@ impl<R: Mmio> AmdViUnit<R> {
         device_ids: &[u16],
         previous_domain: u16,
     ) -> Result<(), UnitError> {
-        let devices = device_ids
-            .iter()
-            .map(|&device_id| Command::InvalidateDevtabEntry { device_id });
-        let pages = Command::InvalidateIommuPages {
-            domain_id: previous_domain,
-            scope: PageScope::All,
-        };
-        self.invalidate(mem, clock, devices.chain([pages]))
+        let mut batch = SwitchBatch::new();
+        device_ids.iter().for_each(|&id| batch.device_changed(id));
+        batch.domain_retired(previous_domain);
+        self.flush(mem, &batch, clock)
     }
 
     /// After changing the mapping of `iova` in `domain_id`'s tables: always after an unmap;
@@ -211,7 +376,8 @@ impl<R: Mmio> AmdViUnit<R> {
         self.invalidate(mem, clock, [cmd])
     }
 
-    /// INVALIDATE_IOMMU_ALL + wait, after enabling (drops anything cached from firmware).
+    /// INVALIDATE_IOMMU_ALL + wait (EFR.IASup only; [`Self::bring_up`] falls back to every
+    /// DTE and DomainID without it).
     pub fn invalidate_all<M: PhysMem + ?Sized>(
         &mut self,
         mem: &M,
@@ -378,30 +544,37 @@ mod tests {
             .unwrap();
         assert_eq!(walk(0x10_0000), Ok(q.scratch_page().unwrap()));
 
-        // Assign: one exchange, then 2 commands + 1 wait, 1 MMIO write.
+        // Assign: one exchange, then DTE invalidation, fence, page invalidation, polled wait:
+        // 4 commands, 1 polled wait, 1 MMIO write.
         let before = u.command_stats();
         let writes = u.registers().write_count();
         let entry = DeviceTableEntry::translated(guest.translation_root(), guest_dom);
         let prev = dt.switch_owner(&*mem, rid, entry).unwrap();
         assert_eq!(prev.domain_id(), quarantine_dom);
-        u.after_owner_switch(&*mem, &clock, &[rid], prev.domain_id())
-            .unwrap();
+        let mut batch = SwitchBatch::new();
+        batch.entry_changed(rid, prev, entry);
+        u.flush(&*mem, &batch, &clock).unwrap();
         let after = u.command_stats();
-        assert_eq!(after.commands - before.commands, 3);
+        assert_eq!(after.commands - before.commands, 4);
         assert_eq!(after.waits - before.waits, 1);
         assert_eq!(after.mmio_writes - before.mmio_writes, 1);
         assert_eq!(u.registers().write_count() - writes, 1);
         let executed = sim.executed();
         assert_eq!(
-            &executed[executed.len() - 3..executed.len() - 1],
+            &executed[executed.len() - 4..executed.len() - 1],
             &[
                 Command::InvalidateDevtabEntry { device_id: rid },
+                Command::CompletionWait {
+                    store: None,
+                    interrupt: false
+                },
                 Command::InvalidateIommuPages {
                     domain_id: quarantine_dom,
                     scope: PageScope::All
                 }
             ]
         );
+        assert_eq!(sim.dma(rid, 0x10_0000, true), Ok(PhysAddr(0x77_7000)));
         assert_eq!(walk(0x10_0000), Ok(PhysAddr(0x77_7000)));
         assert_eq!(walk(0x10_1000), Err(Fault::NotPresent { level: 1 }));
 

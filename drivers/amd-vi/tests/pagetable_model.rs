@@ -85,7 +85,8 @@ fn check(levels: Levels, ops: &[Op]) -> Result<(), TestCaseError> {
         for slot in 0..48 {
             let va = iova(levels, slot);
             for write in [false, true] {
-                let got = walk_tables(&mem, root, va | 0x18, write).ok();
+                let got =
+                    walk_tables(&mem, root.root(), root.levels().count(), va | 0x18, write).ok();
                 let want = model
                     .get(&va)
                     .filter(|(_, p)| p.allows(write))
@@ -133,8 +134,8 @@ proptest! {
             let hit = unity.iter().filter(|u| u.0 <= va && va <= u.1);
             let writable = hit.clone().any(|u| u.3);
             let in_unity = hit.count() > 0;
-            let read = walk_tables(&mem, root, va, false);
-            let write = walk_tables(&mem, root, va, true);
+            let read = walk_tables(&mem, root.root(), root.levels().count(), va, false);
+            let write = walk_tables(&mem, root.root(), root.levels().count(), va, true);
             if in_unity {
                 prop_assert_eq!(read, Ok(PhysAddr(va)));
                 prop_assert_eq!(write.is_ok(), writable);
