@@ -71,9 +71,9 @@ impl Vendor for Amd {
     }
 }
 
-// VT-d: device context-cache + domain IOTLB descriptors; AMD-Vi: INVALIDATE_DEVTAB_ENTRY +
-// INVALIDATE_IOMMU_PAGES + COMPLETION_WAIT.
-vendor_tests!(Amd, commands_per_switch: 3);
+// VT-d: device context-cache + domain IOTLB descriptors; AMD-Vi: INVALIDATE_DEVTAB_ENTRY, a
+// fencing COMPLETION_WAIT, INVALIDATE_IOMMU_PAGES and the polled COMPLETION_WAIT.
+vendor_tests!(Amd, commands_per_switch: 4);
 
 #[test]
 fn basic_mode_has_an_empty_root_and_none_mode_blocks() {

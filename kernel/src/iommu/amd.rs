@@ -10,12 +10,12 @@ use core::ops::Range;
 
 use lazaret_amd_vi::{
     walker, AmdViUnit, Clock, DeviceTable, DeviceTableEntry, Event, Levels, PageTable, Perms,
-    QuarantineTables,
+    QuarantineTables, SwitchBatch,
 };
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 
 use crate::passthrough::iommu::{
-    DmaFault, FlushCost, Inspect, IommuError, ReservedRange, Vendor, MAX_REQUESTER_IDS,
+    DmaFault, FlushCost, Inspect, IommuError, ReservedRange, Vendor,
 };
 use crate::passthrough::LockHeld;
 
@@ -40,27 +40,9 @@ struct Unit<R: Mmio> {
     segment: u16,
 }
 
-/// The commands one switch owes a unit, on the stack.
-#[derive(Default)]
-pub struct Batch {
-    devices: heapless::Vec<u16, { 2 * MAX_REQUESTER_IDS }>,
-    domains: heapless::Vec<u16, { 2 * MAX_REQUESTER_IDS }>,
-    overflow: bool,
-}
-
-fn push_once(
-    list: &mut heapless::Vec<u16, { 2 * MAX_REQUESTER_IDS }>,
-    v: u16,
-    overflow: &mut bool,
-) {
-    if !list.contains(&v) && list.push(v).is_err() {
-        *overflow = true;
-    }
-}
-
-/// Brings one IOMMU up: a unit firmware left running is stopped before its rings are
-/// reprogrammed, then the device table (every entry blocking) is installed and translation
-/// enabled.
+/// Brings one IOMMU up with the driver's sequence (a unit firmware left running is stopped
+/// before its rings are reprogrammed; Coherent set; everything cached invalidated), with the
+/// device table — every entry blocking — installed.
 pub fn bring_up<R: Mmio, M: PhysMem + ?Sized>(
     regs: R,
     mem: &M,
@@ -70,14 +52,7 @@ pub fn bring_up<R: Mmio, M: PhysMem + ?Sized>(
     base: PhysAddr,
     clock: &impl Clock,
 ) -> Result<UnitSetup<R>, String> {
-    let hw = AmdViUnit::new(regs, mem, alloc, TIMEOUT_US)
-        .map_err(|e| format!("IOMMU at {base}: {e}"))?;
-    if hw.enabled() {
-        hw.disable(clock)
-            .map_err(|e| format!("disabling the firmware's set-up: {e}"))?;
-    }
-    hw.set_device_table(&table);
-    hw.enable(clock)
+    let hw = AmdViUnit::bring_up(regs, mem, alloc, &table, clock, TIMEOUT_US)
         .map_err(|e| format!("IOMMU at {base}: {e}"))?;
     Ok(UnitSetup {
         hw,
@@ -168,7 +143,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
     type Entry = DeviceTableEntry;
     type Quarantine = QuarantineTables;
     type Tables = PageTable;
-    type Batch = Batch;
+    type Batch = SwitchBatch;
 
     fn name(&self) -> &'static str {
         "AMD-Vi"
@@ -198,10 +173,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
         rids: &[Bdf],
     ) -> Result<(), IommuError> {
         let u = self.unit(unit)?;
-        match rids
-            .iter()
-            .find(|r| u.table.entry_addr(r.requester_id()).is_err())
-        {
+        match rids.iter().find(|r| !u.table.covers(r.requester_id())) {
             Some(r) => Err(IommuError::RequesterOutOfRange(*r)),
             None => Ok(()),
         }
@@ -276,57 +248,37 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
             .map_err(table_error)
     }
 
-    fn new_batch(&self) -> Batch {
-        Batch::default()
+    fn new_batch(&self) -> SwitchBatch {
+        SwitchBatch::new()
     }
 
     fn entry_changed(
         &self,
         _unit: usize,
-        batch: &mut Batch,
+        batch: &mut SwitchBatch,
         rid: Bdf,
         old: DeviceTableEntry,
-        _new: DeviceTableEntry,
+        new: DeviceTableEntry,
     ) {
-        push_once(&mut batch.devices, rid.requester_id(), &mut batch.overflow);
-        if old.is_valid() {
-            push_once(&mut batch.domains, old.domain_id(), &mut batch.overflow);
-        }
+        batch.entry_changed(rid.requester_id(), old, new);
     }
 
-    fn domain_retired(&self, batch: &mut Batch, did: u16) {
-        push_once(&mut batch.domains, did, &mut batch.overflow);
+    fn domain_retired(&self, batch: &mut SwitchBatch, did: u16) {
+        batch.domain_retired(did);
     }
 
     fn flush(
         &mut self,
         _held: &LockHeld,
         unit: usize,
-        batch: &Batch,
+        batch: &SwitchBatch,
     ) -> Result<FlushCost, IommuError> {
         let (mem, clock) = (self.mem, &self.clock);
         self.unit(unit)?;
         let u = &mut self.units[unit];
         let before = u.hw.command_stats();
-        let mut result = Ok(());
-        if batch.overflow {
-            result = u.hw.invalidate_all(mem, clock);
-        } else if batch.domains.is_empty() && !batch.devices.is_empty() {
-            let cmds = batch
-                .devices
-                .iter()
-                .map(|&device_id| lazaret_amd_vi::Command::InvalidateDevtabEntry { device_id });
-            result = u.hw.invalidate(mem, clock, cmds);
-        } else {
-            for (i, domain) in batch.domains.iter().enumerate() {
-                // The DTE invalidations ride with the first domain's page invalidation.
-                let devices: &[u16] = if i == 0 { &batch.devices } else { &[] };
-                if let Err(e) = u.hw.after_owner_switch(mem, clock, devices, *domain) {
-                    result = Err(e);
-                }
-            }
-        }
-        result.map_err(|e| IommuError::TimedOut(format!("{e}")))?;
+        u.hw.flush(mem, batch, clock)
+            .map_err(|e| IommuError::TimedOut(format!("{e}")))?;
         let after = u.hw.command_stats();
         Ok(FlushCost {
             descriptors: after.commands - before.commands,
@@ -436,11 +388,11 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Inspect for AmdViIommu<'_, M, R, C>
             .unit_of(rid)
             .or_else(|| self.units.iter().position(|u| u.segment == rid.segment))
             .ok_or_else(|| format!("no IOMMU covers {rid}"))?;
-        let u = &self.units[unit];
-        walker::translate(
+        // From what the unit is programmed with (Device Table Base register, EFR.HATS),
+        // through the walker's own bit layouts.
+        walker::translate_programmed(
             self.mem,
-            u.table.base(),
-            u.table.entries(),
+            self.units[unit].hw.registers(),
             rid.bdf.requester_id(),
             iova,
             write,
