@@ -437,4 +437,6 @@ impl<R: Mmio> VtdUnit<R> {
 }
 
 #[cfg(test)]
+mod hole_tests;
+#[cfg(test)]
 mod tests;

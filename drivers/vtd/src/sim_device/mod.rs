@@ -130,6 +130,8 @@ pub(crate) struct State {
     caches: Caches,
     rng: u64,
     inject: Option<QueueFault>,
+    /// (slot, descriptor) an injected IQE made invalid.
+    poisoned: Option<(usize, u128)>,
     dma_during_invalidation: Option<(Bdf, u64, bool)>,
     dma_during_results: Vec<Result<PhysAddr, SimDmaFault>>,
     /// Descriptors in the order they took effect.
@@ -199,6 +201,7 @@ impl SimVtd {
             caches: Caches::default(),
             rng: 0x1a2a_5e7d,
             inject: None,
+            poisoned: None,
             dma_during_invalidation: None,
             dma_during_results: Vec::new(),
             effects: Vec::new(),

@@ -47,11 +47,14 @@ pub fn consume(r: &mut impl RegMap, mem: &impl PhysMem, log: &RefCell<Vec<u128>>
         let mut invalid = false;
         while head != tail {
             let d = mem.read_u128(PhysAddr(base + head as u64 * 16));
+            // An injected invalid descriptor stays invalid until software rewrites its slot.
             let injected = !is_wait(d) && st.inject == Some(QueueFault::InvalidDescriptor);
-            if injected || !(is_wait(d) || Request::from_descriptor(d).is_some()) {
-                if injected {
-                    st.inject = None;
-                }
+            if injected {
+                st.inject = None;
+                st.poisoned = Some((head, d));
+            }
+            let poisoned = st.poisoned == Some((head, d));
+            if poisoned || !(is_wait(d) || Request::from_descriptor(d).is_some()) {
                 invalid = true;
                 break;
             }

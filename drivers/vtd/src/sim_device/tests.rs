@@ -328,6 +328,13 @@ fn queue_errors_stop_and_resume_like_hardware() {
         "IQH at the invalid descriptor"
     );
     assert_eq!(sim.mem.read_u64(PhysAddr(status)), 0);
+    // Cleared but not repaired: the same descriptor stops the queue again.
+    sim.regs.write32(FSTS, fsts::IQE);
+    assert_ne!(sim.regs.get(FSTS) as u32 & fsts::IQE, 0);
+    assert_eq!(sim.regs.get(IQH) >> 4, start);
+    // Repaired (slot rewritten) and cleared: the queue resumes at IQH.
+    sim.mem
+        .write_bytes(PhysAddr(base + start * 16), &0x12u128.to_le_bytes());
     sim.regs.write32(FSTS, fsts::IQE);
     assert_eq!(
         sim.regs.get(IQH) >> 4,
