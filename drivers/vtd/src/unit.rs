@@ -439,4 +439,6 @@ impl<R: Mmio> VtdUnit<R> {
 #[cfg(test)]
 mod hole_tests;
 #[cfg(test)]
+mod switch_tests;
+#[cfg(test)]
 mod tests;

@@ -433,4 +433,4 @@ fn hook(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
