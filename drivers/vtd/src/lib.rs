@@ -17,8 +17,9 @@
 //!    [`RootTable::switch_context`] to [`QuarantineTables::context_entry`] (+
 //!    [`VtdUnit::after_context_present`]).
 //! 4. Assign / deassign (never allocates): [`QuarantineTables::zero_scratch`] when entering
-//!    quarantine, [`RootTable::switch_context`], then [`VtdUnit::after_owner_switch`] with the
-//!    previous domain ID (two descriptors, one wait).
+//!    quarantine, [`RootTable::switch_context`] for each requester ID, recording each change
+//!    (and every domain ID to be reused) in a [`SwitchBatch`], then one [`VtdUnit::flush`]:
+//!    context-cache invalidations, a fence, IOTLB invalidations, one wait.
 //! 5. Faults: [`VtdUnit::drain_faults`]; isolation proofs: [`walker::translate_with`].
 //!
 //! Table writes go through [`TableMemory`], which calls the caller's [`CacheFlush`] after
@@ -52,12 +53,13 @@ pub use context::{ContextEntry, ContextError, RootTable, TranslationType};
 pub use fault::{fault_reason_text, DrainSummary, FaultRecord};
 pub use invalidation::{
     ContextScope, Invalidation, InvalidationError, InvalidationStats, Invalidator, IotlbScope,
+    SwitchBatch,
 };
 pub use levels::Levels;
 pub use pagetable::{MapError, PageTable, Perms};
 pub use poll::{Clock, TimedOut};
 pub use quarantine::{QuarantineError, QuarantineTables};
-pub use regs::{Capabilities, ExtCapabilities};
+pub use regs::{required_register_bytes, Capabilities, ExtCapabilities};
 pub use table_memory::{CacheFlush, Coherent, TableMemory};
 pub use unit::{UnitError, VtdUnit};
 pub use walker::{translate, Fault, WalkerConfig};

@@ -81,6 +81,17 @@ pub mod fsts {
     }
 }
 
+/// Bytes of register window the unit needs: the fixed registers this driver uses (through
+/// ICS), the fault recording registers (CAP.FRO + CAP.NFR × 16, §10.4.14) and the IOTLB
+/// registers (ECAP.IRO + 16: IVA and IOTLB, §10.4.8). A DRHD whose window is smaller would make
+/// the driver touch MMIO outside the unit's mapping.
+pub fn required_register_bytes(cap: Capabilities, ecap: ExtCapabilities) -> u64 {
+    let fixed = ICS as u64 + 4;
+    let faults = (cap.fault_record_offset() + cap.fault_records() * 16) as u64;
+    let iotlb = ecap.iotlb_offset() as u64 + 16;
+    fixed.max(faults).max(iotlb)
+}
+
 /// Extracts `width` bits starting at `lo`.
 const fn bits(value: u64, lo: u32, width: u32) -> u64 {
     (value >> lo) & ((1u64 << width) - 1)

@@ -19,11 +19,15 @@ use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem};
 
 use crate::fault::{drain_faults, DrainSummary, FaultRecord};
 use crate::invalidation::{
-    owner_switch, ContextScope, CountingMmio, Invalidation, InvalidationError, InvalidationQueue,
-    InvalidationStats, Invalidator, IotlbScope,
+    iotlb_drained, ContextScope, CountingMmio, Invalidation, InvalidationError, InvalidationQueue,
+    InvalidationStats, Invalidator, IotlbScope, SwitchBatch, MAX_CONTEXT_INVALIDATIONS,
+    SWITCH_DOMAINS,
 };
 use crate::poll::{poll_until, Clock};
-use crate::regs::{global, Capabilities, ExtCapabilities, CAP, ECAP, GCMD, GSTS, RTADDR, VER};
+use crate::regs::{
+    global, required_register_bytes, Capabilities, ExtCapabilities, CAP, ECAP, GCMD, GSTS, RTADDR,
+    VER,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnitError {
@@ -37,6 +41,12 @@ pub enum UnitError {
     NoQueuedInvalidation,
     /// The root table address is not 4 KiB aligned.
     UnalignedRootTable(PhysAddr),
+    /// The DRHD's register window ends before registers CAP/ECAP place in it (fault
+    /// recording at CAP.FRO, IOTLB registers at ECAP.IRO).
+    RegisterWindowTooSmall {
+        window_bytes: u64,
+        required: u64,
+    },
 }
 
 impl fmt::Display for UnitError {
@@ -48,6 +58,13 @@ impl fmt::Display for UnitError {
             UnitError::Invalidation(e) => write!(f, "VT-d invalidation: {e}"),
             UnitError::NoQueuedInvalidation => write!(f, "VT-d unit has no queued invalidation"),
             UnitError::UnalignedRootTable(a) => write!(f, "root table {a} not page aligned"),
+            UnitError::RegisterWindowTooSmall {
+                window_bytes,
+                required,
+            } => write!(
+                f,
+                "VT-d register window of {window_bytes:#x} bytes is smaller than the {required:#x} bytes its CAP/ECAP registers need"
+            ),
         }
     }
 }
@@ -80,6 +97,22 @@ impl<R: Mmio> VtdUnit<R> {
             invalidator: Invalidator::registers(ecap.iotlb_offset()),
             timeout_us,
         }
+    }
+
+    /// [`VtdUnit::new`], refusing a register window (`window_bytes`, from the DRHD) that does
+    /// not reach every register CAP and ECAP place (see [`required_register_bytes`]): the
+    /// driver would otherwise read and write beyond the mapping.
+    pub fn checked(regs: R, window_bytes: u64, timeout_us: u64) -> Result<VtdUnit<R>, UnitError> {
+        let cap = Capabilities(regs.read64(CAP));
+        let ecap = ExtCapabilities(regs.read64(ECAP));
+        let required = required_register_bytes(cap, ecap);
+        if window_bytes < required {
+            return Err(UnitError::RegisterWindowTooSmall {
+                window_bytes,
+                required,
+            });
+        }
+        Ok(VtdUnit::new(regs, timeout_us))
     }
 
     pub fn capabilities(&self) -> Capabilities {
@@ -169,6 +202,17 @@ impl<R: Mmio> VtdUnit<R> {
         if self.invalidator.is_queued() {
             return Ok(());
         }
+        // Firmware (or an earlier owner) may have left QI on: IQA written while QIES is set is
+        // undefined (§10.4.24), so turn it off first (hardware drains the old queue) or refuse.
+        if self.regs.read32(GSTS) & global::QIE != 0 {
+            self.command(
+                0,
+                global::QIE,
+                |s| s & global::QIE == 0,
+                "disable queued invalidation left on before IQA is programmed",
+                clock,
+            )?;
+        }
         let mut queue = InvalidationQueue::new(alloc)?;
         queue.program(&self.regs);
         if let Err(e) = self.command(
@@ -241,7 +285,36 @@ impl<R: Mmio> VtdUnit<R> {
         )
     }
 
-    /// Performs `batch` and waits once for all of it.
+    /// Submits `batch` ordered so that no stale entry can be refilled — every context-cache
+    /// invalidation completes (fenced wait descriptor, §6.5.2.8 FN) before the IOTLB
+    /// invalidations are processed — then waits once (bounded). Register-based invalidation
+    /// (one command at a time, each polled) when QI is off. Flushes the write buffer first
+    /// when the batch says so (CAP.RWBF, an entry became present).
+    pub fn flush<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        batch: &SwitchBatch,
+        clock: &(impl Clock + ?Sized),
+    ) -> Result<(), UnitError> {
+        if batch.needs_write_buffer_flush() {
+            self.flush_write_buffer(clock)?;
+        }
+        let filler = Invalidation::Context(ContextScope::Global);
+        let mut contexts = [filler; MAX_CONTEXT_INVALIDATIONS];
+        let mut iotlbs = [filler; SWITCH_DOMAINS];
+        let nc = batch.context_invalidations(&mut contexts);
+        let nt = batch.iotlb_invalidations(self.cap, &mut iotlbs);
+        Ok(self.invalidator.run_ordered(
+            &self.regs,
+            mem,
+            &[&contexts[..nc], &iotlbs[..nt]],
+            clock,
+            self.timeout_us,
+        )?)
+    }
+
+    /// Performs `batch` and waits once for all of it. Its descriptors may complete in any
+    /// order: for owner switches use [`VtdUnit::flush`].
     pub fn invalidate<M: PhysMem + ?Sized>(
         &mut self,
         mem: &M,
@@ -260,14 +333,19 @@ impl<R: Mmio> VtdUnit<R> {
         mem: &M,
         clock: &(impl Clock + ?Sized),
     ) -> Result<(), UnitError> {
-        let batch = [
-            Invalidation::Context(ContextScope::Global),
-            iotlb(IotlbScope::Global),
-        ];
-        self.invalidate(mem, &batch, clock)
+        let context = [Invalidation::Context(ContextScope::Global)];
+        let iotlb = [self.iotlb(IotlbScope::Global)];
+        Ok(self.invalidator.run_ordered(
+            &self.regs,
+            mem,
+            &[&context, &iotlb],
+            clock,
+            self.timeout_us,
+        )?)
     }
 
-    /// After `bdf`'s context entry moved (present → present) away from domain `old_did`.
+    /// After `bdf`'s context entry moved (present → present) away from domain `old_did`:
+    /// context-cache then (fenced) IOTLB, one wait. Prefer [`SwitchBatch`] + [`VtdUnit::flush`].
     pub fn after_owner_switch<M: PhysMem + ?Sized>(
         &mut self,
         mem: &M,
@@ -275,7 +353,14 @@ impl<R: Mmio> VtdUnit<R> {
         old_did: u16,
         clock: &(impl Clock + ?Sized),
     ) -> Result<(), UnitError> {
-        self.invalidate(mem, &owner_switch(bdf, old_did), clock)
+        let mut batch = SwitchBatch::new();
+        let old = crate::ContextEntry {
+            present: true,
+            domain_id: old_did,
+            ..crate::ContextEntry::NOT_PRESENT
+        };
+        batch.entry_changed(self.cap, bdf, old, crate::ContextEntry::NOT_PRESENT);
+        self.flush(mem, &batch, clock)
     }
 
     /// After `bdf`'s context entry went not-present → present with domain `new_did`.
@@ -289,15 +374,14 @@ impl<R: Mmio> VtdUnit<R> {
         if !self.cap.caching_mode() {
             return self.flush_write_buffer(clock);
         }
-        let batch = [
-            Invalidation::Context(ContextScope::Device {
-                did: 0,
-                source_id: bdf,
-                function_mask: 0,
-            }),
-            iotlb(IotlbScope::Domain { did: new_did }),
-        ];
-        self.invalidate(mem, &batch, clock)
+        let mut batch = SwitchBatch::new();
+        let new = crate::ContextEntry {
+            present: true,
+            domain_id: new_did,
+            ..crate::ContextEntry::NOT_PRESENT
+        };
+        batch.entry_changed(self.cap, bdf, crate::ContextEntry::NOT_PRESENT, new);
+        self.flush(mem, &batch, clock)
     }
 
     /// After a root entry went not-present → present ([`crate::RootTable::ensure_bus`]).
@@ -325,7 +409,7 @@ impl<R: Mmio> VtdUnit<R> {
             return self.flush_write_buffer(clock);
         }
         let scope = IotlbScope::pages_or_domain(self.cap, did, iova, order);
-        self.invalidate(mem, &[iotlb(scope)], clock)
+        self.invalidate(mem, &[self.iotlb(scope)], clock)
     }
 
     /// After 2^order pages from `iova` of domain `did` were unmapped or lost permissions.
@@ -338,7 +422,12 @@ impl<R: Mmio> VtdUnit<R> {
         clock: &(impl Clock + ?Sized),
     ) -> Result<(), UnitError> {
         let scope = IotlbScope::pages_or_domain(self.cap, did, iova, order);
-        self.invalidate(mem, &[iotlb(scope)], clock)
+        self.invalidate(mem, &[self.iotlb(scope)], clock)
+    }
+
+    /// An IOTLB invalidation with the drains CAP.DRD / CAP.DWD offer.
+    const fn iotlb(&self, scope: IotlbScope) -> Invalidation {
+        iotlb_drained(self.cap, scope)
     }
 
     /// Drains the fault recording registers (see [`crate::fault::drain_faults`]).
@@ -347,13 +436,9 @@ impl<R: Mmio> VtdUnit<R> {
     }
 }
 
-const fn iotlb(scope: IotlbScope) -> Invalidation {
-    Invalidation::Iotlb {
-        scope,
-        drain_reads: false,
-        drain_writes: false,
-    }
-}
-
+#[cfg(test)]
+mod hole_tests;
+#[cfg(test)]
+mod switch_tests;
 #[cfg(test)]
 mod tests;

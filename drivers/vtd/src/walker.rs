@@ -1,17 +1,77 @@
 //! Reference walker: interprets root table → context entry → second-level tables from memory
 //! the way §3.4–§3.7 and §9 say hardware does, and names the fault a request would raise
-//! (§7.1.3 reason codes). Tests and the kernel's property tests use it to prove isolation: what
-//! this walker cannot reach, the device cannot reach.
+//! (§7.1.3 reason codes). Tests, the simulated unit's DMA path and the kernel's property tests
+//! use it to prove isolation: what this walker cannot reach, the device cannot reach.
+//!
+//! It is a checker, so it shares nothing with what it checks: every bit position below is
+//! written here from the spec (module [`spec`]), and nothing is imported from the table
+//! builders (`context`, `pte`, `pagetable`, `levels`, `quarantine`). [`translate_programmed`]
+//! starts from what the unit has programmed (RTADDR) and applies the unit's own CAP / ECAP.
 
 use core::fmt;
 
-use lazaret_types::{Bdf, PhysAddr, PhysMem};
+use lazaret_types::{Bdf, Mmio, PhysAddr, PhysMem};
 
-use crate::context::{root_entry, ContextEntry, TranslationType, CONTEXT_RESERVED};
 use crate::fault::fault_reason_text;
-use crate::levels::Levels;
-use crate::pte::{entry_addr, Pte};
-use crate::regs::{Capabilities, ExtCapabilities};
+use crate::regs::{Capabilities, ExtCapabilities, CAP, ECAP, RTADDR};
+
+/// Bit layouts, from the spec text (rev 4.x), for the walker alone.
+pub mod spec {
+    /// Root entry, legacy mode (§9.1): 0 P, 11:1 reserved, 63:12 CTP, 127:64 reserved.
+    pub mod root {
+        pub const PRESENT: u64 = 1 << 0;
+        pub const RESERVED_LO: u64 = 0xffe;
+        pub const POINTER: u64 = !0xfff;
+    }
+    /// Context entry, legacy mode (§9.3). Low qword: 0 P, 1 FPD, 3:2 TT, 11:4 reserved,
+    /// 63:12 SLPTPTR. High qword: 2:0 AW, 6:3 ignored, 7 reserved, 23:8 DID, 63:24 reserved.
+    pub mod context {
+        pub const PRESENT: u64 = 1 << 0;
+        pub const FPD: u64 = 1 << 1;
+        pub const TT_SHIFT: u32 = 2;
+        pub const TT_MASK: u64 = 0b11;
+        pub const RESERVED_LO: u64 = 0xff0;
+        pub const POINTER: u64 = !0xfff;
+        pub const AW_MASK: u64 = 0b111;
+        pub const RESERVED_HI: u64 = (1 << 7) | !0xff_ffff;
+        pub const DID_SHIFT: u32 = 8;
+        /// TT encodings: untranslated only, + device-TLB (needs ECAP.DT), pass-through
+        /// (needs ECAP.PT), 11b reserved.
+        pub const TT_UNTRANSLATED: u8 = 0;
+        pub const TT_DEVICE_TLB: u8 = 1;
+        pub const TT_PASS_THROUGH: u8 = 2;
+    }
+    /// Second-level paging entry (§9.8): 0 R, 1 W, 7 PS (in PDPE / PDE: maps a 1 GiB / 2 MiB
+    /// page; reserved in PML5E / PML4E), 51:12 address.
+    pub mod slpte {
+        pub const READ: u64 = 1 << 0;
+        pub const WRITE: u64 = 1 << 1;
+        pub const PAGE_SIZE: u64 = 1 << 7;
+        pub const ADDRESS: u64 = ((1 << 52) - 1) & !0xfff;
+    }
+    /// CAP (§10.4.2): 12:8 SAGAW, 21:16 MGAW - 1, 37:34 SLLPS.
+    pub mod cap {
+        pub const fn sagaw(cap: u64) -> u8 {
+            ((cap >> 8) & 0x1f) as u8
+        }
+        pub const fn mgaw(cap: u64) -> u32 {
+            ((cap >> 16) & 0x3f) as u32 + 1
+        }
+        pub const fn sllps(cap: u64) -> u8 {
+            ((cap >> 34) & 0xf) as u8
+        }
+    }
+    /// ECAP (§10.4.3): 2 DT (device-TLB), 6 PT (pass-through).
+    pub mod ecap {
+        pub const DEVICE_TLB: u64 = 1 << 2;
+        pub const PASS_THROUGH: u64 = 1 << 6;
+    }
+    /// RTADDR (§10.4.6): 11:10 TTM (00b legacy), 63:12 root table address.
+    pub mod rtaddr {
+        pub const TTM_MASK: u64 = 0b11 << 10;
+        pub const ADDRESS: u64 = !0xfff;
+    }
+}
 
 /// The unit properties that change how a walk ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +86,8 @@ pub struct WalkerConfig {
     pub sllps: u8,
     /// ECAP.PT: pass-through translation type allowed.
     pub pass_through: bool,
+    /// ECAP.DT: TT = 01b (device-TLB) allowed.
+    pub device_tlb: bool,
 }
 
 impl WalkerConfig {
@@ -36,16 +98,23 @@ impl WalkerConfig {
         haw: 52,
         sllps: 0b11,
         pass_through: true,
+        device_tlb: true,
     };
 
-    pub const fn from_unit(cap: Capabilities, ecap: ExtCapabilities, haw: u32) -> WalkerConfig {
+    /// From raw CAP / ECAP values, decoded with the walker's own [`spec`] layouts.
+    pub const fn from_registers(cap: u64, ecap: u64, haw: u32) -> WalkerConfig {
         WalkerConfig {
-            sagaw: cap.sagaw(),
-            mgaw: cap.mgaw(),
+            sagaw: spec::cap::sagaw(cap),
+            mgaw: spec::cap::mgaw(cap),
             haw,
-            sllps: cap.sllps(),
-            pass_through: ecap.pass_through(),
+            sllps: spec::cap::sllps(cap),
+            pass_through: ecap & spec::ecap::PASS_THROUGH != 0,
+            device_tlb: ecap & spec::ecap::DEVICE_TLB != 0,
         }
+    }
+
+    pub const fn from_unit(cap: Capabilities, ecap: ExtCapabilities, haw: u32) -> WalkerConfig {
+        WalkerConfig::from_registers(cap.0, ecap.0, haw)
     }
 
     /// Mask of the reserved address bits 51:HAW of an entry.
@@ -67,8 +136,8 @@ pub enum Fault {
     ContextNotPresent,
     /// 3h: the AW field names a depth the unit does not support.
     UnsupportedAddressWidth { aw: u8 },
-    /// 3h: TT is reserved, or pass-through without ECAP.PT.
-    UnsupportedTranslationType { tt: TranslationType },
+    /// 3h: TT (raw 2-bit value) is reserved, or not offered by ECAP (PT, DT).
+    UnsupportedTranslationType { tt: u8 },
     /// 4h: IOVA above 2^min(AGAW, MGAW) - 1.
     AddressBeyondWidth { iova: u64, width: u32 },
     /// 5h / 6h: an entry on the path has R = W = 0.
@@ -77,7 +146,7 @@ pub enum Fault {
     WriteToReadOnly { level: u32 },
     /// 6h: read, and R is clear at `level`.
     ReadWithoutPermission { level: u32 },
-    /// Ah: reserved bits set in the root entry.
+    /// Ah: reserved bits set in the root entry (or RTADDR names a non-legacy table type).
     RootReserved,
     /// Bh: reserved bits set in the context entry.
     ContextReserved,
@@ -114,6 +183,47 @@ impl fmt::Display for Fault {
     }
 }
 
+/// What a valid, present context entry tells the hardware (the value a context cache holds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Context {
+    pub domain_id: u16,
+    /// FPD: faults of this function are not recorded.
+    pub fault_processing_disabled: bool,
+    pub mode: ContextMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextMode {
+    /// TT = 10b: IOVA = host physical address.
+    PassThrough,
+    /// Walk `levels` levels of second-level tables from `table`.
+    Translated { table: PhysAddr, levels: u32 },
+}
+
+/// The end of a successful second-level walk (the value an IOTLB entry holds): a page of
+/// 2^`page_bits` bytes and the permissions of the whole path (R / W ANDed over every level).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    pub page: PhysAddr,
+    pub page_bits: u32,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+impl Leaf {
+    pub const fn address(&self, iova: u64) -> PhysAddr {
+        PhysAddr(self.page.0 | (iova & ((1u64 << self.page_bits) - 1)))
+    }
+
+    pub const fn allows(&self, write: bool) -> bool {
+        if write {
+            self.writable
+        } else {
+            self.readable
+        }
+    }
+}
+
 /// [`translate_with`] under [`WalkerConfig::PERMISSIVE`].
 pub fn translate<M: PhysMem + ?Sized>(
     mem: &M,
@@ -132,6 +242,34 @@ pub fn translate<M: PhysMem + ?Sized>(
     )
 }
 
+/// Translates a DMA the way the unit behind `regs` would if it had no caches: from the root
+/// table RTADDR names (legacy mode only), under the unit's CAP.SAGAW / CAP.MGAW / CAP.SLLPS and
+/// ECAP.PT / ECAP.DT. The host address width is taken as 52 bits (the DMAR table's HAW is not in
+/// any register).
+pub fn translate_programmed<M, R>(
+    mem: &M,
+    regs: &R,
+    source_id: Bdf,
+    iova: u64,
+    write: bool,
+) -> Result<PhysAddr, Fault>
+where
+    M: PhysMem + ?Sized,
+    R: Mmio + ?Sized,
+{
+    let cfg = WalkerConfig::from_registers(regs.read64(CAP), regs.read64(ECAP), 52);
+    let root = root_table_of(regs.read64(RTADDR))?;
+    translate_with(&cfg, mem, root, source_id, iova, write)
+}
+
+/// The root table a raw RTADDR value names; only legacy mode (TTM = 00b) is understood.
+pub const fn root_table_of(rtaddr: u64) -> Result<PhysAddr, Fault> {
+    if rtaddr & spec::rtaddr::TTM_MASK != 0 {
+        return Err(Fault::RootReserved);
+    }
+    Ok(PhysAddr(rtaddr & spec::rtaddr::ADDRESS))
+}
+
 /// Translates an untranslated DMA request from `bdf` for `iova` (read or write).
 pub fn translate_with<M: PhysMem + ?Sized>(
     cfg: &WalkerConfig,
@@ -141,277 +279,130 @@ pub fn translate_with<M: PhysMem + ?Sized>(
     iova: u64,
     write: bool,
 ) -> Result<PhysAddr, Fault> {
-    let ctx = context_of(cfg, mem, root_table_addr, bdf)?;
-    match ctx.translation_type {
-        TranslationType::UntranslatedOnly | TranslationType::DeviceTlb => {}
-        TranslationType::PassThrough if cfg.pass_through => return Ok(PhysAddr(iova)),
-        tt => return Err(Fault::UnsupportedTranslationType { tt }),
+    let ctx = read_context(cfg, mem, root_table_addr, bdf)?;
+    match ctx.mode {
+        ContextMode::PassThrough => Ok(PhysAddr(iova)),
+        ContextMode::Translated { table, levels } => {
+            walk(cfg, mem, table, levels, iova, write).map(|leaf| leaf.address(iova))
+        }
     }
-    let levels = ctx
-        .levels()
-        .filter(|l| cfg.sagaw & (1 << l.aw_field()) != 0)
-        .ok_or(Fault::UnsupportedAddressWidth {
-            aw: ctx.address_width,
-        })?;
-    let width = levels.address_bits().min(cfg.mgaw);
-    if width < 64 && iova >> width != 0 {
-        return Err(Fault::AddressBeyondWidth { iova, width });
-    }
-    walk(cfg, mem, ctx.slpt_root, levels, iova, write)
 }
 
-/// Root entry → context entry, with the present and reserved-bit checks of §9.1 and §9.3.
-fn context_of<M: PhysMem + ?Sized>(
+/// Root entry → context entry, with the present, reserved-bit, TT and AW checks of §9.1 and
+/// §9.3 (what hardware checks before it may cache the entry).
+pub fn read_context<M: PhysMem + ?Sized>(
     cfg: &WalkerConfig,
     mem: &M,
     root_table_addr: PhysAddr,
     bdf: Bdf,
-) -> Result<ContextEntry, Fault> {
-    let root = mem.read_u128(PhysAddr(root_table_addr.0 + u64::from(bdf.bus()) * 16));
-    let lo = root as u64;
-    if lo & root_entry::PRESENT == 0 {
+) -> Result<Context, Fault> {
+    use spec::{context as c, root};
+    let entry = PhysAddr(root_table_addr.0 + u64::from(bdf.bus()) * 16);
+    let root_lo = mem.read_u64(entry);
+    let root_hi = mem.read_u64(PhysAddr(entry.0 + 8));
+    if root_lo & root::PRESENT == 0 {
         return Err(Fault::RootNotPresent);
     }
-    if lo & (root_entry::RESERVED_LO | cfg.reserved_address_bits()) != 0 || root >> 64 != 0 {
+    if root_lo & (root::RESERVED_LO | cfg.reserved_address_bits()) != 0 || root_hi != 0 {
         return Err(Fault::RootReserved);
     }
-    let table = lo & !0xfff;
-    let raw = mem.read_u128(PhysAddr(table + u64::from(bdf.devfn()) * 16));
-    let ctx = ContextEntry::decode(raw);
-    if !ctx.present {
+    let at = PhysAddr((root_lo & root::POINTER) + u64::from(bdf.devfn()) * 16);
+    let lo = mem.read_u64(at);
+    let hi = mem.read_u64(PhysAddr(at.0 + 8));
+    if lo & c::PRESENT == 0 {
         return Err(Fault::ContextNotPresent);
     }
-    if raw & CONTEXT_RESERVED != 0 || ctx.slpt_root.0 & cfg.reserved_address_bits() != 0 {
+    if lo & (c::RESERVED_LO | cfg.reserved_address_bits()) != 0 || hi & c::RESERVED_HI != 0 {
         return Err(Fault::ContextReserved);
     }
-    Ok(ctx)
+    let tt = ((lo >> c::TT_SHIFT) & c::TT_MASK) as u8;
+    let domain_id = (hi >> c::DID_SHIFT) as u16;
+    let fault_processing_disabled = lo & c::FPD != 0;
+    let context = |mode| Context {
+        domain_id,
+        fault_processing_disabled,
+        mode,
+    };
+    match tt {
+        c::TT_UNTRANSLATED => {}
+        c::TT_DEVICE_TLB if cfg.device_tlb => {}
+        c::TT_PASS_THROUGH if cfg.pass_through => return Ok(context(ContextMode::PassThrough)),
+        _ => return Err(Fault::UnsupportedTranslationType { tt }),
+    }
+    // AW n (1, 2, 3) = 3, 4, 5 levels, valid only if SAGAW bit n is set (§9.3, §10.4.2).
+    let aw = (hi & c::AW_MASK) as u8;
+    if !(1..=3).contains(&aw) || cfg.sagaw & (1 << aw) == 0 {
+        return Err(Fault::UnsupportedAddressWidth { aw });
+    }
+    Ok(context(ContextMode::Translated {
+        table: PhysAddr(lo & c::POINTER),
+        levels: u32::from(aw) + 2,
+    }))
 }
 
-/// Second-level walk (§3.7, §9.8): access needs R (read) or W (write) at every level.
-fn walk<M: PhysMem + ?Sized>(
+/// Second-level walk (§3.7, §9.8) of a `levels`-deep tree from `table`: the IOVA must fit in
+/// min(AGAW, MGAW) bits; every entry on the path must be present with no reserved bits; access
+/// needs R (read) or W (write) at every level.
+pub fn walk<M: PhysMem + ?Sized>(
     cfg: &WalkerConfig,
     mem: &M,
-    root: PhysAddr,
-    levels: Levels,
+    table: PhysAddr,
+    levels: u32,
     iova: u64,
     write: bool,
-) -> Result<PhysAddr, Fault> {
-    let mut table = root;
-    for level in (1..=levels.count()).rev() {
-        let e = Pte(mem.read_u64(entry_addr(table, iova, level)));
-        if !e.present() {
+) -> Result<Leaf, Fault> {
+    use spec::slpte;
+    let width = (12 + 9 * levels).min(cfg.mgaw);
+    if width < 64 && iova >> width != 0 {
+        return Err(Fault::AddressBeyondWidth { iova, width });
+    }
+    let mut table = table;
+    let (mut readable, mut writable) = (true, true);
+    for level in (1..=levels).rev() {
+        let shift = 12 + 9 * (level - 1);
+        let index = (iova >> shift) & 0x1ff;
+        let e = mem.read_u64(PhysAddr(table.0 + index * 8));
+        if e & (slpte::READ | slpte::WRITE) == 0 {
             return Err(Fault::PteNotPresent { level, write });
         }
-        if e.0 & cfg.reserved_address_bits() != 0 {
+        if e & cfg.reserved_address_bits() != 0 {
             return Err(Fault::PteReserved { level });
         }
-        let page_shift = 12 + 9 * (level - 1);
-        let large = level > 1 && e.large();
+        let address = e & slpte::ADDRESS;
+        let large = level > 1 && e & slpte::PAGE_SIZE != 0;
         if large {
             // PS is reserved at PML4E/PML5E and for sizes SLLPS does not list; a large page's
             // address bits below its size are reserved (§9.8).
             let supported = level <= 3 && cfg.sllps & (1 << (level - 2)) != 0;
-            let misaligned = e.addr().0 & ((1u64 << page_shift) - 1) != 0;
-            if !supported || misaligned {
+            if !supported || address & ((1u64 << shift) - 1) != 0 {
                 return Err(Fault::PteReserved { level });
             }
         }
-        if write && !e.writable() {
+        if write && writable && e & slpte::WRITE == 0 {
             return Err(Fault::WriteToReadOnly { level });
         }
-        if !write && !e.readable() {
+        if !write && readable && e & slpte::READ == 0 {
             return Err(Fault::ReadWithoutPermission { level });
         }
+        readable &= e & slpte::READ != 0;
+        writable &= e & slpte::WRITE != 0;
         if level == 1 || large {
-            return Ok(PhysAddr(e.addr().0 | (iova & ((1u64 << page_shift) - 1))));
+            return Ok(Leaf {
+                page: PhysAddr(address),
+                page_bits: shift,
+                readable,
+                writable,
+            });
         }
-        table = e.addr();
+        table = PhysAddr(address);
     }
-    // The loop returns at level 1 at the latest.
+    // `levels` is at least 3 and the loop returns at level 1 at the latest.
     Err(Fault::PteNotPresent { level: 1, write })
 }
 
+/// Agreement with the table builders: what they build is what the walker reads.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::context::RootTable;
-    use crate::pagetable::{PageTable, Perms};
-    use crate::pte;
-    use crate::table_memory::TableMemory;
-    use lazaret_types::sim::{SimFrameAllocator, SimMemory};
-
-    const DEV: Bdf = Bdf::from_requester_id(0x0310);
-
-    /// A root table with bus 3's context table, device 03:02.0 on a 4-level domain that maps
-    /// 0x1000 → 0x8000 read-only and 0x2000 → 0x9000 read-write.
-    fn setup(mem: &SimMemory) -> (RootTable, PageTable) {
-        let tm = TableMemory::coherent(mem);
-        let mut alloc = SimFrameAllocator::new(mem, PhysAddr(0x100_0000), 64);
-        let mut rt = RootTable::new(tm, &mut alloc).unwrap();
-        rt.ensure_bus(tm, &mut alloc, 3).unwrap();
-        let mut pt = PageTable::new(tm, &mut alloc, Levels::Four).unwrap();
-        pt.map(tm, &mut alloc, 0x1000, PhysAddr(0x8000), Perms::READ)
-            .unwrap();
-        pt.map(tm, &mut alloc, 0x2000, PhysAddr(0x9000), Perms::READ_WRITE)
-            .unwrap();
-        let ctx = ContextEntry::translated(pt.root(), Levels::Four, 5);
-        rt.switch_context(tm, DEV, ContextEntry::NOT_PRESENT, ctx)
-            .unwrap();
-        (rt, pt)
-    }
-
-    #[test]
-    fn translates_with_offsets_and_permissions() {
-        let mem = SimMemory::new();
-        let (rt, _) = setup(&mem);
-        let root = rt.address();
-        assert_eq!(
-            translate(&mem, root, DEV, 0x1234, false),
-            Ok(PhysAddr(0x8234))
-        );
-        assert_eq!(
-            translate(&mem, root, DEV, 0x1234, true),
-            Err(Fault::WriteToReadOnly { level: 1 })
-        );
-        assert_eq!(
-            translate(&mem, root, DEV, 0x2ff8, true),
-            Ok(PhysAddr(0x9ff8))
-        );
-        assert_eq!(
-            translate(&mem, root, DEV, 0x3000, false),
-            Err(Fault::PteNotPresent {
-                level: 1,
-                write: false
-            })
-        );
-        assert_eq!(
-            translate(&mem, root, DEV, 1 << 40, true).map_err(|e| e.reason_code()),
-            Err(5)
-        );
-        assert_eq!(
-            translate(&mem, root, DEV, 1 << 48, false),
-            Err(Fault::AddressBeyondWidth {
-                iova: 1 << 48,
-                width: 48
-            })
-        );
-    }
-
-    #[test]
-    fn missing_root_and_context_entries_fault() {
-        let mem = SimMemory::new();
-        let (rt, _) = setup(&mem);
-        let other_bus = Bdf::new(4, 2, 0).unwrap();
-        let other_fn = Bdf::new(3, 2, 1).unwrap();
-        assert_eq!(
-            translate(&mem, rt.address(), other_bus, 0x1000, false),
-            Err(Fault::RootNotPresent)
-        );
-        assert_eq!(
-            translate(&mem, rt.address(), other_fn, 0x1000, false),
-            Err(Fault::ContextNotPresent)
-        );
-    }
-
-    #[test]
-    fn invalid_context_programming_faults() {
-        let mem = SimMemory::new();
-        let (rt, pt) = setup(&mem);
-        let tm = TableMemory::coherent(&mem);
-        let good = rt.read_context(&mem, DEV).unwrap();
-        // AW naming 5 levels on a unit without 5-level support.
-        let cfg = WalkerConfig {
-            sagaw: 0b0110,
-            mgaw: 48,
-            ..WalkerConfig::PERMISSIVE
-        };
-        let five = ContextEntry::translated(pt.root(), Levels::Five, 5);
-        rt.switch_context(tm, DEV, good, five).unwrap();
-        assert_eq!(
-            translate_with(&cfg, &mem, rt.address(), DEV, 0, false),
-            Err(Fault::UnsupportedAddressWidth { aw: 3 })
-        );
-        let reserved_tt = ContextEntry {
-            translation_type: TranslationType::Reserved,
-            ..good
-        };
-        rt.switch_context(tm, DEV, five, reserved_tt).unwrap();
-        assert_eq!(
-            translate(&mem, rt.address(), DEV, 0x1000, false).map_err(|e| e.reason_code()),
-            Err(3)
-        );
-        let pt_entry = ContextEntry {
-            translation_type: TranslationType::PassThrough,
-            ..good
-        };
-        rt.switch_context(tm, DEV, reserved_tt, pt_entry).unwrap();
-        assert_eq!(
-            translate(&mem, rt.address(), DEV, 0x7777, true),
-            Ok(PhysAddr(0x7777))
-        );
-        // Reserved context bits (bit 71).
-        let at = rt.entry_addr(DEV).unwrap();
-        mem.write_u64(PhysAddr(at.0 + 8), (1 << 7) | 2);
-        assert_eq!(
-            translate(&mem, rt.address(), DEV, 0x1000, false),
-            Err(Fault::ContextReserved)
-        );
-    }
-
-    #[test]
-    fn reserved_and_large_page_rules() {
-        let mem = SimMemory::new();
-        let (rt, pt) = setup(&mem);
-        let root = rt.address();
-        // Make the level-2 entry for IOVA 0x20_0000 a 2 MiB page at 0x4000_0000.
-        let l4 = Pte(mem.read_u64(entry_addr(pt.root(), 0, 4))).addr();
-        let l3 = Pte(mem.read_u64(entry_addr(l4, 0, 3))).addr();
-        let pde = entry_addr(l3, 0x20_0000, 2);
-        mem.write_u64(pde, 0x4000_0000 | pte::PAGE_SIZE_BIT | pte::READ);
-        assert_eq!(
-            translate(&mem, root, DEV, 0x23_4567, false),
-            Ok(PhysAddr(0x4003_4567))
-        );
-        let no_2m = WalkerConfig {
-            sllps: 0,
-            ..WalkerConfig::PERMISSIVE
-        };
-        assert_eq!(
-            translate_with(&no_2m, &mem, root, DEV, 0x23_4567, false),
-            Err(Fault::PteReserved { level: 2 })
-        );
-        // Misaligned large page.
-        mem.write_u64(pde, 0x4000_1000 | pte::PAGE_SIZE_BIT | pte::READ);
-        assert_eq!(
-            translate(&mem, root, DEV, 0x20_0000, false),
-            Err(Fault::PteReserved { level: 2 })
-        );
-        // Address bits above a 39-bit HAW.
-        let haw39 = WalkerConfig {
-            haw: 39,
-            ..WalkerConfig::PERMISSIVE
-        };
-        mem.write_u64(pde, (1 << 40) | pte::READ | pte::WRITE);
-        assert_eq!(
-            translate_with(&haw39, &mem, root, DEV, 0x20_0000, false),
-            Err(Fault::PteReserved { level: 2 })
-        );
-        // PS at the PML4E is reserved.
-        let pml4e = entry_addr(pt.root(), 0, 4);
-        mem.write_u64(pml4e, l4.0 | pte::PAGE_SIZE_BIT | 3);
-        assert_eq!(
-            translate(&mem, root, DEV, 0x1000, false),
-            Err(Fault::PteReserved { level: 4 })
-        );
-        // A read-only table pointer restricts writes below it.
-        mem.write_u64(pml4e, l4.0 | pte::READ);
-        assert_eq!(
-            translate(&mem, root, DEV, 0x2000, true),
-            Err(Fault::WriteToReadOnly { level: 4 })
-        );
-        assert_eq!(
-            translate(&mem, root, DEV, 0x2000, false),
-            Ok(PhysAddr(0x9000))
-        );
-    }
-}
+mod builder_agreement;
+/// The spec's refusals, each on a hand-built table.
+#[cfg(test)]
+mod spec_tests;

@@ -14,6 +14,7 @@
 mod descriptor;
 mod queue;
 mod register;
+mod switch;
 
 use core::fmt;
 
@@ -24,6 +25,9 @@ pub use descriptor::{
 };
 pub use queue::{InvalidationQueue, MAX_BATCH};
 pub use register::invalidate_by_register;
+pub use switch::{
+    iotlb_drained, SwitchBatch, MAX_CONTEXT_INVALIDATIONS, SWITCH_DEVICES, SWITCH_DOMAINS,
+};
 
 use crate::poll::Clock;
 
@@ -53,7 +57,19 @@ impl fmt::Display for InvalidationError {
                 write!(f, "{what} timed out after {waited_us} us")
             }
             InvalidationError::QueueError { fsts } => {
-                write!(f, "invalidation queue error, FSTS bits {fsts:#x}")
+                let names = [
+                    (crate::regs::fsts::IQE, " invalid descriptor (IQE)"),
+                    (crate::regs::fsts::ICE, " completion error (ICE)"),
+                    (crate::regs::fsts::ITE, " time-out, waits aborted (ITE)"),
+                ];
+                write!(f, "invalidation queue reported")?;
+                for (_, name) in names.iter().filter(|(bit, _)| fsts & bit != 0) {
+                    write!(f, "{name}")?;
+                }
+                write!(
+                    f,
+                    " (FSTS {fsts:#x}); cleared and the queue resumed, but the batch is not confirmed"
+                )
             }
             InvalidationError::BatchTooLarge { len } => {
                 write!(f, "batch of {len} invalidations exceeds {MAX_BATCH}")
@@ -163,7 +179,7 @@ impl Invalidator {
 
     /// Performs `batch` and waits for its completion: one wait with the queue, one bounded
     /// poll per command with registers. Returns the first error; with registers, commands
-    /// after a failed one are not issued.
+    /// after a failed one are not issued. Descriptors in one call may complete in any order.
     pub fn run<R, M>(
         &mut self,
         regs: &CountingMmio<R>,
@@ -176,24 +192,45 @@ impl Invalidator {
         R: Mmio,
         M: PhysMem + ?Sized,
     {
-        if batch.is_empty() {
+        self.run_ordered(regs, mem, &[batch], clock, timeout_us)
+    }
+
+    /// Performs `segments` in order: every invalidation of one segment completes before any of
+    /// the next takes effect (a fenced wait between them in the queue; register commands are
+    /// one at a time anyway), then one wait (one status poll) for everything.
+    pub fn run_ordered<R, M>(
+        &mut self,
+        regs: &CountingMmio<R>,
+        mem: &M,
+        segments: &[&[Invalidation]],
+        clock: &(impl Clock + ?Sized),
+        timeout_us: u64,
+    ) -> Result<(), InvalidationError>
+    where
+        R: Mmio,
+        M: PhysMem + ?Sized,
+    {
+        let count: usize = segments.iter().map(|s| s.len()).sum();
+        if count == 0 {
             return Ok(());
         }
         let writes_before = regs.writes();
         let result = match &mut self.backend {
             Backend::Queued(q) => {
-                let r = q.submit_and_wait(regs, mem, batch, clock, timeout_us);
+                let r = q.submit_segments(regs, mem, segments, clock, timeout_us);
                 if !matches!(r, Err(InvalidationError::BatchTooLarge { .. })) {
-                    self.stats.descriptors += batch.len() as u64;
+                    self.stats.descriptors += count as u64;
                     self.stats.waits += 1;
                 }
                 r
             }
-            Backend::Register { iotlb_offset } => batch.iter().try_for_each(|inv| {
-                self.stats.descriptors += 1;
-                self.stats.waits += 1;
-                invalidate_by_register(regs, *iotlb_offset, inv, clock, timeout_us)
-            }),
+            Backend::Register { iotlb_offset } => {
+                segments.iter().flat_map(|s| s.iter()).try_for_each(|inv| {
+                    self.stats.descriptors += 1;
+                    self.stats.waits += 1;
+                    invalidate_by_register(regs, *iotlb_offset, inv, clock, timeout_us)
+                })
+            }
         };
         self.stats.mmio_writes += regs.writes() - writes_before;
         result

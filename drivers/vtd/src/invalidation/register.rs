@@ -4,7 +4,7 @@
 
 use lazaret_types::Mmio;
 
-use super::descriptor::{Invalidation, RegisterCommand, CCMD_ICC, IOTLB_IVT};
+use super::descriptor::{Invalidation, IotlbScope, RegisterCommand, CCMD_ICC, IOTLB_IVT};
 use super::InvalidationError;
 use crate::poll::{poll_until, Clock};
 use crate::regs::CCMD;
@@ -23,7 +23,15 @@ pub fn invalidate_by_register<R: Mmio + ?Sized>(
             (CCMD, CCMD_ICC, "context command (CCMD.ICC)")
         }
         RegisterCommand::Iotlb { iva, command } => {
-            if iva != 0 {
+            // IVA is only read for page-selective requests, but then always: IOVA 0 encodes as
+            // IVA 0, and skipping the write would reuse the previous request's address.
+            if matches!(
+                inv,
+                Invalidation::Iotlb {
+                    scope: IotlbScope::Page { .. },
+                    ..
+                }
+            ) {
                 regs.write64(iotlb_offset, iva);
             }
             regs.write64(iotlb_offset + 8, command);

@@ -1,10 +1,11 @@
 use super::*;
 use crate::context::{ContextEntry, RootTable};
+use crate::invalidation::iotlb_drained;
 use crate::levels::Levels;
 use crate::pagetable::{PageTable, Perms};
 use crate::poll::test_clock::StepClock;
 use crate::quarantine::QuarantineTables;
-use crate::regs::{IQA, IQT};
+use crate::regs::{CCMD, IQA, IQT};
 use crate::sim_device::{
     SimVtd, DEAD_GCMD, DEFAULT_CAP, DEFAULT_ECAP, FAULT_STORM, FRO_OFFSET, NFR,
 };
@@ -122,14 +123,17 @@ fn caching_mode_invalidates_not_present_to_present_changes() {
             source_id: DEV,
             function_mask: 0,
         }),
-        iotlb(IotlbScope::Domain { did: 7 }),
+        iotlb_drained(Capabilities(DEFAULT_CAP), IotlbScope::Domain { did: 7 }),
         Invalidation::Context(ContextScope::Global),
-        iotlb(IotlbScope::Page {
-            did: 7,
-            addr: 0x4000,
-            order: 0,
-            leaf_only: false,
-        }),
+        iotlb_drained(
+            Capabilities(DEFAULT_CAP),
+            IotlbScope::Page {
+                did: 7,
+                addr: 0x4000,
+                order: 0,
+                leaf_only: false,
+            },
+        ),
     ];
     let without_waits: Vec<u128> = consumed.into_iter().filter(|d| d & 0xf != 5).collect();
     assert_eq!(without_waits, expected.map(|i| i.descriptor()).to_vec());
@@ -195,12 +199,24 @@ fn owner_switch_end_to_end() {
     unit.set_root_table(rt.address(), &clock).unwrap();
     unit.enable_queued_invalidation(&mut alloc, &clock).unwrap();
     unit.invalidate_all(mem, &clock).unwrap();
+    let without_waits: Vec<u128> = sim
+        .consumed
+        .borrow()
+        .iter()
+        .copied()
+        .filter(|d| d & 0xf != 5)
+        .collect();
     assert_eq!(
-        sim.consumed.borrow()[..2],
+        without_waits,
         [
             Invalidation::Context(ContextScope::Global).descriptor(),
-            iotlb(IotlbScope::Global).descriptor()
+            iotlb_drained(Capabilities(DEFAULT_CAP), IotlbScope::Global).descriptor()
         ]
+    );
+    assert_eq!(
+        sim.consumed.borrow()[1] & 0x7f,
+        0x65,
+        "a fenced wait between context and IOTLB invalidation"
     );
     // Device add: everything that can fail happens here.
     rt.ensure_bus(tm, &mut alloc, DEV.bus()).unwrap();
@@ -254,4 +270,43 @@ fn owner_switch_end_to_end() {
         2,
         "one IQT doorbell per switch"
     );
+}
+
+#[test]
+fn flush_fences_context_before_iotlb_and_waits_once() {
+    let clock = StepClock::default();
+    let sim = SimVtd::new();
+    let mut alloc = SimFrameAllocator::new(&sim.mem, PhysAddr(0x100_0000), 16);
+    let mut unit = VtdUnit::new(sim.mmio(), TIMEOUT);
+    unit.enable_queued_invalidation(&mut alloc, &clock).unwrap();
+    let cap = unit.capabilities();
+    let old = ContextEntry::translated(PhysAddr(0x5000), Levels::Four, 4);
+    let new = ContextEntry::translated(PhysAddr(0x6000), Levels::Four, 9);
+    let mut batch = SwitchBatch::new();
+    batch.entry_changed(cap, DEV, old, new);
+    batch.domain_retired(4);
+    let (stats, writes) = (unit.invalidation_stats(), unit.mmio_writes());
+    unit.flush(&*sim.mem, &batch, &clock).unwrap();
+    let kinds: Vec<u128> = sim.consumed.borrow().iter().map(|d| d & 0x7f).collect();
+    // device ctx, domain ctx, fenced wait, IOTLB domain, final fenced wait with status.
+    assert_eq!(kinds, vec![0x31, 0x21, 0x65, 0x22, 0x65]);
+    let after = unit.invalidation_stats();
+    assert_eq!(after.descriptors - stats.descriptors, 3);
+    assert_eq!(after.waits - stats.waits, 1, "one status poll");
+    assert_eq!(unit.mmio_writes() - writes, 1, "one doorbell");
+    // Register-based: same order, one command at a time.
+    let regs_only = SimVtd::with_caps(DEFAULT_CAP, DEFAULT_ECAP & !2);
+    let mut unit = VtdUnit::new(regs_only.mmio(), TIMEOUT);
+    unit.flush(&*regs_only.mem, &batch, &clock).unwrap();
+    let order: Vec<usize> = regs_only
+        .regs
+        .accesses()
+        .into_iter()
+        .filter_map(|a| match a {
+            RegAccess::Write64(o, _) => Some(o),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, vec![CCMD, CCMD, crate::sim_device::IOTLB_OFFSET + 8]);
+    assert_eq!(unit.invalidation_stats().waits, 3);
 }
