@@ -33,6 +33,7 @@ impl Vendor for Vtd {
             regs: sim.mmio(),
             segment: 0,
             register_base: PhysAddr(0xfed9_0000),
+            window_bytes: 0x1000,
             include_all: true,
         };
         VtdIommu::new(

@@ -14,9 +14,7 @@ use lazaret_amd_vi::{
 };
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 
-use crate::passthrough::iommu::{
-    DmaFault, FlushCost, Inspect, IommuError, ReservedRange, Vendor,
-};
+use crate::passthrough::iommu::{DmaFault, FlushCost, Inspect, IommuError, ReservedRange, Vendor};
 use crate::passthrough::LockHeld;
 
 /// Every command wait and control handshake gives up after this long.

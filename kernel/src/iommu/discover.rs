@@ -97,6 +97,7 @@ pub fn vtd(
             regs,
             segment: d.segment,
             register_base: d.register_base,
+            window_bytes: len,
             include_all: d.include_pci_all(),
         });
     }

@@ -9,13 +9,11 @@ use core::ops::Range;
 
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 use lazaret_vtd::{
-    fault_reason_text, walker, CacheFlush, Clock, ContextEntry, ContextScope, Invalidation,
-    IotlbScope, Levels, PageTable, Perms, QuarantineTables, RootTable, TableMemory, VtdUnit,
+    fault_reason_text, walker, CacheFlush, Clock, ContextEntry, Levels, PageTable, Perms,
+    QuarantineTables, RootTable, SwitchBatch, TableMemory, VtdUnit,
 };
 
-use crate::passthrough::iommu::{
-    DmaFault, FlushCost, Inspect, IommuError, ReservedRange, Vendor, MAX_REQUESTER_IDS,
-};
+use crate::passthrough::iommu::{DmaFault, FlushCost, Inspect, IommuError, ReservedRange, Vendor};
 use crate::passthrough::LockHeld;
 
 /// Every hardware handshake and invalidation wait gives up after this long.
@@ -26,6 +24,8 @@ pub struct UnitConfig<R> {
     pub regs: R,
     pub segment: u16,
     pub register_base: PhysAddr,
+    /// Bytes of the register window the DRHD gives (and the kernel mapped).
+    pub window_bytes: u64,
     /// Covers every device of the segment not claimed by another unit's scopes.
     pub include_all: bool,
 }
@@ -62,29 +62,6 @@ impl core::fmt::Display for VtdError {
     }
 }
 
-/// The invalidations one switch owes a unit, on the stack: context-cache requests first,
-/// IOTLB requests after them.
-#[derive(Default)]
-pub struct Batch {
-    contexts: heapless::Vec<Invalidation, { 2 * MAX_REQUESTER_IDS }>,
-    iotlbs: heapless::Vec<Invalidation, { 2 * MAX_REQUESTER_IDS }>,
-    /// Too many requests to hold: invalidate everything instead (always safe).
-    overflow: bool,
-    write_buffer: bool,
-}
-
-impl Batch {
-    fn push(
-        list: &mut heapless::Vec<Invalidation, { 2 * MAX_REQUESTER_IDS }>,
-        i: Invalidation,
-        overflow: &mut bool,
-    ) {
-        if !list.contains(&i) && list.push(i).is_err() {
-            *overflow = true;
-        }
-    }
-}
-
 pub struct VtdIommu<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> {
     mem: &'m M,
     flush: &'m dyn CacheFlush,
@@ -103,14 +80,6 @@ fn unit_error(base: PhysAddr, e: impl core::fmt::Display) -> VtdError {
     }
 }
 
-fn iotlb(scope: IotlbScope) -> Invalidation {
-    Invalidation::Iotlb {
-        scope,
-        drain_reads: false,
-        drain_writes: false,
-    }
-}
-
 impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
     /// Brings up every unit: root table, queued invalidation when offered, global
     /// invalidation, translation on (every context not present: all DMA blocked until
@@ -126,13 +95,14 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
         if configs.is_empty() {
             return Err(VtdError::NoUnits);
         }
-        let hws: Vec<(VtdUnit<R>, u16, PhysAddr, bool)> = configs
-            .into_iter()
-            .map(|c| {
-                let hw = VtdUnit::new(c.regs, TIMEOUT_US);
-                (hw, c.segment, c.register_base, c.include_all)
-            })
-            .collect();
+        let mut hws: Vec<(VtdUnit<R>, u16, PhysAddr, bool)> = Vec::new();
+        for c in configs {
+            // A window too small for the registers CAP and ECAP place would have the driver
+            // touch memory beyond the mapping.
+            let hw = VtdUnit::checked(c.regs, c.window_bytes, TIMEOUT_US)
+                .map_err(|e| unit_error(c.register_base, e))?;
+            hws.push((hw, c.segment, c.register_base, c.include_all));
+        }
         // One depth for every table, chosen once: the deepest every unit supports, up to 4.
         let levels = [Levels::Four, Levels::Three, Levels::Five]
             .into_iter()
@@ -205,7 +175,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
     type Entry = ContextEntry;
     type Quarantine = QuarantineTables;
     type Tables = PageTable;
-    type Batch = Batch;
+    type Batch = SwitchBatch;
 
     fn name(&self) -> &'static str {
         "Intel VT-d"
@@ -325,79 +295,39 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
             .map_err(|e| IommuError::Inconsistent(format!("{rid}: {e}")))
     }
 
-    fn new_batch(&self) -> Batch {
-        Batch::default()
+    fn new_batch(&self) -> SwitchBatch {
+        SwitchBatch::new()
     }
 
     fn entry_changed(
         &self,
         unit: usize,
-        batch: &mut Batch,
+        batch: &mut SwitchBatch,
         rid: Bdf,
         old: ContextEntry,
         new: ContextEntry,
     ) {
-        let caching_mode = self
-            .units
-            .get(unit)
-            .is_some_and(|u| u.hw.capabilities().caching_mode());
-        // A present entry was modified: its context-cache entries (tagged with the old DID)
-        // and the old domain's IOTLB entries go (VT-d §6.5.3.3). Not-present → present needs
-        // the same only under caching mode, where not-present entries may be cached.
-        let (did, source) = if old.present {
-            (old.domain_id, old.domain_id)
-        } else if new.present && caching_mode {
-            (0, new.domain_id)
-        } else {
-            batch.write_buffer = true;
-            return;
-        };
-        let ctx = Invalidation::Context(ContextScope::Device {
-            did,
-            source_id: rid,
-            function_mask: 0,
-        });
-        Batch::push(&mut batch.contexts, ctx, &mut batch.overflow);
-        let tlb = iotlb(IotlbScope::Domain { did: source });
-        Batch::push(&mut batch.iotlbs, tlb, &mut batch.overflow);
+        if let Some(u) = self.units.get(unit) {
+            batch.entry_changed(u.hw.capabilities(), rid, old, new);
+        }
     }
 
-    fn domain_retired(&self, batch: &mut Batch, did: u16) {
-        let ctx = Invalidation::Context(ContextScope::Domain { did });
-        Batch::push(&mut batch.contexts, ctx, &mut batch.overflow);
-        Batch::push(
-            &mut batch.iotlbs,
-            iotlb(IotlbScope::Domain { did }),
-            &mut batch.overflow,
-        );
+    fn domain_retired(&self, batch: &mut SwitchBatch, did: u16) {
+        batch.domain_retired(did);
     }
 
     fn flush(
         &mut self,
         _held: &LockHeld,
         unit: usize,
-        batch: &Batch,
+        batch: &SwitchBatch,
     ) -> Result<FlushCost, IommuError> {
         let (mem, clock) = (self.mem, &self.clock);
         self.unit(unit)?;
         let u = &mut self.units[unit];
         let (before, writes_before) = (u.hw.invalidation_stats(), u.hw.mmio_writes());
-        let mut all: heapless::Vec<Invalidation, { 4 * MAX_REQUESTER_IDS }> = heapless::Vec::new();
-        if batch.overflow {
-            let _ = all.push(Invalidation::Context(ContextScope::Global));
-            let _ = all.push(iotlb(IotlbScope::Global));
-        } else {
-            let _ = all.extend_from_slice(&batch.contexts);
-            let _ = all.extend_from_slice(&batch.iotlbs);
-        }
-        let result = if !all.is_empty() {
-            u.hw.invalidate(mem, &all, clock)
-        } else if batch.write_buffer {
-            u.hw.flush_write_buffer(clock)
-        } else {
-            Ok(())
-        };
-        result.map_err(|e| IommuError::TimedOut(format!("{e}")))?;
+        u.hw.flush(mem, batch, clock)
+            .map_err(|e| IommuError::TimedOut(format!("{e}")))?;
         let after = u.hw.invalidation_stats();
         Ok(FlushCost {
             descriptors: after.descriptors - before.descriptors,
@@ -484,9 +414,11 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Inspect for VtdIommu<'_, M, R, C> {
             .unit_of(rid)
             .or_else(|| self.units.iter().position(|u| u.segment == rid.segment))
             .ok_or_else(|| format!("no unit covers {rid}"))?;
-        walker::translate(
+        // From what the unit is programmed with (RTADDR, CAP.SAGAW/MGAW), through the
+        // walker's own bit layouts.
+        walker::translate_programmed(
             self.mem,
-            self.units[unit].root.address(),
+            self.units[unit].hw.registers(),
             rid.bdf,
             iova,
             write,
