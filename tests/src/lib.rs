@@ -67,6 +67,9 @@ pub struct Config {
     pub iommu: Iommu,
     pub cmdline: String,
     pub edu_devices: usize,
+    /// edu devices behind one `pcie-pci-bridge` (slot 0x10): conventional PCI, they all DMA
+    /// with the bridge's (secondary bus, 00.0) requester ID.
+    pub bridged_edu_devices: usize,
     pub memory_mib: u32,
     pub extra_args: Vec<String>,
     pub timeout: Duration,
@@ -82,6 +85,7 @@ impl Default for Config {
             iommu: Iommu::Intel(String::new()),
             cmdline: String::new(),
             edu_devices: 3,
+            bridged_edu_devices: 0,
             memory_mib: 512,
             extra_args: Vec::new(),
             timeout: Duration::from_secs(120),
@@ -137,6 +141,15 @@ impl Config {
         }
         for _ in 0..self.edu_devices {
             a.extend(["-device".into(), "edu".into()]);
+        }
+        if self.bridged_edu_devices > 0 {
+            a.extend([
+                "-device".into(),
+                "pcie-pci-bridge,id=lzbr0,addr=0x10".into(),
+            ]);
+            for slot in 1..=self.bridged_edu_devices {
+                a.extend(["-device".into(), format!("edu,bus=lzbr0,addr={slot:#x}")]);
+            }
         }
         a.extend(self.extra_args.iter().cloned());
         a
@@ -249,6 +262,21 @@ impl Outcome {
         self.lines.iter().filter_map(|l| Figure::parse(l)).collect()
     }
 
+    /// RESULT lines that print Rust `Debug` output (`Ok(..)`, `Err(..)`, `Some(..)`, `None`)
+    /// instead of a sentence.
+    pub fn debug_output_in_results(&self) -> Vec<String> {
+        self.lines
+            .iter()
+            .filter(|l| l.starts_with("RESULT "))
+            .filter(|l| {
+                ["Ok(", "Err(", "Some(", "None", "DomainId", "Handle {"]
+                    .iter()
+                    .any(|d| l.contains(d))
+            })
+            .cloned()
+            .collect()
+    }
+
     pub fn figure(&self, name: &str) -> Option<Figure> {
         self.figures().into_iter().find(|f| f.name == name)
     }
@@ -358,23 +386,25 @@ pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
 }
 
 /// Defines one test per QEMU version for a body taking the [`Qemu`] to run: `mod NAME` with
-/// `qemu_7_2` and `qemu_10_0`, so every test line names the version it ran on.
+/// `qemu_7_2` and `qemu_10_0`, so every test line names the version it ran on. Attributes
+/// (docs, `#[ignore]`) go on both tests.
 #[macro_export]
 macro_rules! on_every_qemu {
     ($($(#[$meta:meta])* fn $name:ident($qemu:ident) $body:block)*) => {
         $(
-            $(#[$meta])*
             mod $name {
                 #[allow(unused_imports)]
                 use super::*;
 
                 fn body($qemu: $crate::Qemu) $body
 
+                $(#[$meta])*
                 #[test]
                 fn qemu_7_2() {
                     body($crate::Qemu::V7_2)
                 }
 
+                $(#[$meta])*
                 #[test]
                 fn qemu_10_0() {
                     body($crate::Qemu::V10_0)

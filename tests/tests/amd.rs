@@ -10,8 +10,33 @@ fn amd(qemu: Qemu, edu: usize, cmdline: &str) -> Outcome {
         edu_devices: edu,
         ..Config::default()
     };
-    run(&config.with_qemu(qemu).with_cmdline(cmdline), false)
-        .unwrap_or_else(|e| panic!("could not run QEMU: {e}"))
+    checked(run(&config.with_qemu(qemu).with_cmdline(cmdline), false))
+}
+
+fn checked(out: Result<Outcome, String>) -> Outcome {
+    let out = out.unwrap_or_else(|e| panic!("could not run QEMU: {e}"));
+    let debug = out.debug_output_in_results();
+    assert!(
+        debug.is_empty(),
+        "RESULT lines with Debug output: {debug:#?}"
+    );
+    out
+}
+
+/// Every DMA blocked, and only the fault-log checks fail (QEMU's AMD event log, README).
+fn assert_blocked_though_no_event(out: &Outcome) {
+    let results = out.results();
+    let blocked: Vec<_> = results.iter().filter(|r| r.name == "dma-blocked").collect();
+    assert_eq!(blocked.len(), 6, "{}", out.transcript());
+    assert!(blocked.iter().all(|r| r.pass), "{blocked:#?}");
+    assert!(
+        results
+            .iter()
+            .filter(|r| !r.pass)
+            .all(|r| r.name == "dma-fault"),
+        "only the fault-log checks may fail: {:#?}",
+        failed(out)
+    );
 }
 
 fn failed(out: &Outcome) -> Vec<String> {
@@ -92,17 +117,39 @@ on_every_qemu! {
     /// decoding itself is host-tested against the simulated unit in drivers/amd-vi.
     fn basic_mode_blocks_dma_though_qemu_logs_no_event(qemu) {
         let out = amd(qemu, 3, "scenario=quarantine-dma quarantine=basic");
-        let results = out.results();
-        let blocked: Vec<_> = results.iter().filter(|r| r.name == "dma-blocked").collect();
-        assert_eq!(blocked.len(), 6, "{}", out.transcript());
-        assert!(blocked.iter().all(|r| r.pass), "{blocked:#?}");
-        assert!(
-            results
-                .iter()
-                .filter(|r| !r.pass)
-                .all(|r| r.name == "dma-fault"),
-            "only the fault-log checks may fail: {:#?}",
-            failed(&out)
-        );
+        assert_blocked_though_no_event(&out);
     }
+
+    /// quarantine=none: the DTE blocks all DMA; the frame at each IOVA's own physical address
+    /// stays as it was.
+    fn quarantine_none_blocks_every_dma(qemu) {
+        let out = amd(qemu, 3, "scenario=quarantine-dma quarantine=none");
+        assert_blocked_though_no_event(&out);
+    }
+}
+
+/// The check of the check: QEMU 10.0's amd-iommu with its default `pt=on` sends every DMA
+/// around the IOMMU. The harness passes `pt=off`; asked for `pt=on`, the blocked writes land
+/// at the IOVA's own physical address, and `dma-blocked` must see it and fail.
+#[test]
+fn with_pt_on_qemu_10_bypasses_the_iommu_and_dma_blocked_fails() {
+    let config = Config {
+        iommu: Iommu::parse("amd,pt=on").expect("valid"),
+        edu_devices: 1,
+        ..Config::default()
+    }
+    .with_qemu(Qemu::V10_0)
+    .with_cmdline("scenario=quarantine-dma quarantine=basic");
+    let out = checked(run(&config, false));
+    assert_eq!(out.status, Status::Failure, "{}", out.transcript());
+    let write = out
+        .results()
+        .into_iter()
+        .find(|r| r.name == "dma-blocked" && r.details.contains(" write at IOVA "))
+        .expect("a blocked-write check");
+    assert!(
+        !write.pass && write.details.contains("unchanged NO"),
+        "{write:?}\n{}",
+        out.transcript()
+    );
 }

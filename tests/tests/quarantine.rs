@@ -4,7 +4,13 @@
 use lazaret_tests::{on_every_qemu, run, Config, Iommu, Outcome, Qemu, Status};
 
 fn boot(config: Config) -> Outcome {
-    run(&config, false).unwrap_or_else(|e| panic!("could not run QEMU: {e}"))
+    let out = run(&config, false).unwrap_or_else(|e| panic!("could not run QEMU: {e}"));
+    let debug = out.debug_output_in_results();
+    assert!(
+        debug.is_empty(),
+        "RESULT lines with Debug output: {debug:#?}"
+    );
+    out
 }
 
 fn scenario(qemu: Qemu, iommu: &str, cmdline: &str) -> Outcome {
@@ -133,6 +139,75 @@ on_every_qemu! {
         assert_eq!(out.status, Status::Failure);
         assert!(
             out.line("needs quarantine=basic").is_some(),
+            "{}",
+            out.transcript()
+        );
+    }
+
+    /// With caching-mode=on QEMU caches not-present entries too, so every not-present to
+    /// present change needs its invalidation (design.md §6).
+    fn caching_mode_on_needs_nothing_else(qemu) {
+        for cmdline in [
+            "scenario=quarantine-dma",
+            "scenario=quarantine-dma quarantine=basic",
+            "scenario=assign-dma",
+        ] {
+            let out = scenario(qemu, "intel,caching-mode=on", cmdline);
+            assert!(
+                out.line("caching-mode true").is_some(),
+                "{}",
+                out.transcript()
+            );
+            assert_all_pass(&out, 8);
+        }
+    }
+
+    /// quarantine=none: no context entry, all DMA blocked and recorded as a fault; the frame at
+    /// the IOVA's own physical address stays as it was.
+    fn quarantine_none_blocks_every_dma(qemu) {
+        let out = scenario(qemu, "intel", "scenario=quarantine-dma quarantine=none");
+        assert_all_pass(&out, 1 + 3 * 4);
+        let blocked: Vec<_> = out
+            .results()
+            .into_iter()
+            .filter(|r| r.name == "dma-blocked")
+            .collect();
+        assert_eq!(blocked.len(), 6, "{}", out.transcript());
+        assert!(blocked
+            .iter()
+            .all(|r| r.details.contains("the frame at physical address")));
+    }
+
+    /// Without cmpxchg16b Lazaret refuses to run the IOMMU: the boot RESULT must say that
+    /// bring-up failed, and the run fails.
+    fn the_boot_result_fails_when_iommu_bring_up_fails(qemu) {
+        for iommu in ["intel", "amd"] {
+            let out = boot(
+                Config {
+                    iommu: Iommu::parse(iommu).expect("valid"),
+                    edu_devices: 1,
+                    extra_args: vec!["-cpu".into(), "qemu64,+svm,+npt,-cx16".into()],
+                    ..Config::default()
+                }
+                .with_qemu(qemu),
+            );
+            assert_eq!(out.status, Status::Failure, "{}", out.transcript());
+            let boot = out.results().into_iter().find(|r| r.name == "boot");
+            assert!(
+                boot.as_ref()
+                    .is_some_and(|r| !r.pass && r.details.contains("IOMMU bring-up failed")),
+                "{iommu}: {boot:?}\n{}",
+                out.transcript()
+            );
+        }
+    }
+
+    fn the_boot_result_names_every_device_quarantined(qemu) {
+        let out = scenario(qemu, "intel", "");
+        assert_all_pass(&out, 1);
+        assert!(
+            out.line("RESULT boot pass all bring-up stages completed; all 7 device(s)")
+                .is_some(),
             "{}",
             out.transcript()
         );
