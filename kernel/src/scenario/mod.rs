@@ -30,6 +30,8 @@ pub fn run(scenario: Scenario, hv: &mut Hypervisor) -> ExitCode {
                 Scenario::QuarantineDma => quarantine_dma::run(hv, &mut checks),
                 Scenario::AssignDma => assign_dma::run(hv, &mut checks),
                 Scenario::Demo => {
+                    log::info!("demo: at boot every device went into quarantine");
+                    boot_check::run(hv, &mut checks);
                     log::info!("demo: every device sits in quarantine; its DMA must stay in its own scratch page");
                     quarantine_dma::run(hv, &mut checks);
                     log::info!("demo: now a guest gets a device; its DMA must reach the guest's memory, and nothing else");
