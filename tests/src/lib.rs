@@ -10,8 +10,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod console;
+pub mod qemu;
 
 pub use console::{Figure, ResultLine};
+pub use qemu::Qemu;
 
 /// QEMU exit statuses produced by the kernel through isa-debug-exit (see lazaret-rt `exit`).
 pub const STATUS_SUCCESS: i32 = 33;
@@ -30,24 +32,17 @@ impl Iommu {
     pub fn parse(s: &str) -> Result<Iommu, String> {
         let (kind, opts) = s.split_once(',').unwrap_or((s, ""));
         match kind {
-            "intel" => Ok(Iommu::Intel(if opts.is_empty() { "aw-bits=48".into() } else { opts.into() })),
+            "intel" => Ok(Iommu::Intel(opts.into())),
             "amd" => Ok(Iommu::Amd(opts.into())),
             "none" if opts.is_empty() => Ok(Iommu::None),
             _ => Err(format!("unknown IOMMU '{s}': expected intel|amd|none, optionally with ,OPTS (e.g. intel,aw-bits=39)")),
         }
     }
 
-    fn device(&self) -> Option<String> {
-        let join = |dev: &str, opts: &str| {
-            if opts.is_empty() {
-                dev.to_string()
-            } else {
-                format!("{dev},{opts}")
-            }
-        };
+    fn device(&self, qemu: Qemu) -> Option<String> {
         match self {
-            Iommu::Intel(o) => Some(join("intel-iommu", o)),
-            Iommu::Amd(o) => Some(join("amd-iommu", o)),
+            Iommu::Intel(o) => Some(qemu.iommu_device("intel-iommu", o)),
+            Iommu::Amd(o) => Some(qemu.iommu_device("amd-iommu", o)),
             Iommu::None => None,
         }
     }
@@ -67,23 +62,30 @@ pub enum Module {
 /// One QEMU boot of the image.
 #[derive(Clone, Debug)]
 pub struct Config {
+    pub qemu: Qemu,
     pub module: Module,
     pub iommu: Iommu,
     pub cmdline: String,
     pub edu_devices: usize,
+    /// edu devices behind one `pcie-pci-bridge` (slot 0x10): conventional PCI, they all DMA
+    /// with the bridge's (secondary bus, 00.0) requester ID.
+    pub bridged_edu_devices: usize,
     pub memory_mib: u32,
     pub extra_args: Vec<String>,
     pub timeout: Duration,
 }
 
 impl Default for Config {
-    /// The demo machine: q35, Intel IOMMU with 48-bit address width, three edu devices.
+    /// The demo machine: QEMU 10.0, q35, Intel IOMMU with 48-bit address width, three edu
+    /// devices.
     fn default() -> Config {
         Config {
+            qemu: Qemu::REFERENCE,
             module: Module::Kernel,
-            iommu: Iommu::Intel("aw-bits=48".into()),
+            iommu: Iommu::Intel(String::new()),
             cmdline: String::new(),
             edu_devices: 3,
+            bridged_edu_devices: 0,
             memory_mib: 512,
             extra_args: Vec::new(),
             timeout: Duration::from_secs(120),
@@ -94,6 +96,11 @@ impl Default for Config {
 impl Config {
     pub fn with_cmdline(mut self, cmdline: &str) -> Config {
         self.cmdline = cmdline.to_string();
+        self
+    }
+
+    pub fn with_qemu(mut self, qemu: Qemu) -> Config {
+        self.qemu = qemu;
         self
     }
 
@@ -129,11 +136,20 @@ impl Config {
             let arg = format!("{} {}", path.display(), self.cmdline.replace(',', " "));
             a.extend(["-initrd".into(), arg.trim_end().to_string()]);
         }
-        if let Some(dev) = self.iommu.device() {
+        if let Some(dev) = self.iommu.device(self.qemu) {
             a.extend(["-device".into(), dev]);
         }
         for _ in 0..self.edu_devices {
             a.extend(["-device".into(), "edu".into()]);
+        }
+        if self.bridged_edu_devices > 0 {
+            a.extend([
+                "-device".into(),
+                "pcie-pci-bridge,id=lzbr0,addr=0x10".into(),
+            ]);
+            for slot in 1..=self.bridged_edu_devices {
+                a.extend(["-device".into(), format!("edu,bus=lzbr0,addr={slot:#x}")]);
+            }
         }
         a.extend(self.extra_args.iter().cloned());
         a
@@ -154,6 +170,15 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory as `scripts/build-image` sees it: `$CARGO_TARGET_DIR` (relative
+/// to the workspace root when relative) or `target/`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
+        _ => workspace_root().join("target"),
+    }
+}
+
 /// Builds the image once per process (the `image` profile, in its own target directory so
 /// it never waits on the lock of the `cargo test` that runs us).
 pub fn build_images() -> Result<Images, String> {
@@ -161,7 +186,7 @@ pub fn build_images() -> Result<Images, String> {
     BUILT
         .get_or_init(|| {
             let root = workspace_root();
-            let target = root.join("target").join("qemu");
+            let target = target_dir().join("qemu");
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let status = Command::new(cargo)
                 .current_dir(&root)
@@ -218,6 +243,8 @@ impl Status {
 
 #[derive(Clone, Debug)]
 pub struct Outcome {
+    /// Which QEMU ran, as its `--version` says.
+    pub qemu_version: String,
     pub status: Status,
     pub lines: Vec<String>,
     pub wall: Duration,
@@ -235,6 +262,21 @@ impl Outcome {
         self.lines.iter().filter_map(|l| Figure::parse(l)).collect()
     }
 
+    /// RESULT lines that print Rust `Debug` output (`Ok(..)`, `Err(..)`, `Some(..)`, `None`)
+    /// instead of a sentence.
+    pub fn debug_output_in_results(&self) -> Vec<String> {
+        self.lines
+            .iter()
+            .filter(|l| l.starts_with("RESULT "))
+            .filter(|l| {
+                ["Ok(", "Err(", "Some(", "None", "DomainId", "Handle {"]
+                    .iter()
+                    .any(|d| l.contains(d))
+            })
+            .cloned()
+            .collect()
+    }
+
     pub fn figure(&self, name: &str) -> Option<Figure> {
         self.figures().into_iter().find(|f| f.name == name)
     }
@@ -247,9 +289,9 @@ impl Outcome {
             .find(|l| l.contains(needle))
     }
 
-    /// The whole console, for assertion messages.
+    /// The whole console, for assertion messages, headed by the QEMU version that ran.
     pub fn transcript(&self) -> String {
-        self.lines.join("\n")
+        format!("[{}]\n{}", self.qemu_version, self.lines.join("\n"))
     }
 }
 
@@ -269,15 +311,23 @@ fn qemu_slot() -> std::sync::MutexGuard<'static, usize> {
 /// Boots `config`, capturing the console; `echo` also streams it to our stdout (the demo).
 pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
     let images = build_images()?;
+    let qemu_version = config.qemu.version()?;
     let _slot = qemu_slot();
     let start = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
+    let mut child = config
+        .qemu
+        .command()
         .args(config.qemu_args(&images))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start qemu-system-x86_64 (run scripts/setup): {e}"))?;
+        .map_err(|e| {
+            format!(
+                "cannot start {} (run scripts/setup): {e}",
+                config.qemu.name()
+            )
+        })?;
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;
     let stderr = child.stderr.take().ok_or("no stderr pipe")?;
     let (tx, rx) = mpsc::channel::<String>();
@@ -328,8 +378,38 @@ pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
         }
     };
     Ok(Outcome {
+        qemu_version,
         status,
         lines,
         wall: start.elapsed(),
     })
+}
+
+/// Defines one test per QEMU version for a body taking the [`Qemu`] to run: `mod NAME` with
+/// `qemu_7_2` and `qemu_10_0`, so every test line names the version it ran on. Attributes
+/// (docs, `#[ignore]`) go on both tests.
+#[macro_export]
+macro_rules! on_every_qemu {
+    ($($(#[$meta:meta])* fn $name:ident($qemu:ident) $body:block)*) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+
+                fn body($qemu: $crate::Qemu) $body
+
+                $(#[$meta])*
+                #[test]
+                fn qemu_7_2() {
+                    body($crate::Qemu::V7_2)
+                }
+
+                $(#[$meta])*
+                #[test]
+                fn qemu_10_0() {
+                    body($crate::Qemu::V10_0)
+                }
+            }
+        )*
+    };
 }

@@ -1,40 +1,41 @@
 //! Ring 2 (design.md §5): the real image booted in QEMU/TCG, judged by its serial console and
-//! its exit status.
-use lazaret_tests::{run, Config, Iommu, Module, Status};
+//! its exit status. These run on the reference QEMU (10.0) unless they say otherwise.
+use lazaret_tests::{on_every_qemu, run, Config, Iommu, Module, Status};
 
 fn boot(config: Config) -> lazaret_tests::Outcome {
     run(&config, false).unwrap_or_else(|e| panic!("could not run QEMU: {e}"))
 }
 
-#[test]
-fn boots_reports_its_memory_map_and_exits_with_success() {
-    let out = boot(Config::default());
-    assert_eq!(out.status, Status::Success, "{}", out.transcript());
-    assert!(
-        out.line("memory: ")
-            .is_some_and(|l| l.contains("Available")),
-        "{}",
-        out.transcript()
-    );
-    assert!(
-        out.line("paging: own tables live").is_some(),
-        "{}",
-        out.transcript()
-    );
-    assert!(
-        out.line("acpi: RSDP at")
-            .is_some_and(|l| l.contains("DMAR")),
-        "{}",
-        out.transcript()
-    );
-    let boot = out.figure("boot-to-ready").expect("boot-to-ready figure");
-    assert!(boot.value > 0.0 && boot.unit == "ms", "{boot:?}");
-    let results = out.results();
-    assert!(
-        !results.is_empty() && results.iter().all(|r| r.pass),
-        "{results:?}"
-    );
-    assert!(out.line("LAZARET EXIT success").is_some());
+on_every_qemu! {
+    fn boots_reports_its_memory_map_and_exits_with_success(qemu) {
+        let out = boot(Config::default().with_qemu(qemu));
+        assert_eq!(out.status, Status::Success, "{}", out.transcript());
+        assert!(
+            out.line("memory: ")
+                .is_some_and(|l| l.contains("Available")),
+            "{}",
+            out.transcript()
+        );
+        assert!(
+            out.line("paging: own tables live").is_some(),
+            "{}",
+            out.transcript()
+        );
+        assert!(
+            out.line("acpi: RSDP at")
+                .is_some_and(|l| l.contains("DMAR")),
+            "{}",
+            out.transcript()
+        );
+        let boot = out.figure("boot-to-ready").expect("boot-to-ready figure");
+        assert!(boot.value > 0.0 && boot.unit == "ms", "{boot:?}");
+        let results = out.results();
+        assert!(
+            !results.is_empty() && results.iter().all(|r| r.pass),
+            "{results:?}"
+        );
+        assert!(out.line("LAZARET EXIT success").is_some());
+    }
 }
 
 #[test]

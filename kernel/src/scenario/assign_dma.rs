@@ -1,13 +1,14 @@
 //! `scenario=assign-dma`: a guest made of host frames (no vCPU yet) gets an edu device. Its
 //! DMA lands in the guest's memory at the right offset; deassign returns the device to its
-//! scratch page; deassign and destroy allocate nothing.
+//! scratch page; deassign and destroy allocate nothing; no invalidation wait times out.
 use alloc::vec;
 
 use lazaret_types::{FrameAllocator, PhysMem, PAGE_SIZE};
 
-use super::checks::Checks;
+use super::checks::{Checks, Dma, Outcome, YesNo};
 use super::edu;
-use super::quarantine_dma::{pattern, DMA_LEN};
+use super::memory::fresh_pattern;
+use super::quarantine_dma::DMA_LEN;
 use crate::console::figure;
 use crate::hypervisor::Hypervisor;
 use crate::mm::direct_map::DIRECT_MAP;
@@ -40,14 +41,18 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     let dom = match passthrough::create_domain(&mut g, &mut hv.frames, "guest-1", GUEST_PAGES) {
         Ok(dom) => dom,
         Err(e) => {
-            checks.check("create-domain", false, format_args!("{e}"));
+            checks.check(
+                "create-domain",
+                false,
+                format_args!("guest-1 could not be created: {e}"),
+            );
             return;
         }
     };
     checks.check(
         "create-domain",
         true,
-        format_args!("guest-1 = {dom:?} with {GUEST_PAGES} pages of host memory"),
+        format_args!("guest-1 created with {GUEST_PAGES} pages of host memory"),
     );
     let host = |gpa: u64| {
         g.state()
@@ -59,16 +64,22 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         checks.check("guest-memory", false, format_args!("guest pages missing"));
         return;
     };
-    let expected = pattern(0x42);
+    let expected = fresh_pattern();
     DIRECT_MAP.write_bytes(source, &expected);
     let target_page = target.align_down();
     DIRECT_MAP.zero(target_page, PAGE_SIZE);
 
     let assigned = passthrough::assign(&mut g, &mut hv.frames, dom, d.sbdf);
+    let timed_out = assigned.as_ref().is_ok_and(|c| c.timed_out.is_some());
     checks.check(
         "assign",
-        assigned.is_ok(),
-        format_args!("{} -> {dom:?}: {:?}", d.sbdf, assigned),
+        assigned.is_ok() && !timed_out,
+        format_args!(
+            "{} given to guest-1: {}; invalidation wait {}",
+            d.sbdf,
+            Outcome(&assigned),
+            if timed_out { "TIMED OUT" } else { "completed" }
+        ),
     );
     if let Ok(r) = &assigned {
         r.cost.report("assign");
@@ -77,10 +88,21 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     checks.check(
         "assign-walk",
         walks == Ok(target),
-        format_args!("gpa {TARGET_GPA:#x} walks to {walks:?}, expected {target}"),
+        format_args!(
+            "guest-physical {TARGET_GPA:#x} walks to {}, expected guest-1's frame {target} (reference walker)",
+            match &walks {
+                Ok(p) => alloc::format!("{p}"),
+                Err(e) => alloc::format!("nothing ({e})"),
+            }
+        ),
     );
     let scratch = g.state().scratch_page(d.sbdf);
     drop(g);
+    // The (now unused) scratch page gets a new pattern: a DMA that still went there shows.
+    let scratch_marker = fresh_pattern();
+    if let Some(s) = scratch {
+        DIRECT_MAP.write_bytes(s, &scratch_marker);
+    }
 
     let read = d.edu.dma_from_ram(SOURCE_GPA, 0, DMA_LEN, edu::deadline());
     let write = d.edu.dma_to_ram(TARGET_GPA, 0, TARGET_LEN, edu::deadline());
@@ -95,16 +117,19 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     let scratch_clean = scratch.is_none_or(|s| {
         let mut buf = vec![0u8; PAGE];
         DIRECT_MAP.read_bytes(s, &mut buf);
-        buf.iter().all(|b| *b == 0)
+        buf == scratch_marker
     });
     checks.check(
         "assign-dma",
         read.is_ok() && write.is_ok() && landed && rest_untouched && scratch_clean,
         format_args!(
-            "{}: read gpa {SOURCE_GPA:#x}, wrote {TARGET_LEN:#x} bytes at gpa {TARGET_GPA:#x}: landed {landed}, rest of page untouched {rest_untouched}, scratch page untouched {scratch_clean} ({:?}/{:?})",
+            "{}: read guest-physical {SOURCE_GPA:#x}, wrote {TARGET_LEN:#x} bytes at guest-physical {TARGET_GPA:#x}: the data {} in guest-1's memory; rest of the page untouched {}; scratch page untouched {}; read: {}; write: {}",
             d.sbdf,
-            read.err(),
-            write.err()
+            if landed { "landed" } else { "did NOT land" },
+            YesNo(rest_untouched),
+            YesNo(scratch_clean),
+            Dma(&read),
+            Dma(&write),
         ),
     );
 
@@ -117,12 +142,15 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         during_deassign,
         "frames",
     );
+    let timed_out = deassigned.as_ref().is_ok_and(|c| c.timed_out.is_some());
     checks.check(
         "deassign",
-        deassigned.is_ok() && during_deassign == 0,
+        deassigned.is_ok() && !timed_out && during_deassign == 0,
         format_args!(
-            "{} back to DomIO: {:?}, {during_deassign} frame(s) allocated",
-            d.sbdf, deassigned
+            "{} back to DomIO: {}; invalidation wait {}; {during_deassign} frame(s) allocated",
+            d.sbdf,
+            Outcome(&deassigned),
+            if timed_out { "TIMED OUT" } else { "completed" }
         ),
     );
     if let Ok(r) = &deassigned {
@@ -141,7 +169,17 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     checks.check(
         "deassign-dma",
         write.is_ok() && guest_untouched && in_scratch,
-        format_args!("{}: after deassign the same DMA lands in its scratch page {in_scratch}, guest memory untouched {guest_untouched}", d.sbdf),
+        format_args!(
+            "{}: after deassign the same DMA {} its scratch page; guest memory untouched {}; {}",
+            d.sbdf,
+            if in_scratch {
+                "lands in"
+            } else {
+                "does NOT land in"
+            },
+            YesNo(guest_untouched),
+            Dma(&write)
+        ),
     );
 
     let mut g = lock.lock();
@@ -155,7 +193,9 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         "destroy",
         destroyed.is_ok() && during_destroy == 0 && frames_after == frames_before,
         format_args!(
-            "{dom:?} destroyed: {destroyed:?}; {during_destroy} frame(s) allocated; frames in use {frames_before} before, {frames_after} after"
+            "guest-1 destroyed: {}; {during_destroy} frame(s) allocated; frames in use {frames_before} before, {frames_after} after",
+            Outcome(&destroyed)
         ),
     );
+    checks.invalidation_waits_completed(lock);
 }

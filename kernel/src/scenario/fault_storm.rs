@@ -3,7 +3,7 @@
 //! Master Enable, after which its DMA stops and no further faults arrive.
 use lazaret_pci::read_command;
 
-use super::checks::Checks;
+use super::checks::{Checks, YesNo};
 use super::edu;
 use crate::cmdline::QuarantineMode;
 use crate::hypervisor::Hypervisor;
@@ -58,9 +58,14 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         "fault-storm-disable",
         disabled_after.is_some() && bme_off,
         format_args!(
-            "{}: {total_faults} fault(s); bus mastering cleared after {disabled_after:?} DMA(s) (threshold {}); command register BME off {bme_off}",
+            "{}: {total_faults} fault(s); bus mastering {} (threshold {} faults); Bus Master Enable off in the command register {}",
             d.sbdf,
-            faults::THRESHOLD
+            match disabled_after {
+                Some(n) => alloc::format!("cleared after {n} DMA(s)"),
+                None => alloc::format!("NOT cleared after {MAX_DMAS} DMA(s)"),
+            },
+            faults::THRESHOLD,
+            YesNo(bme_off)
         ),
     );
     // With bus mastering off the device's DMA goes nowhere: no new fault.

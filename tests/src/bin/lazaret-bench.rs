@@ -1,10 +1,10 @@
 //! `lazaret-bench`: the figures of design.md §8, measured, not asserted. Boots a fixed set of
 //! QEMU configurations, collects every `FIGURE` line plus QEMU's wall time and the image
-//! sizes, prints a table and writes `target/bench/figures.json`. `scripts/bench` runs it.
+//! sizes, prints a table and writes `bench/figures.json` in the target directory. `scripts/bench` runs it.
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use lazaret_tests::{build_images, run, workspace_root, Config, Iommu, Status};
+use lazaret_tests::{build_images, run, target_dir, Config, Iommu, Status};
 
 struct Row {
     config: String,
@@ -97,7 +97,7 @@ fn main() {
             )
         })
         .collect();
-    let dir = workspace_root().join("target").join("bench");
+    let dir = target_dir().join("bench");
     let path = dir.join("figures.json");
     if let Err(e) = std::fs::create_dir_all(&dir)
         .and_then(|_| std::fs::write(&path, format!("[\n{}\n]\n", json.join(",\n"))))

@@ -1,12 +1,13 @@
-//! `lazaret-qemu [--iommu intel|amd|none[,OPTS]] [--cmdline "key=value ..."] [--edu N]
-//! [--timeout SECS] [-- QEMU ARGS]`: boots the image in QEMU, streams the console and exits
-//! with the hypervisor's status (0 success, 1 failure, 124 time-out, 2 QEMU error).
-//! `scripts/demo` runs it; without `--cmdline` it runs `scenario=demo`.
+//! `lazaret-qemu [--qemu 10.0|7.2] [--iommu intel|amd|none[,OPTS]] [--cmdline "key=value ..."]
+//! [--edu N] [--timeout SECS] [-- QEMU ARGS]`: boots the image in QEMU (10.0 unless told
+//! otherwise), streams the console and exits with the hypervisor's status (0 success,
+//! 1 failure, 124 time-out, 2 QEMU error). `scripts/demo` runs it; without `--cmdline` it runs
+//! `scenario=demo`.
 use std::time::Duration;
 
-use lazaret_tests::{run, Config, Iommu, Status};
+use lazaret_tests::{run, Config, Iommu, Qemu, Status};
 
-const USAGE: &str = "usage: scripts/demo [--iommu intel|amd|none[,OPTS]] [--cmdline \"key=value ...\"] [--edu N] [--timeout SECS] [-- QEMU ARGS]";
+const USAGE: &str = "usage: scripts/demo [--qemu 10.0|7.2] [--iommu intel|amd|none[,OPTS]] [--cmdline \"key=value ...\"] [--edu N] [--timeout SECS] [-- QEMU ARGS]";
 
 /// What the demo runs unless told otherwise: the whole story.
 const DEMO_CMDLINE: &str = "scenario=demo";
@@ -21,6 +22,7 @@ fn parse(args: &[String]) -> Result<Config, String> {
                 .ok_or(format!("{name} needs a value\n{USAGE}"))
         };
         match arg.as_str() {
+            "--qemu" => config.qemu = Qemu::parse(&value("--qemu")?)?,
             "--iommu" => config.iommu = Iommu::parse(&value("--iommu")?)?,
             "--cmdline" => config.cmdline = value("--cmdline")?,
             "--edu" => {
@@ -55,6 +57,7 @@ fn main() {
     };
     match run(&config, true) {
         Ok(outcome) => {
+            eprintln!("demo: ran on {}", outcome.qemu_version);
             let failed = outcome.results().iter().filter(|r| !r.pass).count();
             let verdict = match outcome.status {
                 Status::Success => "success".to_string(),
