@@ -20,7 +20,10 @@
 //!    quarantine, [`RootTable::switch_context`] for each requester ID, recording each change
 //!    (and every domain ID to be reused) in a [`SwitchBatch`], then one [`VtdUnit::flush`]:
 //!    context-cache invalidations, a fence, IOTLB invalidations, one wait.
-//! 5. Faults: [`VtdUnit::drain_faults`]; isolation proofs: [`walker::translate_with`].
+//! 5. Faults: [`VtdUnit::drain_faults`]; isolation proofs: [`walker::translate_programmed`]
+//!    (from RTADDR under the unit's CAP/ECAP) or, with caches, `sim_device::SimVtd::dma`.
+//!
+//! Construct with [`VtdUnit::checked`] when the DRHD gives the register window's size.
 //!
 //! Table writes go through [`TableMemory`], which calls the caller's [`CacheFlush`] after
 //! each write (use [`Coherent`] when ECAP.C = 1).

@@ -4,8 +4,9 @@
 //!
 //! Invalidation rules implemented here (§6.1 caching mode, §6.5 invalidation, §6.8 write
 //! buffer flushing):
-//! * present → present context change (owner switch): context-cache device-selective and IOTLB
-//!   domain-selective for the OLD domain ID, one wait ([`VtdUnit::after_owner_switch`]).
+//! * present → present context change (owner switch), and a domain ID about to be reused:
+//!   collected in a [`SwitchBatch`], submitted by [`VtdUnit::flush`] as context-cache
+//!   invalidations, a fence, IOTLB invalidations (with CAP.DRD / DWD drains), one wait.
 //! * not-present → present (root entry, context entry, leaf PTE): with CAP.CM = 1 hardware may
 //!   have cached the not-present entry, so it is invalidated like a change — for context
 //!   entries device-selective with DID 0 (CM reserves DID 0 for not-present entries) plus the

@@ -351,14 +351,61 @@ pub fn walk<M: PhysMem + ?Sized>(
     iova: u64,
     write: bool,
 ) -> Result<Leaf, Fault> {
-    use spec::slpte;
-    let width = (12 + 9 * levels).min(cfg.mgaw);
+    check_width(cfg, levels, iova)?;
+    let start = WalkStart {
+        table,
+        level: levels,
+        readable: true,
+        writable: true,
+    };
+    walk_from(cfg, mem, start, iova, write, &mut |_| {})
+}
+
+/// The IOVA fits in min(AGAW of `levels`, MGAW) bits (fault 4h otherwise).
+pub const fn check_width(cfg: &WalkerConfig, levels: u32, iova: u64) -> Result<(), Fault> {
+    let agaw = 12 + 9 * levels;
+    let width = if agaw < cfg.mgaw { agaw } else { cfg.mgaw };
     if width < 64 && iova >> width != 0 {
         return Err(Fault::AddressBeyondWidth { iova, width });
     }
-    let mut table = table;
-    let (mut readable, mut writable) = (true, true);
-    for level in (1..=levels).rev() {
+    Ok(())
+}
+
+/// Where a walk starts: the top table, or (resuming from a paging-structure cache) a lower
+/// table with the permissions of the entries above it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkStart {
+    pub table: PhysAddr,
+    /// The level of `table` (its entries are level-`level` entries).
+    pub level: u32,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// A non-leaf entry a walk went through: at `level`, pointing to the table `next`, with the
+/// permissions of the path down to and including it (what a paging-structure cache holds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableStep {
+    pub level: u32,
+    pub next: PhysAddr,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// The walk of [`walk`] from `start` (no width check), reporting every non-leaf entry used to
+/// `observe`. The start permissions must allow the access.
+pub fn walk_from<M: PhysMem + ?Sized>(
+    cfg: &WalkerConfig,
+    mem: &M,
+    start: WalkStart,
+    iova: u64,
+    write: bool,
+    observe: &mut dyn FnMut(TableStep),
+) -> Result<Leaf, Fault> {
+    use spec::slpte;
+    let mut table = start.table;
+    let (mut readable, mut writable) = (start.readable, start.writable);
+    for level in (1..=start.level).rev() {
         let shift = 12 + 9 * (level - 1);
         let index = (iova >> shift) & 0x1ff;
         let e = mem.read_u64(PhysAddr(table.0 + index * 8));
@@ -387,16 +434,31 @@ pub fn walk<M: PhysMem + ?Sized>(
         readable &= e & slpte::READ != 0;
         writable &= e & slpte::WRITE != 0;
         if level == 1 || large {
-            return Ok(Leaf {
+            let leaf = Leaf {
                 page: PhysAddr(address),
                 page_bits: shift,
                 readable,
                 writable,
-            });
+            };
+            // Only reachable with start permissions that already denied the access.
+            if !leaf.allows(write) {
+                return Err(if write {
+                    Fault::WriteToReadOnly { level: start.level }
+                } else {
+                    Fault::ReadWithoutPermission { level: start.level }
+                });
+            }
+            return Ok(leaf);
         }
+        observe(TableStep {
+            level,
+            next: PhysAddr(address),
+            readable,
+            writable,
+        });
         table = PhysAddr(address);
     }
-    // `levels` is at least 3 and the loop returns at level 1 at the latest.
+    // The loop returns at level 1 at the latest (or at once for a level-0 start).
     Err(Fault::PteNotPresent { level: 1, write })
 }
 

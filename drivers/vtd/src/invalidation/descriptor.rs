@@ -208,7 +208,8 @@ pub const fn wait_descriptor(status: PhysAddr, data: u32) -> u128 {
 /// The invalidations owed after moving `bdf` away from domain `old_did` (design §4; the spec's
 /// "guidance to software for invalidations" for a modified present context entry): the
 /// device's context-cache entries tagged with the old DID, then the old domain's IOTLB
-/// entries. Submit both, then one wait.
+/// entries. They must take effect in that order: submitting both in one unfenced batch is
+/// unsafe (see the module docs) — use [`super::SwitchBatch`] and [`crate::VtdUnit::flush`].
 pub const fn owner_switch(bdf: Bdf, old_did: u16) -> [Invalidation; 2] {
     [
         Invalidation::Context(ContextScope::Device {

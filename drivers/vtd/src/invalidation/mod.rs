@@ -1,15 +1,17 @@
 //! Context-cache and IOTLB invalidation (§6.5), through the invalidation queue when the unit
 //! has one and through the CCMD / IOTLB registers otherwise.
 //!
-//! Batching: the kernel submits all descriptors an operation needs and then ONE invalidation
-//! wait. §6.5.2.8 / §6.5.2.11 (queued invalidation ordering): a wait descriptor completes (its status write happens) only after every
-//! descriptor submitted before it has completed, so one wait covers the batch. Descriptors in
-//! a batch may complete in any order. For an owner switch (context-cache device-selective +
-//! IOTLB domain-selective for the old DID) that is safe: until the context-cache invalidation
-//! completes the device can at worst refill IOTLB entries tagged with the OLD DID from the old
-//! domain's tables — translations it was allowed to use anyway — and entries tagged with the old
-//! DID are dropped by the old domain's own flushes on every unmap and before its DID is reused.
-//! After the wait, no request of the device uses the old DID. This halves Xen's two waits.
+//! Batching: the kernel submits all descriptors an operation needs and then ONE status poll.
+//! §6.5.2.8: a wait descriptor's status write happens only after every descriptor submitted
+//! before it has completed, so one wait covers the batch — but descriptors between waits may
+//! complete in any order, and with FN = 0 even later descriptors may overtake a wait. An owner
+//! switch therefore must not be one unfenced batch: if the IOTLB invalidation for the old DID
+//! completes before the context-cache invalidation, a DMA in between refills the IOTLB through
+//! the still-cached old context entry, with entries tagged by the old DID, which survive into
+//! the DID's next owner. [`SwitchBatch`] collects what a set of context changes owes and
+//! [`crate::VtdUnit::flush`] submits it as context-cache invalidations, a fenced wait (FN = 1),
+//! IOTLB invalidations, a final wait: one doorbell and one status poll, Xen's ordering without
+//! Xen's second round trip.
 
 mod descriptor;
 mod queue;

@@ -1,5 +1,6 @@
 //! The simulated unit's translation caches: a context cache keyed by source-id (each entry
-//! holding the decoded context with its DID) and an IOTLB tagged by (DID, page). Filled by
+//! holding the decoded context with its DID), an IOTLB tagged by (DID, page) and a
+//! paging-structure cache of non-leaf entries tagged by (DID, level, IOVA range). Filled by
 //! translations, consulted first, dropped only by the invalidations §6.5.1 / §6.5.2 say drop
 //! them. Unbounded: real caches may evict, but a model that keeps every entry until it is
 //! invalidated is the one that exposes a missing invalidation.
@@ -11,7 +12,7 @@ use alloc::collections::BTreeMap;
 
 use lazaret_types::{Bdf, PhysAddr, PhysMem};
 
-use crate::walker::{self, Context, ContextMode, Fault, Leaf, WalkerConfig};
+use crate::walker::{self, Context, ContextMode, Fault, Leaf, TableStep, WalkStart, WalkerConfig};
 
 /// One invalidation request as the hardware understands it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,11 +31,13 @@ pub enum Request {
     IotlbDomain {
         did: u16,
     },
-    /// 2^am pages from `addr` (aligned down to that size), of `did`.
+    /// 2^am pages from `addr` (aligned down to that size), of `did`; `ih` (invalidation
+    /// hint): only leaf entries changed, paging-structure caches may stay.
     IotlbPages {
         did: u16,
         addr: u64,
         am: u8,
+        ih: bool,
     },
 }
 
@@ -60,6 +63,7 @@ impl Request {
                 did,
                 addr: hi & !0xfff,
                 am: (hi & 0x3f) as u8,
+                ih: hi & (1 << 6) != 0,
             }),
             _ => None,
         }
@@ -80,7 +84,8 @@ impl Request {
         }
     }
 
-    /// IOTLB register (§10.4.8.1): 61:60 IIRG, 47:32 DID; IVA (§10.4.8.2): 63:12 ADDR, 5:0 AM.
+    /// IOTLB register (§10.4.8.1): 61:60 IIRG, 47:32 DID; IVA (§10.4.8.2): 63:12 ADDR, 6 IH,
+    /// 5:0 AM.
     pub fn from_iotlb_register(v: u64, iva: u64) -> Option<Request> {
         let did = (v >> 32) as u16;
         match (v >> 60) & 3 {
@@ -90,6 +95,7 @@ impl Request {
                 did,
                 addr: iva & !0xfff,
                 am: (iva & 0x3f) as u8,
+                ih: iva & (1 << 6) != 0,
             }),
             _ => None,
         }
@@ -112,6 +118,14 @@ pub struct Caches {
     context: BTreeMap<u16, CachedContext>,
     /// (DID, page bits, IOVA >> page bits) → leaf.
     iotlb: BTreeMap<(u16, u32, u64), Leaf>,
+    /// Paging-structure cache: (DID, level, IOVA >> bits one entry of that level maps) → the
+    /// next table and the path's permissions.
+    structures: BTreeMap<(u16, u32, u64), TableStep>,
+}
+
+/// Bits of IOVA one entry at `level` maps.
+const fn entry_bits(level: u32) -> u32 {
+    12 + 9 * (level - 1)
 }
 
 impl Caches {
@@ -149,7 +163,33 @@ impl Caches {
                 }
             }
         }
-        let leaf = walker::walk(&unit.cfg, mem, table, levels, iova, write)?;
+        walker::check_width(&unit.cfg, levels, iova)?;
+        // Resume from the lowest cached non-leaf entry whose permissions allow the access.
+        let cached = (2..=levels).find_map(|level| {
+            let step = self
+                .structures
+                .get(&(did, level, iova >> entry_bits(level)))?;
+            let allowed = if write { step.writable } else { step.readable };
+            allowed.then_some(*step)
+        });
+        let start = match cached {
+            Some(step) => WalkStart {
+                table: step.next,
+                level: step.level - 1,
+                readable: step.readable,
+                writable: step.writable,
+            },
+            None => WalkStart {
+                table,
+                level: levels,
+                readable: true,
+                writable: true,
+            },
+        };
+        let structures = &mut self.structures;
+        let leaf = walker::walk_from(&unit.cfg, mem, start, iova, write, &mut |step| {
+            structures.insert((did, step.level, iova >> entry_bits(step.level)), step);
+        })?;
         self.iotlb
             .insert((did, leaf.page_bits, iova >> leaf.page_bits), leaf);
         Ok(leaf.address(iova))
@@ -166,17 +206,30 @@ impl Caches {
                 self.context
                     .retain(|rid, (d, _)| !(*d == did && (rid ^ sid) & !masked == 0));
             }
-            Request::IotlbGlobal => self.iotlb.clear(),
-            Request::IotlbDomain { did } => self.iotlb.retain(|(d, _, _), _| *d != did),
-            Request::IotlbPages { did, addr, am } => {
+            Request::IotlbGlobal => {
+                self.iotlb.clear();
+                self.structures.clear();
+            }
+            Request::IotlbDomain { did } => {
+                self.iotlb.retain(|(d, _, _), _| *d != did);
+                self.structures.retain(|(d, _, _), _| *d != did);
+            }
+            Request::IotlbPages { did, addr, am, ih } => {
                 let size_bits = 12 + u32::from(am.min(52));
                 let start = addr & !((1u64 << size_bits) - 1);
                 let end = start.saturating_add(1u64 << size_bits);
-                self.iotlb.retain(|&(d, bits, page), _| {
-                    let lo = page << bits;
+                let overlaps = |d: u16, bits: u32, index: u64| {
+                    let lo = index << bits;
                     let hi = lo.saturating_add(1u64 << bits);
-                    !(d == did && lo < end && start < hi)
-                });
+                    d == did && lo < end && start < hi
+                };
+                self.iotlb
+                    .retain(|&(d, bits, page), _| !overlaps(d, bits, page));
+                // IH = 1: only leaves changed, cached non-leaf entries may stay (§6.5.2.3).
+                if !ih {
+                    self.structures
+                        .retain(|&(d, level, index), _| !overlaps(d, entry_bits(level), index));
+                }
             }
         }
     }

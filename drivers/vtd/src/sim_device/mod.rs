@@ -1,7 +1,7 @@
 //! A simulated VT-d unit for host tests that behaves like hardware where hardware can hide
 //! bugs: SimRegisters write hooks (GCMD → GSTS with SRTP latching RTADDR, IQT → the queue of
-//! [`queue`], CCMD / IOTLB register commands, RW1C fault records and FSTS), translation caches
-//! ([`caches`]) that [`SimVtd::dma`] goes through, out-of-order descriptor completion, injectable
+//! `queue`, CCMD / IOTLB register commands, RW1C fault records and FSTS), translation caches
+//! (`caches`) that `SimVtd::dma` goes through, out-of-order descriptor completion, injectable
 //! queue errors, and switches to make each part "dead" so time-outs can be tested.
 
 mod caches;

@@ -367,3 +367,50 @@ fn iqa_is_ignored_while_queued_invalidation_is_enabled() {
     assert_eq!(sim.regs.get(IQA), iqa);
     assert_eq!(sim.iqa_writes_while_enabled(), 1);
 }
+
+#[test]
+fn paging_structure_cache_holds_non_leaf_entries_until_invalidated() {
+    let sim = SimVtd::new();
+    let mut alloc = SimFrameAllocator::new(&sim.mem, PhysAddr(0x100_0000), 64);
+    let (mut unit, rt) = bring_up(&sim, &mut alloc);
+    let (mem, tm, clock) = (
+        &*sim.mem,
+        TableMemory::coherent(&*sim.mem),
+        StepClock::default(),
+    );
+    // Hand-built 4-level tables for DID 5: L4 → L3 → L2 → T1; T2 is a second level-1 table.
+    let (l4, l3, l2, t1, t2) = (0x300_0000, 0x300_1000, 0x300_2000, 0x300_3000, 0x300_4000);
+    mem.write_u64(PhysAddr(l4), l3 | 3);
+    mem.write_u64(PhysAddr(l3), l2 | 3);
+    mem.write_u64(PhysAddr(l2), t1 | 3);
+    for (table, frame) in [(t1, FRAME_A), (t2, FRAME_B)] {
+        mem.write_u64(PhysAddr(table + 4 * 8), frame.0 | 3);
+        mem.write_u64(PhysAddr(table + 5 * 8), (frame.0 + 0x1000) | 3);
+    }
+    let ctx = ContextEntry::translated(PhysAddr(l4), Levels::Four, 5);
+    rt.switch_context(tm, DEV, ContextEntry::NOT_PRESENT, ctx)
+        .unwrap();
+    assert_eq!(sim.dma(DEV, 0x4000, true), Ok(FRAME_A));
+    // The PDE now points to T2.
+    mem.write_u64(PhysAddr(l2), t2 | 3);
+    let page = |leaf_only| {
+        iotlb(IotlbScope::Page {
+            did: 5,
+            addr: 0x4000,
+            order: 0,
+            leaf_only,
+        })
+    };
+    // Leaf-only (IH = 1): the IOTLB entry goes, the cached PDE stays and leads into T1.
+    unit.invalidate(mem, &[page(true)], &clock).unwrap();
+    assert_eq!(sim.dma(DEV, 0x4000, true), Ok(FRAME_A));
+    assert_eq!(sim.dma(DEV, 0x5000, true), Ok(PhysAddr(FRAME_A.0 + 0x1000)));
+    // IH = 0 drops the cached non-leaf entries covering the page.
+    unit.invalidate(mem, &[page(false)], &clock).unwrap();
+    assert_eq!(sim.dma(DEV, 0x4000, true), Ok(FRAME_B));
+    // 0x5000's own IOTLB entry was not covered; the domain-selective one drops it.
+    assert_eq!(sim.dma(DEV, 0x5000, true), Ok(PhysAddr(FRAME_A.0 + 0x1000)));
+    unit.invalidate(mem, &[iotlb(IotlbScope::Domain { did: 5 })], &clock)
+        .unwrap();
+    assert_eq!(sim.dma(DEV, 0x5000, true), Ok(PhysAddr(FRAME_B.0 + 0x1000)));
+}
