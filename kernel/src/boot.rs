@@ -196,40 +196,11 @@ pub fn start(
         "ms",
     );
     let scenario = options.scenario;
+    let machine = (options, frames, pci, config, iommu_failure);
     let code = match passthrough {
-        Some(Passthrough::Vtd(lock)) => run_scenario(
-            scenario,
-            Hypervisor {
-                options,
-                frames,
-                pci,
-                config,
-                passthrough: Some(lock),
-                iommu_failure,
-            },
-        ),
-        Some(Passthrough::Amd(lock)) => run_scenario(
-            scenario,
-            Hypervisor {
-                options,
-                frames,
-                pci,
-                config,
-                passthrough: Some(lock),
-                iommu_failure,
-            },
-        ),
-        None => run_scenario::<KernelVtd>(
-            scenario,
-            Hypervisor {
-                options,
-                frames,
-                pci,
-                config,
-                passthrough: None,
-                iommu_failure,
-            },
-        ),
+        Some(Passthrough::Vtd(lock)) => run_scenario(scenario, machine, Some(lock)),
+        Some(Passthrough::Amd(lock)) => run_scenario(scenario, machine, Some(lock)),
+        None => run_scenario::<KernelVtd>(scenario, machine, None),
     };
     console::print(format_args!(
         "LAZARET EXIT {}\n",
@@ -244,9 +215,31 @@ pub fn start(
 
 /// The scenarios run against whichever vendor the platform has (generic: each vendor's
 /// tables keep their own types).
-fn run_scenario<V: Inspect>(scenario: crate::cmdline::Scenario, mut hv: Hypervisor<V>) -> ExitCode {
+fn run_scenario<V: Inspect>(
+    scenario: crate::cmdline::Scenario,
+    (options, frames, pci, config, iommu_failure): Machine,
+    passthrough: Option<crate::passthrough::DeviceLock<V>>,
+) -> ExitCode {
+    let mut hv = Hypervisor {
+        options,
+        frames,
+        pci,
+        config,
+        passthrough,
+        iommu_failure,
+    };
     scenario::run(scenario, &mut hv)
 }
+
+/// What the scenarios get beside the IOMMU: options, frames, PCI, config access, and why the
+/// IOMMU is off when bring-up failed.
+type Machine = (
+    cmdline::Options,
+    Frames,
+    lazaret_pci::Enumeration,
+    platform::pci::ConfigAccess,
+    Option<alloc::string::String>,
+);
 
 struct TableList<'a>(&'a [([u8; 4], u64, usize)]);
 

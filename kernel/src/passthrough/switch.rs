@@ -59,11 +59,9 @@ pub(super) fn switch_group<V: Vendor>(
         };
         let (new, rids) = match target {
             Target::Quarantine => {
-                if dev.quarantine.is_some() {
-                    // The scratch page is data: zeroed before the device returns to it.
-                    if let Some(q) = &dev.quarantine {
-                        s.vendor.zero_scratch(q);
-                    }
+                // The scratch page is data: zeroed before the device returns to it.
+                if let Some(q) = &dev.quarantine {
+                    s.vendor.zero_scratch(q);
                 }
                 let entry = match &dev.quarantine {
                     Some(q) => s.vendor.quarantine_entry(q, dev.quarantine_did),
