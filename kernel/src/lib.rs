@@ -10,6 +10,7 @@ pub mod boot;
 pub mod cmdline;
 pub mod console;
 pub mod domain;
+pub mod guest;
 pub mod hypervisor;
 pub mod iommu;
 pub mod mm;
