@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod console;
 pub mod qemu;
+pub mod xen;
 
 pub use console::{Figure, ResultLine};
 pub use qemu::Qemu;
@@ -247,6 +248,8 @@ pub struct Outcome {
     pub qemu_version: String,
     pub status: Status,
     pub lines: Vec<String>,
+    /// When each line reached us, from QEMU's start (`arrived[i]` for `lines[i]`).
+    pub arrived: Vec<Duration>,
     pub wall: Duration,
 }
 
@@ -287,6 +290,12 @@ impl Outcome {
             .iter()
             .map(String::as_str)
             .find(|l| l.contains(needle))
+    }
+
+    /// How long after QEMU's start the first line containing `needle` arrived.
+    pub fn time_to(&self, needle: &str) -> Option<Duration> {
+        let i = self.lines.iter().position(|l| l.contains(needle))?;
+        self.arrived.get(i).copied()
     }
 
     /// The whole console, for assertion messages, headed by the QEMU version that ran.
@@ -344,6 +353,7 @@ pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
     });
     let deadline = start + config.timeout;
     let mut lines = Vec::new();
+    let mut arrived = Vec::new();
     let status = loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(line) => {
@@ -352,6 +362,7 @@ pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
                     let _ = std::io::stdout().flush();
                 }
                 lines.push(line);
+                arrived.push(start.elapsed());
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Timeout) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
@@ -363,6 +374,7 @@ pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
                     println!("{line}");
                 }
                 lines.push(line);
+                arrived.push(start.elapsed());
             }
             break match st.code() {
                 Some(STATUS_SUCCESS) => Status::Success,
@@ -381,6 +393,7 @@ pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
         qemu_version,
         status,
         lines,
+        arrived,
         wall: start.elapsed(),
     })
 }

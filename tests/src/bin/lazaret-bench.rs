@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use lazaret_tests::{build_images, run, target_dir, Config, Iommu, Status};
+use lazaret_tests::{build_images, run, target_dir, workspace_root, xen, Config, Iommu, Status};
 
 struct Row {
     config: String,
@@ -74,6 +74,25 @@ fn main() {
             });
         }
     }
+    // Beside Xen: `--xen-rounds N` (default 5) alternating boots of each, `--no-xen` to skip.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rounds = match args.iter().position(|a| a == "--xen-rounds") {
+        Some(i) => match args.get(i + 1).and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => n,
+            None => {
+                eprintln!("bench: --xen-rounds needs a number");
+                std::process::exit(2);
+            }
+        },
+        None if args.iter().any(|a| a == "--no-xen") => 0,
+        None => 5,
+    };
+    if rounds > 0 {
+        match beside_xen(rounds) {
+            Ok(r) => rows.extend(r),
+            Err(e) => eprintln!("bench: beside Xen skipped: {e}"),
+        }
+    }
     let mut table = String::new();
     let _ = writeln!(
         table,
@@ -112,4 +131,35 @@ fn main() {
         );
         std::process::exit(1);
     }
+}
+
+/// Alternating boots of Xen 4.17 and Lazaret on the same machine; medians and their ratio.
+fn beside_xen(rounds: usize) -> Result<Vec<Row>, String> {
+    let root = workspace_root();
+    let script = xen::baseline_script(&root)
+        .ok_or("xen-baseline.sh not found (set LAZARET_XEN_BASELINE to its path)")?;
+    let work = target_dir().join("xen-baseline");
+    let config = xen::lazaret_config("intel")?;
+    let (mut xen_s, mut ours) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let x = xen::xen_seconds(&script, "intel", &work)?;
+        let l = xen::lazaret_seconds(&config)?;
+        eprintln!("bench: beside Xen, round {round}/{rounds}: Xen {x:.3} s, Lazaret {l:.3} s");
+        xen_s.push(x);
+        ours.push(l);
+    }
+    let x = xen::median(&mut xen_s).ok_or("no Xen run")?;
+    let l = xen::median(&mut ours).ok_or("no Lazaret run")?;
+    let tag = format!("beside-xen intel qemu-7.2 {rounds} rounds");
+    let row = |name: &str, value: f64, unit: &str| Row {
+        config: tag.clone(),
+        name: name.into(),
+        value,
+        unit: unit.into(),
+    };
+    Ok(vec![
+        row("xen-to-dom0-handover-median", x * 1000.0, "ms"),
+        row("lazaret-to-all-quarantined-median", l * 1000.0, "ms"),
+        row("xen-over-lazaret", x / l, "x"),
+    ])
 }
