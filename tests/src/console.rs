@@ -70,9 +70,53 @@ impl Figure {
     }
 }
 
+/// A console line as the demo shows it on a terminal: RESULT verdicts green or red, phase
+/// headings (`== …`) bold, warnings and errors coloured. Only ever applied when stdout is a
+/// terminal and `NO_COLOR` is unset; the kernel's own bytes never carry escapes (`clean`).
+pub fn paint(line: &str) -> String {
+    const GREEN: &str = "\x1b[32m";
+    const RED: &str = "\x1b[1;31m";
+    const BOLD: &str = "\x1b[1m";
+    const YELLOW: &str = "\x1b[33m";
+    const RESET: &str = "\x1b[0m";
+    if let Some(r) = ResultLine::parse(line) {
+        let (colour, verdict) = if r.pass {
+            (GREEN, "pass")
+        } else {
+            (RED, "FAIL")
+        };
+        return format!("RESULT {} {colour}{verdict}{RESET} {}", r.name, r.details);
+    }
+    if line.starts_with("==") {
+        return format!("{BOLD}{line}{RESET}");
+    }
+    if line.contains(" ERROR ") || line.starts_with("LAZARET EXIT failure") {
+        return format!("{RED}{line}{RESET}");
+    }
+    if line.contains(" WARN ") {
+        return format!("{YELLOW}{line}{RESET}");
+    }
+    line.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paint_colours_verdicts_and_headings_and_nothing_else() {
+        assert_eq!(
+            paint("RESULT boot pass all good"),
+            "RESULT boot \x1b[32mpass\x1b[0m all good"
+        );
+        assert!(paint("RESULT boot fail no").contains("\x1b[1;31mFAIL\x1b[0m"));
+        assert_eq!(paint("== 2. quarantine"), "\x1b[1m== 2. quarantine\x1b[0m");
+        assert_eq!(paint("plain text"), "plain text");
+        assert_eq!(
+            clean(paint("RESULT a pass b").as_bytes()),
+            "RESULT a pass b"
+        );
+    }
 
     #[test]
     fn cleans_escape_sequences_and_carriage_returns() {

@@ -319,6 +319,16 @@ fn qemu_slot() -> std::sync::MutexGuard<'static, usize> {
 
 /// Boots `config`, capturing the console; `echo` also streams it to our stdout (the demo).
 pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
+    use std::io::IsTerminal;
+    let colour = echo && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let show = |line: &str| {
+        if colour {
+            println!("{}", console::paint(line));
+        } else {
+            println!("{line}");
+        }
+        let _ = std::io::stdout().flush();
+    };
     let images = build_images()?;
     let qemu_version = config.qemu.version()?;
     let _slot = qemu_slot();
@@ -358,8 +368,7 @@ pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(line) => {
                 if echo {
-                    println!("{line}");
-                    let _ = std::io::stdout().flush();
+                    show(&line);
                 }
                 lines.push(line);
                 arrived.push(start.elapsed());
@@ -371,7 +380,7 @@ pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
             // Drain what the reader threads still hold.
             while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
                 if echo {
-                    println!("{line}");
+                    show(&line);
                 }
                 lines.push(line);
                 arrived.push(start.elapsed());
