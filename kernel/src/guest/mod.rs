@@ -2,3 +2,4 @@
 //! hypercall console prints), the guest lifecycle under the device lock, and the exit loop.
 pub mod console;
 pub mod cpuid;
+pub mod spec;

@@ -8,6 +8,7 @@ mod fault_storm;
 mod groups;
 mod memory;
 mod quarantine_dma;
+pub mod story;
 
 use lazaret_rt::exit::ExitCode;
 
