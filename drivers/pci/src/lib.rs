@@ -32,6 +32,7 @@ mod port_io;
 mod regs;
 #[cfg(test)]
 mod topology_tests;
+pub mod virt;
 
 pub use bar::{bar_address, Bar, BarKind};
 pub use capability::{
