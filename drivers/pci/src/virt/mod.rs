@@ -31,6 +31,8 @@ mod layout;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
+mod placement_props;
+#[cfg(test)]
 mod tests;
 
 pub use address::{CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
