@@ -7,7 +7,7 @@ use core::cell::RefCell;
 use lazaret_types::Sbdf;
 use proptest::prelude::*;
 
-use super::tests::{assigned, at, bus_for, config_address, machine, GuestView};
+use super::fixture::{assigned, bus_for, config_address, machine, protected, GuestView};
 use crate::fake::FakeConfigSpace;
 use crate::{enumerate, BarKind, ConfigSpace};
 
@@ -73,30 +73,6 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (port, width, value()).prop_map(|(p, w, v)| Op::Write(p, w, v)),
         1 => (0usize..3, any::<bool>(), any::<bool>()).prop_map(|(n, b, a)| Op::Allow(n, b, a)),
     ]
-}
-
-/// Every dword of every real function that a guest must not change: all of an unassigned
-/// function, and the BARs and ROM of an assigned one.
-fn protected(cfg: &FakeConfigSpace) -> Vec<(Sbdf, u16, Option<u32>)> {
-    let everyone = [
-        at(0, 0, 0),
-        at(0, 2, 0),
-        at(0, 3, 0),
-        at(0, 4, 0),
-        at(0, 4, 1),
-        at(0, 0x1c, 0),
-        at(1, 0, 0),
-    ];
-    let mut dwords = Vec::new();
-    for f in everyone {
-        let guarded: Vec<u16> = if assigned().contains(&f) {
-            (0x10..=0x30).step_by(4).collect()
-        } else {
-            (0..0x100).step_by(4).collect()
-        };
-        dwords.extend(guarded.into_iter().map(|o| (f, o, cfg.peek(f, o))));
-    }
-    dwords
 }
 
 proptest! {

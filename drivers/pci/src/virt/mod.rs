@@ -29,7 +29,11 @@ mod function;
 mod layout;
 
 #[cfg(test)]
+mod fixture;
+#[cfg(test)]
 mod fuzz;
+#[cfg(test)]
+mod layout_tests;
 #[cfg(test)]
 mod placement_props;
 #[cfg(test)]

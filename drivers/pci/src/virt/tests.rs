@@ -1,172 +1,19 @@
-//! The virtual bus seen the way a guest OS sees it: through ports 0xCF8/0xCFC, over a fake
-//! machine holding assigned and unassigned functions.
+//! The virtual bus seen the way a guest OS sees it: through ports 0xCF8/0xCFC.
 use alloc::vec::Vec;
-use core::cell::RefCell;
 
 use lazaret_types::{Bdf, Sbdf};
 
-use super::{BarMapping, VirtualBus, VirtualBusError};
+use super::fixture::{
+    assigned, at, bus_for, config_address, machine, protected, real_functions, view, GuestView, EDU,
+};
+use super::{VirtualBus, VirtualBusError};
 use crate::fake::{FakeConfigSpace, FakeFunction};
-use crate::{enumerate, Bar, BarKind, ConfigSpace, HeaderKind, PciFunction};
-
-pub const WINDOW: (u64, u64) = (0xc000_0000, 0x1000_0000);
-const EDU: (u16, u16) = (0x1234, 0x11e8);
-
-pub fn at(bus: u8, device: u8, function: u8) -> Sbdf {
-    Sbdf::new(0, Bdf::new(bus, device, function).unwrap())
-}
-
-/// CONFIG_ADDRESS for `bdf`/`offset`, encoded here from §3.2.2.3.2, not by the code under test.
-pub fn config_address(bus: u8, device: u8, function: u8, offset: u8) -> u32 {
-    (1 << 31)
-        | (u32::from(bus) << 16)
-        | (u32::from(device) << 11)
-        | (u32::from(function) << 8)
-        | u32::from(offset & 0xfc)
-}
-
-/// Real 00:02.0 and 00:03.0 are edus (the first assigned), 00:04.0/.1 one multi-function
-/// device (.1 assigned: 64-bit prefetchable BAR, an I/O BAR, a ROM), 00:1c.0 a bridge to bus 1
-/// where 01:00.0 sits (assigned).
-pub fn machine() -> FakeConfigSpace {
-    let mut cfg = FakeConfigSpace::new();
-    cfg.insert(
-        at(0, 0, 0),
-        FakeFunction::endpoint(0x8086, 0x29c0, 0x06_00_00),
-    );
-    let edu = |base| {
-        FakeFunction::endpoint(EDU.0, EDU.1, 0x00_ff_00)
-            .command(0x0002)
-            .bar_mem32(0, base, 1 << 20, false)
-            .capability(crate::cap_id::MSI, 0x0080, &[0, 0, 0])
-    };
-    cfg.insert(at(0, 2, 0), edu(0xfea0_0000));
-    cfg.insert(at(0, 3, 0), edu(0xfeb0_0000));
-    cfg.insert(
-        at(0, 4, 0),
-        FakeFunction::endpoint(0x8086, 0x10d3, 0x02_00_00)
-            .multi_function()
-            .bar_mem32(0, 0xfec0_0000, 128 << 10, false),
-    );
-    cfg.insert(
-        at(0, 4, 1),
-        FakeFunction::endpoint(0x8086, 0x10d4, 0x02_00_00)
-            .multi_function()
-            .command(0x0001)
-            .bar_mem64(0, 0x8_0000_0000, 8 << 20, true)
-            .bar_io(2, 0xc000, 32)
-            .bar_mem32(3, 0xfed0_0000, 16 << 10, false)
-            .raw(0x30, 0xfe00_0001)
-            .pcie(0, true),
-    );
-    cfg.insert(
-        at(0, 0x1c, 0),
-        FakeFunction::bridge(0x8086, 0x2948, 0, 1, 1),
-    );
-    cfg.insert(
-        at(1, 0, 0),
-        FakeFunction::endpoint(0x1b36, 0x0010, 0x01_08_02).bar_mem64(
-            0,
-            0xfe80_0000,
-            16 << 10,
-            false,
-        ),
-    );
-    cfg
-}
-
-pub fn assigned() -> [Sbdf; 3] {
-    [at(0, 2, 0), at(0, 4, 1), at(1, 0, 0)]
-}
-
-/// The real functions as the kernel's enumeration found them.
-pub fn real_functions(cfg: &FakeConfigSpace) -> Vec<PciFunction> {
-    let found = enumerate(cfg, 0, &[0]);
-    assigned()
-        .iter()
-        .map(|&s| found.get(s).cloned().unwrap())
-        .collect()
-}
-
-pub fn bus_for(cfg: &FakeConfigSpace) -> VirtualBus {
-    let functions = real_functions(cfg);
-    let list: Vec<(Sbdf, &[Bar])> = functions.iter().map(|f| (f.sbdf, &f.bars[..])).collect();
-    VirtualBus::new(&list, WINDOW).unwrap()
-}
-
-/// A guest's view: configuration space through the virtual bus's ports, so the crate's own
-/// enumerator can scan it the way an OS would.
-pub struct GuestView<'a, C: ConfigSpace> {
-    pub bus: RefCell<VirtualBus>,
-    pub cfg: &'a C,
-}
-
-impl<C: ConfigSpace> GuestView<'_, C> {
-    fn select(&self, addr: Sbdf, offset: u16) {
-        let b = addr.bdf;
-        let address = config_address(b.bus(), b.device(), b.function(), offset as u8);
-        self.bus
-            .borrow_mut()
-            .port_write(self.cfg, 0xcf8, 4, address);
-    }
-
-    pub fn read(&self, port: u16, width: u8) -> u32 {
-        self.bus.borrow().port_read(self.cfg, port, width)
-    }
-
-    pub fn write(&self, port: u16, width: u8, value: u32) {
-        self.bus
-            .borrow_mut()
-            .port_write(self.cfg, port, width, value)
-    }
-}
-
-impl<C: ConfigSpace> ConfigSpace for GuestView<'_, C> {
-    fn read32(&self, addr: Sbdf, offset: u16) -> u32 {
-        if addr.segment != 0 || offset > 0xff {
-            return u32::MAX;
-        }
-        self.select(addr, offset);
-        self.read(0xcfc, 4)
-    }
-
-    fn write32(&self, addr: Sbdf, offset: u16, value: u32) {
-        if addr.segment == 0 && offset <= 0xff {
-            self.select(addr, offset);
-            self.write(0xcfc, 4, value);
-        }
-    }
-}
-
-fn view(cfg: &FakeConfigSpace) -> GuestView<'_, FakeConfigSpace> {
-    GuestView {
-        bus: RefCell::new(bus_for(cfg)),
-        cfg,
-    }
-}
-
-/// BARs and ROM of every real function, to check that no guest write reached them.
-pub fn real_bars(cfg: &FakeConfigSpace) -> Vec<Option<u32>> {
-    let everyone = [
-        at(0, 0, 0),
-        at(0, 2, 0),
-        at(0, 3, 0),
-        at(0, 4, 0),
-        at(0, 4, 1),
-        at(0, 0x1c, 0),
-        at(1, 0, 0),
-    ];
-    everyone
-        .iter()
-        .flat_map(|&f| (0x10..=0x30).step_by(4).map(move |o| (f, o)))
-        .map(|(f, o)| cfg.peek(f, o))
-        .collect()
-}
+use crate::{enumerate, BarKind, HeaderKind};
 
 #[test]
 fn an_os_scan_finds_exactly_the_assigned_functions_with_their_real_bar_sizes() {
     let cfg = machine();
-    let bars_before = real_bars(&cfg);
+    let bars_before = protected(&cfg);
     let reals = real_functions(&cfg);
     let guest = view(&cfg);
     let host_writes = cfg.writes().len();
@@ -203,7 +50,11 @@ fn an_os_scan_finds_exactly_the_assigned_functions_with_their_real_bar_sizes() {
             );
         }
     }
-    assert_eq!(bars_before, real_bars(&cfg), "no real BAR was written");
+    assert_eq!(
+        bars_before,
+        protected(&cfg),
+        "no real BAR, no unassigned function written"
+    );
     let guest_writes = &cfg.writes()[host_writes..];
     assert!(
         !guest_writes.is_empty(),
@@ -211,45 +62,6 @@ fn an_os_scan_finds_exactly_the_assigned_functions_with_their_real_bar_sizes() {
     );
     for w in guest_writes {
         assert!(assigned().contains(&w.at) && w.offset == 0x04, "{w:?}");
-    }
-}
-
-#[test]
-fn bars_are_placed_naturally_aligned_disjoint_and_inside_the_window() {
-    let cfg = machine();
-    let bus = bus_for(&cfg);
-    let summary: Vec<_> = bus
-        .mappings()
-        .iter()
-        .map(|m| (m.function, m.index, m.host_phys, m.size))
-        .collect();
-    assert_eq!(
-        summary,
-        vec![
-            (at(0, 2, 0), 0, 0xfea0_0000, 1 << 20),
-            (at(0, 4, 1), 0, 0x8_0000_0000, 8 << 20),
-            (at(0, 4, 1), 3, 0xfed0_0000, 16 << 10),
-            (at(1, 0, 0), 0, 0xfe80_0000, 16 << 10),
-        ]
-    );
-    check_placement(bus.mappings());
-}
-
-/// Natural alignment, inside the window, no two overlapping.
-pub fn check_placement(mappings: &[BarMapping]) {
-    let (base, size) = WINDOW;
-    for (i, m) in mappings.iter().enumerate() {
-        assert_eq!(m.gpa % m.size, 0, "{m:?} naturally aligned");
-        assert!(
-            m.gpa >= base && m.gpa + m.size <= base + size,
-            "{m:?} in the window"
-        );
-        for other in &mappings[i + 1..] {
-            assert!(
-                m.gpa + m.size <= other.gpa || other.gpa + other.size <= m.gpa,
-                "{m:?} {other:?}"
-            );
-        }
     }
 }
 
@@ -271,7 +83,7 @@ fn guest_write(guest: &GuestView<'_, FakeConfigSpace>, device: u8, offset: u8, v
 fn bar_sizing_answers_with_the_real_size_and_a_guest_cannot_move_a_bar() {
     let cfg = machine();
     let guest = view(&cfg);
-    let bars_before = real_bars(&cfg);
+    let bars_before = protected(&cfg);
     let gpa = |f: Sbdf, i: u8| {
         let bus = guest.bus.borrow();
         bus.mappings()
@@ -313,7 +125,11 @@ fn bar_sizing_answers_with_the_real_size_and_a_guest_cannot_move_a_bar() {
     // Slot 3: 16 KiB 32-bit.
     guest_write(&guest, 1, 0x1c, u32::MAX);
     assert_eq!(guest_read(&guest, 1, 0x1c), 0xffff_c000);
-    assert_eq!(bars_before, real_bars(&cfg), "no real BAR was written");
+    assert_eq!(
+        bars_before,
+        protected(&cfg),
+        "no real BAR, no unassigned function written"
+    );
 }
 
 #[test]
@@ -475,129 +291,6 @@ fn what_is_no_configuration_access_reads_all_ones_and_writes_nothing() {
     assert_eq!(cfg.writes().len(), host_writes);
     assert!(VirtualBus::handles_port(0xcf8) && VirtualBus::handles_port(0xcff));
     assert!(!VirtualBus::handles_port(0xcf7) && !VirtualBus::handles_port(0xd00));
-}
-
-fn mem32(index: u8, base: u64, size: u64) -> Bar {
-    Bar {
-        index,
-        kind: BarKind::Mem32,
-        prefetchable: false,
-        base,
-        size,
-    }
-}
-
-fn mem64(index: u8, base: u64, size: u64) -> Bar {
-    Bar {
-        kind: BarKind::Mem64,
-        ..mem32(index, base, size)
-    }
-}
-
-fn build(functions: &[(Sbdf, &[Bar])], window: (u64, u64)) -> Result<(), VirtualBusError> {
-    VirtualBus::new(functions, window).map(|_| ())
-}
-
-#[test]
-fn construction_errors_are_clean() {
-    let f = at(0, 2, 0);
-    let one: &[Bar] = &[mem32(0, 0xfea0_0000, 1 << 20)];
-    let bad_window = |gpa, size| Err(VirtualBusError::BadWindow { gpa, size });
-    assert_eq!(
-        build(&[(f, one)], (0xc000_0000, 0)),
-        bad_window(0xc000_0000, 0)
-    );
-    assert_eq!(
-        build(&[(f, one)], (0xc000_0800, 1 << 20)),
-        bad_window(0xc000_0800, 1 << 20)
-    );
-    assert_eq!(
-        build(&[(f, one)], (0xc000_0000, 0x1800)),
-        bad_window(0xc000_0000, 0x1800)
-    );
-    assert_eq!(
-        build(&[(f, one)], (u64::MAX - 0xfff, 0x2000)),
-        bad_window(u64::MAX - 0xfff, 0x2000)
-    );
-
-    let many: Vec<(Sbdf, &[Bar])> = (0..33).map(|d| (at(2, d % 32, d / 32), &[][..])).collect();
-    assert_eq!(
-        build(&many, WINDOW),
-        Err(VirtualBusError::TooManyFunctions { count: 33 })
-    );
-    assert_eq!(build(&many[..32], WINDOW), Ok(()));
-    assert_eq!(
-        build(&[(f, one), (f, &[])], WINDOW),
-        Err(VirtualBusError::DuplicateFunction(f))
-    );
-
-    let bar = |bar: Bar| build(&[(f, &[bar])], WINDOW);
-    let bad = |index| Err(VirtualBusError::BadBar { function: f, index });
-    assert_eq!(bar(mem32(6, 0xfea0_0000, 4096)), bad(6));
-    assert_eq!(bar(mem64(5, 0xfea0_0000, 4096)), bad(5));
-    assert_eq!(bar(mem32(0, 0xfea0_0000, 0x3000)), bad(0));
-    assert_eq!(bar(mem64(0, u64::MAX - 0xfff, 0x2000)), bad(0));
-    let overlap: &[Bar] = &[mem64(0, 0xfea0_0000, 4096), mem32(1, 0xfeb0_0000, 4096)];
-    assert_eq!(build(&[(f, overlap)], WINDOW), bad(1));
-    assert_eq!(
-        bar(mem32(2, 0, 4096)),
-        Err(VirtualBusError::BarNotProgrammed {
-            function: f,
-            index: 2
-        })
-    );
-    let unaligned = |index| Err(VirtualBusError::BarNotPageAligned { function: f, index });
-    assert_eq!(bar(mem32(1, 0xfea0_0010, 16)), unaligned(1));
-    assert_eq!(bar(mem32(1, 0xfea0_0800, 4096)), unaligned(1));
-    let io = Bar {
-        kind: BarKind::Io,
-        ..mem32(1, 0xc010, 16)
-    };
-    assert_eq!(bar(io), Ok(()), "I/O BARs are skipped, not refused");
-
-    let big: &[Bar] = &[
-        mem64(0, 0x10_0000_0000, 128 << 20),
-        mem64(2, 0x20_0000_0000, 128 << 20),
-    ];
-    let g = at(0, 3, 0);
-    assert_eq!(build(&[(f, big)], WINDOW), Ok(()));
-    assert_eq!(
-        build(&[(f, big), (g, one)], WINDOW),
-        Err(VirtualBusError::WindowTooSmall {
-            function: g,
-            index: 0
-        })
-    );
-    let straddling = (0xfff0_0000, 3 << 20);
-    let two: &[Bar] = &[
-        mem32(0, 0xfea0_0000, 1 << 20),
-        mem32(1, 0xfeb0_0000, 1 << 20),
-    ];
-    assert_eq!(
-        build(&[(f, two)], straddling),
-        Err(VirtualBusError::Bar32OutOfReach {
-            function: f,
-            index: 1
-        })
-    );
-    let wide: &[Bar] = &[
-        mem32(0, 0xfea0_0000, 1 << 20),
-        mem64(1, 0xfeb0_0000, 1 << 20),
-    ];
-    assert_eq!(
-        build(&[(f, wide)], straddling),
-        Ok(()),
-        "a 64-bit BAR may sit above 4 GiB"
-    );
-    for e in [
-        VirtualBusError::TooManyFunctions { count: 33 },
-        VirtualBusError::WindowTooSmall {
-            function: g,
-            index: 0,
-        },
-    ] {
-        assert!(!alloc::format!("{e}").is_empty());
-    }
 }
 
 #[test]
