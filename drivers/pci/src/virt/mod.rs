@@ -35,6 +35,8 @@ mod fuzz;
 #[cfg(test)]
 mod layout_tests;
 #[cfg(test)]
+mod no_alloc;
+#[cfg(test)]
 mod placement_props;
 #[cfg(test)]
 mod tests;
