@@ -76,7 +76,8 @@ impl VirtualBus {
     /// A bus holding `functions` — each the real function and its BARs as enumeration found
     /// them ([`crate::PciFunction::bars`]) — at virtual devices 0, 1, … in this order, with
     /// their memory BARs placed in `window` = (guest-physical base, size). Nothing is read or
-    /// written; on an error there is no bus and nothing to undo.
+    /// written; on an error there is no bus and nothing to undo. The functions are meant to be
+    /// type 0 endpoints: a bridge would read as one, with nothing behind it (bus ≠ 0 is empty).
     pub fn new(
         functions: &[(Sbdf, &[Bar])],
         window: (u64, u64),
