@@ -7,7 +7,9 @@
 //! and returns every function with its class, BARs, capabilities, PCI Express port type and
 //! the bridge above it — what the device registry needs to quarantine each function and to
 //! compute requester-ID aliases. Nothing read from hardware can make it panic or loop: bad
-//! topology and bad registers end up in [`Enumeration::issues`].
+//! topology and bad registers end up in [`Enumeration::issues`]. [`virt`] is the other side:
+//! the virtual bus a guest scans through intercepted ports 0xCF8/0xCFC, holding only its
+//! assigned functions, answered from the real ones with BARs, ROM and Command virtualised.
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;
@@ -32,6 +34,7 @@ mod port_io;
 mod regs;
 #[cfg(test)]
 mod topology_tests;
+pub mod virt;
 
 pub use bar::{bar_address, Bar, BarKind};
 pub use capability::{
