@@ -235,6 +235,13 @@ fn bad_lists_are_refused_and_allocate_nothing() {
         &[ram(1 << 47, 0, 0x1000)]
     )
     .is_ok());
+    // Touching is not overlapping, in either order.
+    let touching = [
+        ram(0x2000, 0, 0x1000),
+        ram(0x1000, 0, 0x1000),
+        ram(0x3000, 0, 0x1000),
+    ];
+    assert!(build(&mem, &mut alloc, Config::nested(true), &touching).is_ok());
 }
 
 #[test]
