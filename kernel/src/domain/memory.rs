@@ -99,6 +99,24 @@ impl GuestMemory {
         Some(memory)
     }
 
+    /// A map from runs that follow each other from gpa 0 without holes (tests and figures;
+    /// [`GuestMemory::allocate`] is how a guest gets memory). `None` if they do not.
+    pub fn from_runs(runs: Vec<Run>) -> Option<GuestMemory> {
+        let mut gpa = 0;
+        for r in &runs {
+            if r.gpa != gpa || r.is_empty() || !r.hpa.is_page_aligned() {
+                return None;
+            }
+            gpa = r.gpa.checked_add(r.len())?;
+        }
+        Some(GuestMemory { runs })
+    }
+
+    /// Every page the IOMMU maps for this memory, the largest alignment allows: (gpa, hpa, size).
+    pub fn iommu_pages(&self) -> impl Iterator<Item = (u64, PhysAddr, PageSize)> + '_ {
+        self.runs.iter().flat_map(Run::pages_by_size)
+    }
+
     /// Appends `pages` frames from `hpa` at the end of the map, merged into the last run when
     /// they continue it. `false` when the heap has no room for a new run.
     fn push(&mut self, hpa: PhysAddr, pages: u64) -> bool {
@@ -233,6 +251,19 @@ mod tests {
         assert_eq!(mem.read_u64(m.host_address(0x2008).unwrap()), 0);
         m.free(&mut a);
         assert_eq!((a.frames_in_use(), m.size(), m.runs().len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn from_runs_wants_runs_from_0_without_holes() {
+        let run = |gpa, pages| Run {
+            gpa,
+            hpa: PhysAddr(0x10_0000),
+            pages,
+        };
+        assert!(GuestMemory::from_runs(alloc::vec![run(0, 2), run(0x2000, 1)]).is_some());
+        assert!(GuestMemory::from_runs(alloc::vec![run(0x1000, 2)]).is_none());
+        assert!(GuestMemory::from_runs(alloc::vec![run(0, 2), run(0x3000, 1)]).is_none());
+        assert!(GuestMemory::from_runs(alloc::vec![run(0, 0)]).is_none());
     }
 
     #[test]

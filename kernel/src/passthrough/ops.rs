@@ -171,14 +171,10 @@ pub fn create_domain<V: Vendor>(
         memory.free(alloc);
         return Err(IommuError::OutOfDomainIds.into());
     };
-    let mapped = memory
-        .runs()
-        .iter()
-        .flat_map(|r| r.pages_by_size())
-        .try_for_each(|(gpa, hpa, size)| {
-            s.vendor
-                .map_sized(&mut tables, alloc, &dids, gpa, hpa, size, true)
-        });
+    let mapped = memory.iommu_pages().try_for_each(|(gpa, hpa, size)| {
+        s.vendor
+            .map_sized(&mut tables, alloc, &dids, gpa, hpa, size, true)
+    });
     if let Err(e) = mapped {
         s.vendor.free_tables(alloc, tables);
         super::dids::release_each(s.dids.iter_mut(), &dids);
