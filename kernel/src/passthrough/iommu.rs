@@ -292,7 +292,7 @@ impl PageSize {
     /// The largest size that `iova`, `pa` and `remaining` bytes allow.
     pub const fn largest(iova: u64, pa: u64, remaining: u64) -> PageSize {
         let big = PageSize::Size2M.bytes();
-        if iova % big == 0 && pa % big == 0 && remaining >= big {
+        if iova.is_multiple_of(big) && pa.is_multiple_of(big) && remaining >= big {
             PageSize::Size2M
         } else {
             PageSize::Size4K
