@@ -8,14 +8,16 @@ use std::rc::Rc;
 
 use lazaret_amd_vi::sim_device::SimAmdVi;
 use lazaret_amd_vi::{AmdViUnit, DeviceTable};
+use lazaret_kernel::cmdline::QuarantineMode;
 use lazaret_kernel::domain::{build_nested_tables, GuestMemory, MmioMapping, Run};
 use lazaret_kernel::iommu::amd::{AmdViIommu, UnitSetup};
 use lazaret_kernel::iommu::vtd::{UnitConfig, VtdIommu};
-use lazaret_kernel::passthrough::iommu::Vendor;
+use lazaret_kernel::passthrough::iommu::{Inspect, PageSize, Vendor};
+use lazaret_kernel::passthrough::{self, DeviceKind, DeviceLock};
 use lazaret_types::poll::StepClock;
 use lazaret_types::sim::{SimFrameAllocator, SimMemory, SimRegisters};
-use lazaret_types::{FrameAllocator, PhysAddr, PhysMem, PAGE_SIZE};
-use lazaret_vtd::sim_device::{SimVtd, DEFAULT_CAP, DEFAULT_ECAP};
+use lazaret_types::{Bdf, FrameAllocator, PhysAddr, PhysMem, Sbdf, PAGE_SIZE};
+use lazaret_vtd::sim_device::{SimRef, SimVtd, DEFAULT_CAP, DEFAULT_ECAP};
 
 const GUEST_PAGES: u64 = 256 << 8; // 256 MiB
 /// CAP.SLLPS bit 0 (§10.4.2): 2 MiB second-level pages.
@@ -28,6 +30,12 @@ const BAR: MmioMapping = MmioMapping {
     gpa: 0xC000_0000,
     hpa: PhysAddr(0xFE00_0000),
     len: 0x100_0000,
+};
+
+/// The device the end-to-end test assigns: 00:01.0.
+const DEVICE: Sbdf = Sbdf {
+    segment: 0,
+    bdf: Bdf::from_requester_id(0x08),
 };
 
 /// Simulated RAM that records the address of every 8-byte write.
@@ -122,13 +130,17 @@ fn iommu_cost<V: Vendor>(
     )
 }
 
-fn vtd(cap: u64, memory: &GuestMemory, check: impl Fn(&SimMemory, PhysAddr)) -> Cost {
-    let sim = SimVtd::with_caps(cap, DEFAULT_ECAP);
-    let mem = Counting {
-        mem: sim.mem.clone(),
+type Vtd<'a> = VtdIommu<'a, Counting, SimRef<'a>, StepClock>;
+type Amd<'a> = AmdViIommu<'a, Counting, SimRegisters, StepClock>;
+
+fn counting(mem: &Rc<SimMemory>) -> Counting {
+    Counting {
+        mem: mem.clone(),
         writes: RefCell::new(Vec::new()),
-    };
-    let mut alloc = SimFrameAllocator::new(&sim.mem, WINDOW, WINDOW_FRAMES);
+    }
+}
+
+fn vtd_iommu<'a>(sim: &'a SimVtd, mem: &'a Counting, alloc: &mut SimFrameAllocator<'a>) -> Vtd<'a> {
     let unit = UnitConfig {
         regs: sim.mmio(),
         segment: 0,
@@ -137,32 +149,17 @@ fn vtd(cap: u64, memory: &GuestMemory, check: impl Fn(&SimMemory, PhysAddr)) -> 
         include_all: true,
     };
     let clock = StepClock::default();
-    let coherent = lazaret_vtd::Coherent;
-    let mut iommu = VtdIommu::new(
-        &mem,
-        &coherent,
-        clock,
-        vec![unit],
-        BTreeMap::new(),
-        &mut alloc,
-    )
-    .unwrap();
-    let (tables, cost) = iommu_cost(&mut iommu, &mem, &mut alloc, memory);
-    check(&sim.mem, tables.root());
-    cost
+    let coherent = &lazaret_vtd::Coherent;
+    VtdIommu::new(mem, coherent, clock, vec![unit], BTreeMap::new(), alloc).unwrap()
 }
 
-fn amd(memory: &GuestMemory, check: impl Fn(&SimMemory, PhysAddr)) -> Cost {
-    let raw = Rc::new(SimMemory::new());
+/// The simulated unit lives on in the write hook `install` puts on the registers.
+fn amd_iommu<'a>(mem: &'a Counting, alloc: &mut SimFrameAllocator<'a>) -> Amd<'a> {
     let regs = SimRegisters::new();
-    let _unit = SimAmdVi::install(&regs, raw.clone(), AMD_EFR);
-    let mem = Counting {
-        mem: raw.clone(),
-        writes: RefCell::new(Vec::new()),
-    };
-    let mut alloc = SimFrameAllocator::new(&raw, WINDOW, WINDOW_FRAMES);
-    let hw = AmdViUnit::new(regs, &*raw, &mut alloc, 1000).unwrap();
-    let table = DeviceTable::new(&*raw, PhysAddr(0x80_0000), 0xff).unwrap();
+    let _unit = SimAmdVi::install(&regs, mem.mem.clone(), AMD_EFR);
+    let raw: &SimMemory = &mem.mem;
+    let hw = AmdViUnit::new(regs, raw, alloc, 1000).unwrap();
+    let table = DeviceTable::new(raw, PhysAddr(0x80_0000), 0xff).unwrap();
     hw.set_device_table(&table);
     hw.enable(&StepClock::default()).unwrap();
     let setup = UnitSetup {
@@ -171,8 +168,25 @@ fn amd(memory: &GuestMemory, check: impl Fn(&SimMemory, PhysAddr)) -> Cost {
         segment: 0,
         base: PhysAddr(0xfed8_0000),
     };
-    let mut iommu =
-        AmdViIommu::new(&mem, StepClock::default(), vec![setup], BTreeMap::new()).unwrap();
+    let coverage = [(DEVICE, 0)].into_iter().collect();
+    AmdViIommu::new(mem, StepClock::default(), vec![setup], coverage).unwrap()
+}
+
+fn vtd(cap: u64, memory: &GuestMemory, check: impl Fn(&SimMemory, PhysAddr)) -> Cost {
+    let sim = SimVtd::with_caps(cap, DEFAULT_ECAP);
+    let mem = counting(&sim.mem);
+    let mut alloc = SimFrameAllocator::new(&sim.mem, WINDOW, WINDOW_FRAMES);
+    let mut iommu = vtd_iommu(&sim, &mem, &mut alloc);
+    let (tables, cost) = iommu_cost(&mut iommu, &mem, &mut alloc, memory);
+    check(&sim.mem, tables.root());
+    cost
+}
+
+fn amd(memory: &GuestMemory, check: impl Fn(&SimMemory, PhysAddr)) -> Cost {
+    let raw = Rc::new(SimMemory::new());
+    let mem = counting(&raw);
+    let mut alloc = SimFrameAllocator::new(&raw, WINDOW, WINDOW_FRAMES);
+    let mut iommu = amd_iommu(&mem, &mut alloc);
     let (tables, cost) = iommu_cost(&mut iommu, &mem, &mut alloc, memory);
     check(&raw, tables.root());
     cost
@@ -299,4 +313,162 @@ fn mapping_a_256_mib_guest_with_4k_and_2m_pages() {
             "pages",
         );
     }
+}
+
+/// A simulated allocator with 2 MiB blocks as well, from a second, 2 MiB aligned window.
+struct Blocks<'m> {
+    small: SimFrameAllocator<'m>,
+    large: SimFrameAllocator<'m>,
+}
+
+const BLOCKS: PhysAddr = PhysAddr(0x4000_0000);
+
+impl<'m> Blocks<'m> {
+    fn new(mem: &'m SimMemory, small: SimFrameAllocator<'m>) -> Blocks<'m> {
+        let large = SimFrameAllocator::new(mem, BLOCKS, 4 * 512);
+        Blocks { small, large }
+    }
+}
+
+impl FrameAllocator for Blocks<'_> {
+    fn alloc_frame(&mut self) -> Option<PhysAddr> {
+        self.small.alloc_frame()
+    }
+    fn free_frame(&mut self, frame: PhysAddr) {
+        if frame >= BLOCKS {
+            self.large.free_frame(frame)
+        } else {
+            self.small.free_frame(frame)
+        }
+    }
+    fn frames_in_use(&self) -> usize {
+        self.small.frames_in_use() + self.large.frames_in_use()
+    }
+    /// Whole blocks only, one after another (freed frames come back last-freed first, so a
+    /// block is taken only from a window with nothing freed in it).
+    fn alloc_contiguous(&mut self, pages: usize) -> Option<PhysAddr> {
+        assert_eq!(pages, 512);
+        let first = self.large.alloc_frame()?;
+        for i in 1..512 {
+            let f = self.large.alloc_frame()?;
+            assert_eq!(f.0, first.0 + i * PAGE_SIZE);
+        }
+        assert_eq!(first.0 % (2 << 20), 0);
+        Some(first)
+    }
+}
+
+/// Through the core: a guest created from consecutive frames gets 2 MiB IOMMU pages where its
+/// run allows; its device's DMA to every page lands in its memory and nowhere past it;
+/// destroy gives every frame back.
+fn create_assign_destroy<V: Inspect>(iommu: V, alloc: &mut dyn FrameAllocator) {
+    let lock = DeviceLock::new(iommu, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let rids = vec![DEVICE.bdf];
+    passthrough::add_device(
+        &mut g,
+        alloc,
+        DEVICE,
+        DeviceKind::PcieEndpoint,
+        rids,
+        vec![],
+    )
+    .unwrap();
+    let in_use = alloc.frames_in_use();
+    // 2 MiB blocks, then 4 KiB frames (the run after the blocks is not 2 MiB aligned).
+    let dom = passthrough::create_domain(&mut g, alloc, "big", 1026).unwrap();
+    // Tables: root, level 3, level 2 (two 2 MiB leaves) and one leaf table for the last 8 KiB.
+    assert_eq!(alloc.frames_in_use() - in_use - 1026, 4);
+    passthrough::assign(&mut g, alloc, dom, DEVICE).unwrap();
+    let memory = &g.state().domains().get(dom).unwrap().memory;
+    let large = memory
+        .iommu_pages()
+        .filter(|p| p.2 == PageSize::Size2M)
+        .count();
+    assert_eq!(large, 2, "{:x?}", memory.runs());
+    for gpa in (0..memory.size())
+        .step_by(PAGE_SIZE as usize)
+        .map(|p| p + 0x28)
+    {
+        let want = memory.host_address(gpa).unwrap();
+        assert_eq!(g.state().translate(DEVICE, gpa, true), Ok(want), "{gpa:#x}");
+    }
+    let past = g.state().translate(DEVICE, memory.size(), false);
+    assert!(past.is_err() || past == g.state().scratch_page(DEVICE).ok_or(String::new()));
+    passthrough::destroy_domain(&mut g, alloc, dom).unwrap();
+    assert_eq!(alloc.frames_in_use(), in_use);
+}
+
+#[test]
+fn create_domain_maps_its_runs_with_2m_iommu_pages_on_both_vendors() {
+    let sim = SimVtd::with_caps(DEFAULT_CAP | SLLPS_2M, DEFAULT_ECAP);
+    let mem = counting(&sim.mem);
+    let mut alloc = SimFrameAllocator::new(&sim.mem, WINDOW, WINDOW_FRAMES);
+    let iommu = vtd_iommu(&sim, &mem, &mut alloc);
+    create_assign_destroy(iommu, &mut Blocks::new(&sim.mem, alloc));
+
+    let raw = Rc::new(SimMemory::new());
+    let mem = counting(&raw);
+    let mut alloc = SimFrameAllocator::new(&raw, WINDOW, WINDOW_FRAMES);
+    let iommu = amd_iommu(&mem, &mut alloc);
+    create_assign_destroy(iommu, &mut Blocks::new(&raw, alloc));
+}
+
+/// A 2 MiB map and unmap through the seam: every 4 KiB of it reachable, then none, whether
+/// the unit holds one large leaf or (VT-d without SLLPS) 512 small ones; a 4 KiB unmap inside
+/// a large leaf is refused and changes nothing.
+fn map_unmap_2m<V: Vendor>(
+    v: &mut V,
+    alloc: &mut SimFrameAllocator<'_>,
+    reach: impl Fn(&V::Tables, u64) -> Option<PhysAddr>,
+    large_leaf: bool,
+) {
+    let (iova, pa) = (0x4060_0000, PhysAddr(0x8_0000_0000));
+    let mut t = v.create_tables(alloc).unwrap();
+    v.map_sized(&mut t, alloc, &[1], iova, pa, PageSize::Size2M, true)
+        .unwrap();
+    let offsets = [0u64, 0x1000, 0x1f_f000];
+    for o in offsets {
+        assert_eq!(reach(&t, iova + o), Some(PhysAddr(pa.0 + o)));
+    }
+    if large_leaf {
+        assert!(v.unmap(&mut t, &[1], iova + 0x1000).is_err());
+        assert_eq!(reach(&t, iova + 0x1000), Some(PhysAddr(pa.0 + 0x1000)));
+    }
+    assert_eq!(
+        v.unmap_sized(&mut t, &[1], iova, PageSize::Size2M),
+        Ok(Some(pa))
+    );
+    for o in offsets {
+        assert_eq!(reach(&t, iova + o), None, "{o:#x}");
+    }
+    assert_eq!(
+        v.unmap_sized(&mut t, &[1], iova, PageSize::Size2M),
+        Ok(None)
+    );
+    v.free_tables(alloc, t);
+}
+
+#[test]
+fn a_2m_unmap_through_the_seam_removes_every_4k_of_it() {
+    for cap in [DEFAULT_CAP | SLLPS_2M, DEFAULT_CAP] {
+        let sim = SimVtd::with_caps(cap, DEFAULT_ECAP);
+        let mem = counting(&sim.mem);
+        let mut alloc = SimFrameAllocator::new(&sim.mem, WINDOW, WINDOW_FRAMES);
+        let mut iommu = vtd_iommu(&sim, &mem, &mut alloc);
+        let cfg = lazaret_vtd::WalkerConfig::PERMISSIVE;
+        let reach = |t: &lazaret_vtd::PageTable, iova: u64| {
+            let leaf = lazaret_vtd::walker::walk(&cfg, &*sim.mem, t.root(), 4, iova, true);
+            leaf.ok().map(|l| l.address(iova))
+        };
+        map_unmap_2m(&mut iommu, &mut alloc, reach, cap & SLLPS_2M != 0);
+    }
+    let raw = Rc::new(SimMemory::new());
+    let mem = counting(&raw);
+    let mut alloc = SimFrameAllocator::new(&raw, WINDOW, WINDOW_FRAMES);
+    let mut iommu = amd_iommu(&mem, &mut alloc);
+    let reach = |t: &lazaret_amd_vi::PageTable, iova: u64| {
+        lazaret_amd_vi::walker::walk_tables(&*raw, t.root(), 4, iova, true).ok()
+    };
+    map_unmap_2m(&mut iommu, &mut alloc, reach, true);
 }
