@@ -42,7 +42,13 @@ pub enum PageScope {
     All,
     /// The 4 KiB page at this IOVA (S = 0).
     Page(u64),
+    /// The 2 MiB page at this (2 MiB aligned) IOVA: S = 1 with address bits 19:12 set and
+    /// bit 20 clear, a naturally aligned 2^(13 + 8) byte range (§2.4.3).
+    Large(u64),
 }
+
+/// Address bits 19:12: with S = 1, eight ones above bit 12 name a 2 MiB range.
+const LARGE_RANGE_BITS: u64 = 0xff << 12;
 
 /// The commands this driver issues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +93,7 @@ impl Command {
                 let second = match scope {
                     PageScope::All => ALL_PAGES_ADDRESS | 0b11,
                     PageScope::Page(iova) => (iova & !0xfff) | 0b10,
+                    PageScope::Large(iova) => (iova & !0x1f_ffff) | LARGE_RANGE_BITS | 0b11,
                 };
                 [
                     op(opcode::INVALIDATE_IOMMU_PAGES) | ((domain_id as u64) << 32),
@@ -114,7 +121,9 @@ impl Command {
             }),
             opcode::INVALIDATE_IOMMU_PAGES => Some(Command::InvalidateIommuPages {
                 domain_id: (q0 >> 32) as u16,
-                scope: if q1 & 1 != 0 {
+                scope: if q1 & 1 != 0 && q1 & 0x1f_f000 == LARGE_RANGE_BITS {
+                    PageScope::Large(q1 & !0x1f_ffff)
+                } else if q1 & 1 != 0 {
                     PageScope::All
                 } else {
                     PageScope::Page(q1 & !0xfff)
@@ -386,11 +395,21 @@ mod tests {
                 domain_id: 3,
                 scope: PageScope::Page(0x7000),
             },
+            Command::InvalidateIommuPages {
+                domain_id: 3,
+                scope: PageScope::Large(0x4060_0000),
+            },
             Command::InvalidateIommuAll,
         ] {
             assert_eq!(Command::decode(c.encode()), Some(c));
         }
         assert_eq!(Command::decode([0, 0]), None);
+        // The 2 MiB range as §2.4.3 spells it: S = 1, address bits 19:12 ones, bit 20 zero.
+        let large = Command::InvalidateIommuPages {
+            domain_id: 3,
+            scope: PageScope::Large(0x4060_0000),
+        };
+        assert_eq!(large.encode()[1], 0x406f_f003);
     }
 
     fn queue() -> (Rc<SimMemory>, SimRegisters, SimAmdVi, CommandQueue) {

@@ -68,6 +68,44 @@ impl Rig {
 }
 
 #[test]
+fn a_2m_unmap_needs_the_2m_invalidation_for_every_cached_page_of_it() {
+    use crate::pagetable::PageSize;
+    let mem = Rc::new(SimMemory::new());
+    let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 256);
+    let mut r = rig_with(EFR, &mut a, &mem);
+    let mut g = PageTable::new(&*mem, &mut a, Levels::FOUR).unwrap();
+    let (iova, pa) = (0x4060_0000u64, 0x8_0000_0000u64);
+    g.map_sized(
+        &*mem,
+        &mut a,
+        iova,
+        PhysAddr(pa),
+        Perms::READ_WRITE,
+        PageSize::Size2M,
+    )
+    .unwrap();
+    r.switch(0x10, DeviceTableEntry::translated(g.translation_root(), 5))
+        .unwrap();
+    let far = iova + 0x1f_f000;
+    assert_eq!(r.sim.dma(0x10, iova, true), Ok(PhysAddr(pa)));
+    assert_eq!(r.sim.dma(0x10, far + 8, true), Ok(PhysAddr(pa + 0x1f_f008)));
+    assert_eq!(
+        g.unmap_sized(&*mem, iova),
+        Ok(Some((PhysAddr(pa), PageSize::Size2M)))
+    );
+    // One 4 KiB invalidation leaves the rest of the large page cached.
+    r.unit
+        .after_mapping_change(&*mem, &r.clock, 5, iova, PageSize::Size4K)
+        .unwrap();
+    assert!(r.sim.dma(0x10, iova, false).is_err());
+    assert_eq!(r.sim.dma(0x10, far, false), Ok(PhysAddr(pa + 0x1f_f000)));
+    r.unit
+        .after_mapping_change(&*mem, &r.clock, 5, iova, PageSize::Size2M)
+        .unwrap();
+    assert!(r.sim.dma(0x10, far, false).is_err());
+}
+
+#[test]
 fn caches_serve_stale_entries_until_the_right_invalidation() {
     let mem = Rc::new(SimMemory::new());
     let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 256);
@@ -92,7 +130,7 @@ fn caches_serve_stale_entries_until_the_right_invalidation() {
         .unwrap();
     assert_eq!(r.sim.dma(0x10, IOVA, false), Ok(PhysAddr(0x77_7000)));
     r.unit
-        .after_mapping_change(&*mem, &r.clock, 5, IOVA)
+        .after_mapping_change(&*mem, &r.clock, 5, IOVA, crate::PageSize::Size4K)
         .unwrap();
     assert_eq!(r.sim.dma(0x10, IOVA, false), Ok(PhysAddr(0x88_8000)));
     // A DTE rewritten in memory without INVALIDATE_DEVTAB_ENTRY stays cached.

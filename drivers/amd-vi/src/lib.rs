@@ -58,7 +58,7 @@ pub use command::{Command, CommandError, CommandQueue, CommandStats, PageScope};
 pub use device_table::{DeviceTable, DeviceTableEntry, DeviceTableError};
 pub use event_log::{DrainSummary, Event, EventFlags, EventLog, EventLogError};
 pub use levels::Levels;
-pub use pagetable::{MapError, PageTable, Perms, TranslationRoot};
+pub use pagetable::{MapError, PageSize, PageTable, Perms, TranslationRoot};
 pub use poll::{Clock, TimedOut};
 pub use quarantine::{QuarantineError, QuarantineTables, UnityRange};
 pub use regs::{ExtendedFeatures, RingLength};

@@ -1,5 +1,7 @@
-//! I/O page tables of 4 KiB pages (AMD IOMMU spec §2.2.3), 1 to 6 levels deep, for guest
-//! domains. Every table an operation needs is allocated before anything is linked, and a new
+//! I/O page tables of 4 KiB and 2 MiB pages (AMD IOMMU spec §2.2.3), 1 to 6 levels deep, for
+//! guest domains. A 2 MiB page is a level-2 entry with NextLevel = 0: a PTE whose page size is
+//! its level's (§2.2.3, "PDE with NextLevel 0"; the page-size encoding of NextLevel 7 is not
+//! needed for sizes a level covers exactly). Every table an operation needs is allocated before anything is linked, and a new
 //! branch is linked with one final entry write, so an allocation failure leaves the tree
 //! exactly as it was and the IOMMU never sees a half-built path.
 
@@ -27,6 +29,33 @@ pub enum MapError {
     EmptyRange { start: u64, end: u64 },
     /// An entry on the path is a large page or has an unexpected NextLevel (not built here).
     Foreign { iova: u64, level: u32 },
+    /// A 4 KiB operation inside a 2 MiB page: unmap the whole large page instead.
+    InsideLargePage { iova: u64 },
+}
+
+/// The size of one leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PageSize {
+    /// A PTE in a level-1 table.
+    Size4K,
+    /// A level-2 entry with NextLevel = 0.
+    Size2M,
+}
+
+impl PageSize {
+    pub const fn bytes(self) -> u64 {
+        match self {
+            PageSize::Size4K => PAGE_SIZE,
+            PageSize::Size2M => PAGE_SIZE << 9,
+        }
+    }
+
+    const fn leaf_level(self) -> u32 {
+        match self {
+            PageSize::Size4K => 1,
+            PageSize::Size2M => 2,
+        }
+    }
 }
 
 impl fmt::Display for MapError {
@@ -44,6 +73,9 @@ impl fmt::Display for MapError {
             MapError::EmptyRange { start, end } => write!(f, "empty range {start:#x}..={end:#x}"),
             MapError::Foreign { iova, level } => {
                 write!(f, "unexpected entry at level {level} for iova {iova:#x}")
+            }
+            MapError::InsideLargePage { iova } => {
+                write!(f, "iova {iova:#x} lies inside a 2 MiB page")
             }
         }
     }
@@ -96,25 +128,38 @@ pub(crate) fn pages(start: u64, end_inclusive: u64) -> Result<impl Iterator<Item
     Ok((start / PAGE_SIZE..=end_inclusive / PAGE_SIZE).map(|p| p * PAGE_SIZE))
 }
 
-/// Where a walk for one IOVA stopped: the deepest existing table and its level.
-struct PathEnd {
-    table: PhysAddr,
-    level: u32,
+/// Where a walk for one IOVA stopped: the deepest existing table and its level, or a large
+/// page on the way.
+enum PathEnd {
+    Table {
+        table: PhysAddr,
+        level: u32,
+    },
+    /// A level-2 entry with NextLevel 0 covers `iova`; `slot` is its address.
+    LargePage {
+        slot: PhysAddr,
+        entry: u64,
+    },
 }
 
-/// Follows present PDEs from `root` towards the leaf table of `iova`.
+/// Follows present PDEs from `root` towards the table of `iova` at `leaf_level`.
 fn descend<M: PhysMem + ?Sized>(
     mem: &M,
     root: PhysAddr,
     levels: Levels,
     iova: u64,
+    leaf_level: u32,
 ) -> Result<PathEnd, MapError> {
     let mut table = root;
     let mut level = levels.count();
-    while level > 1 {
-        let e = mem.read_u64(entry_addr(table, Levels::index(iova, level)));
+    while level > leaf_level {
+        let slot = entry_addr(table, Levels::index(iova, level));
+        let e = mem.read_u64(slot);
         if !is_present(e) {
             break;
+        }
+        if level == 2 && next_level(e) == 0 {
+            return Ok(PathEnd::LargePage { slot, entry: e });
         }
         if next_level(e) != level - 1 {
             return Err(MapError::Foreign { iova, level });
@@ -122,7 +167,7 @@ fn descend<M: PhysMem + ?Sized>(
         table = address(e);
         level -= 1;
     }
-    Ok(PathEnd { table, level })
+    Ok(PathEnd::Table { table, level })
 }
 
 /// A mutable I/O page-table tree (a guest domain's). Not `Clone`: one owner frees it.
@@ -169,24 +214,54 @@ impl PageTable {
         M: PhysMem + ?Sized,
         A: FrameAllocator + ?Sized,
     {
+        self.map_sized(mem, alloc, iova, pa, perms, PageSize::Size4K)
+    }
+
+    /// Maps one page of `size` at `iova` (both `iova` and `pa` aligned to it) to `pa`.
+    pub fn map_sized<M, A>(
+        &mut self,
+        mem: &M,
+        alloc: &mut A,
+        iova: u64,
+        pa: PhysAddr,
+        perms: Perms,
+        size: PageSize,
+    ) -> Result<(), MapError>
+    where
+        M: PhysMem + ?Sized,
+        A: FrameAllocator + ?Sized,
+    {
         check_iova(self.levels, iova)?;
-        if !pa.is_page_aligned() {
+        let leaf_level = size.leaf_level();
+        if !pa.0.is_multiple_of(size.bytes()) || !iova.is_multiple_of(size.bytes()) {
             return Err(MapError::Unaligned { iova, pa });
+        }
+        if leaf_level > self.levels.count() {
+            return Err(MapError::BeyondAddressWidth {
+                iova,
+                levels: self.levels,
+            });
         }
         if perms.is_none() {
             return Err(MapError::NoAccess);
         }
-        let end = descend(mem, self.root, self.levels, iova)?;
-        if end.level == 1 {
-            let slot = entry_addr(end.table, Levels::index(iova, 1));
+        let (table, level) = match descend(mem, self.root, self.levels, iova, leaf_level)? {
+            PathEnd::LargePage { .. } => return Err(MapError::AlreadyMapped { iova }),
+            PathEnd::Table { table, level } => (table, level),
+        };
+        // A 2 MiB page is a 4 KiB leaf's encoding one level up (NextLevel 0).
+        let page = leaf(pa, perms);
+        if level == leaf_level {
+            // Present here is a page, or (for 2 MiB) a table of 4 KiB pages: both refuse.
+            let slot = entry_addr(table, Levels::index(iova, leaf_level));
             if is_present(mem.read_u64(slot)) {
                 return Err(MapError::AlreadyMapped { iova });
             }
-            mem.write_u64(slot, leaf(pa, perms));
+            mem.write_u64(slot, page);
             return Ok(());
         }
-        // Tables for levels end.level-1 down to 1, all taken before anything is linked.
-        let missing = (end.level - 1) as usize;
+        // Tables for levels level-1 down to leaf_level, all taken before anything is linked.
+        let missing = (level - leaf_level) as usize;
         let mut new = [PhysAddr(0); 5];
         for i in 0..missing {
             match alloc.alloc_frame() {
@@ -200,40 +275,59 @@ impl PageTable {
                 }
             }
         }
-        // new[i] is the table of level end.level-1-i; chain them, leaf last, link first last.
+        // new[i] is the table of level level-1-i; chain them, page last, link first last.
         for i in 0..missing {
-            let level = end.level - 1 - i as u32;
-            let slot = entry_addr(new[i], Levels::index(iova, level));
+            let table_level = level - 1 - i as u32;
+            let slot = entry_addr(new[i], Levels::index(iova, table_level));
             let value = match new.get(i + 1) {
-                Some(child) if i + 1 < missing => pde(*child, level - 1),
-                _ => leaf(pa, perms),
+                Some(child) if i + 1 < missing => pde(*child, table_level - 1),
+                _ => page,
             };
             mem.write_u64(slot, value);
         }
-        let link = entry_addr(end.table, Levels::index(iova, end.level));
-        mem.write_u64(link, pde(new[0], end.level - 1));
+        let link = entry_addr(table, Levels::index(iova, level));
+        mem.write_u64(link, pde(new[0], level - 1));
         Ok(())
     }
 
-    /// Removes the leaf for `iova`; returns the page it mapped, if any. Tables stay (no
-    /// allocation or freeing on unmap); [`PageTable::free`] takes them all.
+    /// Removes the leaf for `iova`; returns the page it mapped, if any (see
+    /// [`PageTable::unmap_sized`]).
     pub fn unmap<M: PhysMem + ?Sized>(
         &mut self,
         mem: &M,
         iova: u64,
     ) -> Result<Option<PhysAddr>, MapError> {
+        Ok(self.unmap_sized(mem, iova)?.map(|(pa, _)| pa))
+    }
+
+    /// Removes the page that starts at `iova`, 4 KiB or 2 MiB; returns it and its size (what
+    /// the invalidation must cover). An `iova` inside a 2 MiB page but not at its start is
+    /// refused. Tables stay (no allocation or freeing on unmap); [`PageTable::free`] takes
+    /// them all.
+    pub fn unmap_sized<M: PhysMem + ?Sized>(
+        &mut self,
+        mem: &M,
+        iova: u64,
+    ) -> Result<Option<(PhysAddr, PageSize)>, MapError> {
         check_iova(self.levels, iova)?;
-        let end = descend(mem, self.root, self.levels, iova)?;
-        if end.level != 1 {
-            return Ok(None);
-        }
-        let slot = entry_addr(end.table, Levels::index(iova, 1));
+        let table = match descend(mem, self.root, self.levels, iova, 1)? {
+            PathEnd::LargePage { slot, entry } => {
+                if !iova.is_multiple_of(PageSize::Size2M.bytes()) {
+                    return Err(MapError::InsideLargePage { iova });
+                }
+                mem.write_u64(slot, 0);
+                return Ok(Some((address(entry), PageSize::Size2M)));
+            }
+            PathEnd::Table { table, level: 1 } => table,
+            PathEnd::Table { .. } => return Ok(None),
+        };
+        let slot = entry_addr(table, Levels::index(iova, 1));
         let e = mem.read_u64(slot);
         if !is_present(e) {
             return Ok(None);
         }
         mem.write_u64(slot, 0);
-        Ok(Some(address(e)))
+        Ok(Some((address(e), PageSize::Size4K)))
     }
 
     /// Maps `[start, end_inclusive]` 1:1. On failure, the pages this call mapped are unmapped
@@ -406,5 +500,106 @@ mod tests {
         );
         pt.free(&mem, &mut a);
         assert_eq!(a.frames_in_use(), 0);
+    }
+}
+
+#[cfg(test)]
+mod large_page_tests {
+    use super::*;
+    use crate::walker::walk_tables;
+    use lazaret_types::sim::{SimFrameAllocator, SimMemory};
+
+    const MIB2: u64 = 2 << 20;
+
+    #[test]
+    fn a_2m_page_is_one_level_2_entry_the_walker_translates() {
+        let mem = SimMemory::new();
+        let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
+        let mut pt = PageTable::new(&mem, &mut a, Levels::FOUR).unwrap();
+        let iova = 0x4060_0000;
+        let pa = PhysAddr(0x8_0000_0000);
+        pt.map_sized(&mem, &mut a, iova, pa, Perms::READ, PageSize::Size2M)
+            .unwrap();
+        assert_eq!(
+            a.frames_in_use(),
+            3,
+            "root, level 3 and level 2: no level-1 table"
+        );
+        let n = pt.levels().count();
+        assert_eq!(
+            walk_tables(&mem, pt.root(), n, iova + 0x1f_f123, false),
+            Ok(PhysAddr(0x8_001f_f123))
+        );
+        assert!(
+            walk_tables(&mem, pt.root(), n, iova, true).is_err(),
+            "read-only"
+        );
+        let inside = iova + 0x1000;
+        assert_eq!(
+            pt.map(&mem, &mut a, inside, PhysAddr(0x5000), Perms::READ),
+            Err(MapError::AlreadyMapped { iova: inside })
+        );
+        assert_eq!(
+            pt.unmap(&mem, inside),
+            Err(MapError::InsideLargePage { iova: inside })
+        );
+        assert_eq!(pt.unmap_sized(&mem, iova), Ok(Some((pa, PageSize::Size2M))));
+        assert!(walk_tables(&mem, pt.root(), n, iova, false).is_err());
+        assert_eq!(pt.unmap_sized(&mem, iova), Ok(None));
+        pt.free(&mem, &mut a);
+        assert_eq!(a.frames_in_use(), 0);
+    }
+
+    #[test]
+    fn a_2m_page_refuses_misalignment_and_a_range_holding_4k_pages() {
+        let mem = SimMemory::new();
+        let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
+        let mut pt = PageTable::new(&mem, &mut a, Levels::THREE).unwrap();
+        let size = PageSize::Size2M;
+        for (iova, pa) in [(MIB2 + 0x1000, 0), (MIB2, 0x1000)] {
+            assert!(matches!(
+                pt.map_sized(&mem, &mut a, iova, PhysAddr(pa), Perms::READ, size),
+                Err(MapError::Unaligned { .. })
+            ));
+        }
+        pt.map(&mem, &mut a, MIB2 + 0x3000, PhysAddr(0x3000), Perms::READ)
+            .unwrap();
+        assert_eq!(
+            pt.map_sized(&mem, &mut a, MIB2, PhysAddr(0), Perms::READ, size),
+            Err(MapError::AlreadyMapped { iova: MIB2 })
+        );
+        assert_eq!(
+            pt.unmap_sized(&mem, MIB2 + 0x3000),
+            Ok(Some((PhysAddr(0x3000), PageSize::Size4K)))
+        );
+        let mut one = PageTable::new(&mem, &mut a, Levels::new(1).unwrap()).unwrap();
+        assert!(matches!(
+            one.map_sized(&mem, &mut a, 0, PhysAddr(0), Perms::READ, size),
+            Err(MapError::BeyondAddressWidth { .. })
+        ));
+        one.free(&mem, &mut a);
+        pt.free(&mem, &mut a);
+        assert_eq!(a.frames_in_use(), 0);
+    }
+
+    #[test]
+    fn every_allocation_failure_of_a_2m_map_leaks_nothing() {
+        for fail in 0..2 {
+            let mem = SimMemory::new();
+            let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
+            let mut pt = PageTable::new(&mem, &mut a, Levels::FOUR).unwrap();
+            a.fail_allocation(fail);
+            let pa = PhysAddr(0x4000_0000);
+            assert_eq!(
+                pt.map_sized(&mem, &mut a, MIB2, pa, Perms::READ, PageSize::Size2M),
+                Err(MapError::OutOfFrames)
+            );
+            assert_eq!(a.frames_in_use(), 1, "fail at {fail}");
+            assert!(walk_tables(&mem, pt.root(), 4, MIB2, false).is_err());
+            pt.map_sized(&mem, &mut a, MIB2, pa, Perms::READ, PageSize::Size2M)
+                .unwrap();
+            pt.free(&mem, &mut a);
+            assert_eq!(a.frames_in_use(), 0);
+        }
     }
 }

@@ -26,6 +26,7 @@ use core::cell::Cell;
 use crate::command::{Command, CommandError, CommandQueue, CommandStats, PageScope};
 use crate::device_table::DeviceTable;
 use crate::event_log::{wait_status, DrainSummary, Event, EventLog, EventLogError};
+use crate::pagetable::PageSize;
 use crate::poll::{Clock, TimedOut};
 use crate::regs::{self, control, status, ExtendedFeatures, RingLength};
 use crate::switch::SwitchBatch;
@@ -368,11 +369,13 @@ impl<R: Mmio> AmdViUnit<R> {
         clock: &(impl Clock + ?Sized),
         domain_id: u16,
         iova: u64,
+        size: PageSize,
     ) -> Result<(), UnitError> {
-        let cmd = Command::InvalidateIommuPages {
-            domain_id,
-            scope: PageScope::Page(iova),
+        let scope = match size {
+            PageSize::Size4K => PageScope::Page(iova),
+            PageSize::Size2M => PageScope::Large(iova),
         };
+        let cmd = Command::InvalidateIommuPages { domain_id, scope };
         self.invalidate(mem, clock, [cmd])
     }
 

@@ -38,6 +38,15 @@ pub trait FrameAllocator {
     fn free_frame(&mut self, frame: PhysAddr);
     /// Frames currently handed out: lets tests prove "deassign allocated nothing".
     fn frames_in_use(&self) -> usize;
+
+    /// `pages` physically contiguous zeroed frames aligned to the next power of two, or
+    /// `None` (always, for allocators that have no such blocks). Each frame of the block is
+    /// given back on its own with [`FrameAllocator::free_frame`]. Guest RAM comes in 2 MiB
+    /// blocks this way, so nested paging and the IOMMU can map it with 2 MiB pages.
+    fn alloc_contiguous(&mut self, pages: usize) -> Option<PhysAddr> {
+        let _ = pages;
+        None
+    }
 }
 
 /// A block of memory-mapped device registers (an IOMMU unit, a PCI BAR).

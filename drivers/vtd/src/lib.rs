@@ -59,7 +59,7 @@ pub use invalidation::{
     SwitchBatch,
 };
 pub use levels::Levels;
-pub use pagetable::{MapError, PageTable, Perms};
+pub use pagetable::{MapError, PageSize, PageTable, Perms};
 pub use poll::{Clock, TimedOut};
 pub use quarantine::{QuarantineError, QuarantineTables};
 pub use regs::{required_register_bytes, Capabilities, ExtCapabilities};

@@ -1,4 +1,6 @@
-//! Second-level page tables of 4 KiB pages (§3.6, §9.8), 3, 4 or 5 levels deep. Guest domains
+//! Second-level page tables of 4 KiB and 2 MiB pages (§3.6, §9.8), 3, 4 or 5 levels deep.
+//! A 2 MiB leaf is a PDE with PS = 1, legal only where CAP.SLLPS bit 0 says so (§10.4.2):
+//! the caller checks the unit, these tables do not know it. Guest domains
 //! use these; every intermediate table an operation needs is allocated before anything is
 //! linked, so an allocation failure leaves the tree exactly as it was.
 
@@ -25,6 +27,38 @@ pub enum MapError {
     NoAccess,
     /// `end` below `start`.
     EmptyRange { start: u64, end: u64 },
+    /// A 4 KiB operation inside a 2 MiB leaf: unmap the whole large page instead.
+    InsideLargePage { iova: u64 },
+}
+
+/// The size of one leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PageSize {
+    /// A PTE (level 1).
+    Size4K,
+    /// A PDE with PS = 1 (level 2).
+    Size2M,
+}
+
+impl PageSize {
+    pub const fn bytes(self) -> u64 {
+        PAGE_SIZE << self.order()
+    }
+
+    /// log2 of the number of 4 KiB pages: the invalidation's address mask (§6.5.1.3).
+    pub const fn order(self) -> u8 {
+        match self {
+            PageSize::Size4K => 0,
+            PageSize::Size2M => 9,
+        }
+    }
+
+    const fn leaf_level(self) -> u32 {
+        match self {
+            PageSize::Size4K => 1,
+            PageSize::Size2M => 2,
+        }
+    }
 }
 
 impl fmt::Display for MapError {
@@ -41,6 +75,9 @@ impl fmt::Display for MapError {
             MapError::NoAccess => write!(f, "mapping without read or write permission"),
             MapError::EmptyRange { start, end } => {
                 write!(f, "empty range {start:#x}..={end:#x}")
+            }
+            MapError::InsideLargePage { iova } => {
+                write!(f, "iova {iova:#x} lies inside a 2 MiB page")
             }
         }
     }
@@ -122,8 +159,7 @@ impl PageTable {
         self.levels
     }
 
-    /// Maps the 4 KiB page at `iova` to `pa`. Needed tables are allocated first and the new
-    /// branch is linked with one final entry write, so hardware never sees a half-built path.
+    /// Maps the 4 KiB page at `iova` to `pa`.
     pub fn map<M, F, A>(
         &mut self,
         tm: TableMemory<'_, M, F>,
@@ -137,35 +173,63 @@ impl PageTable {
         F: CacheFlush + ?Sized,
         A: FrameAllocator + ?Sized,
     {
+        self.map_sized(tm, alloc, iova, pa, perms, PageSize::Size4K)
+    }
+
+    /// Maps one page of `size` at `iova` (both `iova` and `pa` aligned to it) to `pa`. Needed
+    /// tables are allocated first and the new branch is linked with one final entry write, so
+    /// hardware never sees a half-built path.
+    pub fn map_sized<M, F, A>(
+        &mut self,
+        tm: TableMemory<'_, M, F>,
+        alloc: &mut A,
+        iova: u64,
+        pa: PhysAddr,
+        perms: Perms,
+        size: PageSize,
+    ) -> Result<(), MapError>
+    where
+        M: PhysMem + ?Sized,
+        F: CacheFlush + ?Sized,
+        A: FrameAllocator + ?Sized,
+    {
         check_iova(self.levels, iova)?;
-        if !pa.is_page_aligned() {
+        if !pa.0.is_multiple_of(size.bytes()) || !iova.is_multiple_of(size.bytes()) {
             return Err(MapError::Unaligned { iova, pa });
         }
         if !perms.read && !perms.write {
             return Err(MapError::NoAccess);
         }
+        let leaf_level = size.leaf_level();
         // Descend through existing tables.
         let mut table = self.root;
         let mut level = self.levels.count();
-        while level > 1 {
+        while level > leaf_level {
             let e = Pte(tm.read_u64(entry_addr(table, iova, level)));
             if !e.present() {
                 break;
             }
+            if e.large() {
+                return Err(MapError::AlreadyMapped { iova });
+            }
             table = e.addr();
             level -= 1;
         }
-        let leaf = Pte::leaf(pa, perms);
-        if level == 1 {
-            let at = entry_addr(table, iova, 1);
+        let leaf = match size {
+            PageSize::Size4K => Pte::leaf(pa, perms),
+            PageSize::Size2M => Pte::large_leaf(pa, perms),
+        };
+        if level == leaf_level {
+            // Present here is a leaf, or (for 2 MiB) a table of 4 KiB pages: both refuse.
+            let at = entry_addr(table, iova, leaf_level);
             if Pte(tm.read_u64(at)).present() {
                 return Err(MapError::AlreadyMapped { iova });
             }
             tm.write_entry(at, leaf.0);
             return Ok(());
         }
-        // `level - 1` new tables, for levels level-1 down to 1.
-        let need = (level - 1) as usize;
+        // `level - leaf_level` new tables, for levels level-1 down to leaf_level.
+        let need = (level - leaf_level) as usize;
         let fresh: [PhysAddr; 4] = alloc_frames(alloc, need)?;
         let mut child_level = level - 1;
         for (i, t) in fresh[..need].iter().enumerate() {
@@ -181,8 +245,8 @@ impl PageTable {
         Ok(())
     }
 
-    /// Removes the leaf for `iova`; returns the page it mapped, if any. Intermediate tables stay
-    /// (they are freed with the tree). The caller owes an IOTLB invalidation.
+    /// Removes the leaf for `iova`; returns the page it mapped, if any (see
+    /// [`PageTable::unmap_sized`]).
     pub fn unmap<M, F>(
         &mut self,
         tm: TableMemory<'_, M, F>,
@@ -192,12 +256,36 @@ impl PageTable {
         M: PhysMem + ?Sized,
         F: CacheFlush + ?Sized,
     {
+        Ok(self.unmap_sized(tm, iova)?.map(|(pa, _)| pa))
+    }
+
+    /// Removes the leaf that starts at `iova`, 4 KiB or 2 MiB; returns the page it mapped and
+    /// its size (what the IOTLB invalidation must cover). An `iova` inside a 2 MiB leaf but
+    /// not at its start is refused. Intermediate tables stay (they are freed with the tree).
+    pub fn unmap_sized<M, F>(
+        &mut self,
+        tm: TableMemory<'_, M, F>,
+        iova: u64,
+    ) -> Result<Option<(PhysAddr, PageSize)>, MapError>
+    where
+        M: PhysMem + ?Sized,
+        F: CacheFlush + ?Sized,
+    {
         check_iova(self.levels, iova)?;
         let mut table = self.root;
         for level in (2..=self.levels.count()).rev() {
-            let e = Pte(tm.read_u64(entry_addr(table, iova, level)));
+            let at = entry_addr(table, iova, level);
+            let e = Pte(tm.read_u64(at));
             if !e.present() {
                 return Ok(None);
+            }
+            if e.large() {
+                // Only PDEs are ever built large here.
+                if level != 2 || !iova.is_multiple_of(PageSize::Size2M.bytes()) {
+                    return Err(MapError::InsideLargePage { iova });
+                }
+                tm.write_entry(at, 0);
+                return Ok(Some((e.addr(), PageSize::Size2M)));
             }
             table = e.addr();
         }
@@ -207,7 +295,7 @@ impl PageTable {
             return Ok(None);
         }
         tm.write_entry(at, 0);
-        Ok(Some(old.addr()))
+        Ok(Some((old.addr(), PageSize::Size4K)))
     }
 
     /// Maps every page of `[start, end_inclusive]` to itself. On failure the pages this call
@@ -397,5 +485,125 @@ mod tests {
         assert_eq!(lookup(&mem, &pt, 0x1f_f000), None);
         pt.free(&mem, &mut alloc);
         assert_eq!(alloc.frames_in_use(), 0);
+    }
+}
+
+#[cfg(test)]
+mod large_page_tests {
+    use super::*;
+    use crate::walker::{walk, Fault, WalkerConfig};
+    use lazaret_types::sim::{SimFrameAllocator, SimMemory};
+
+    const BASE: PhysAddr = PhysAddr(0x100_0000);
+    const MIB2: u64 = 2 << 20;
+
+    #[test]
+    fn a_2m_leaf_is_one_pde_the_walker_translates_where_sllps_allows() {
+        let mem = SimMemory::new();
+        let tm = TableMemory::coherent(&mem);
+        let mut alloc = SimFrameAllocator::new(&mem, BASE, 64);
+        let mut pt = PageTable::new(tm, &mut alloc, Levels::Four).unwrap();
+        let iova = 0x4060_0000;
+        let size = PageSize::Size2M;
+        pt.map_sized(
+            tm,
+            &mut alloc,
+            iova,
+            PhysAddr(0x8_0000_0000),
+            Perms::READ,
+            size,
+        )
+        .unwrap();
+        assert_eq!(alloc.frames_in_use(), 3, "root, PDPT and PD: no leaf table");
+        let n = pt.levels().count();
+        let leaf = walk(
+            &WalkerConfig::PERMISSIVE,
+            &mem,
+            pt.root(),
+            n,
+            iova + 0x1f_f123,
+            false,
+        )
+        .unwrap();
+        assert_eq!(leaf.page_bits, 21);
+        assert_eq!(leaf.address(iova + 0x1f_f123), PhysAddr(0x8_001f_f123));
+        assert!(!leaf.writable);
+        let no_large = WalkerConfig {
+            sllps: 0,
+            ..WalkerConfig::PERMISSIVE
+        };
+        assert_eq!(
+            walk(&no_large, &mem, pt.root(), n, iova, false),
+            Err(Fault::PteReserved { level: 2 })
+        );
+        // Nothing can be mapped inside it, nor unmapped piecemeal.
+        let inside = iova + 0x1000;
+        assert_eq!(
+            pt.map(tm, &mut alloc, inside, PhysAddr(0x5000), Perms::READ),
+            Err(MapError::AlreadyMapped { iova: inside })
+        );
+        assert_eq!(
+            pt.unmap(tm, inside),
+            Err(MapError::InsideLargePage { iova: inside })
+        );
+        assert_eq!(
+            pt.unmap_sized(tm, iova),
+            Ok(Some((PhysAddr(0x8_0000_0000), PageSize::Size2M)))
+        );
+        assert!(walk(&WalkerConfig::PERMISSIVE, &mem, pt.root(), n, iova, false).is_err());
+        assert_eq!(pt.unmap_sized(tm, iova), Ok(None));
+        pt.free(&mem, &mut alloc);
+        assert_eq!(alloc.frames_in_use(), 0);
+    }
+
+    #[test]
+    fn a_2m_leaf_refuses_misalignment_and_a_range_holding_4k_pages() {
+        let mem = SimMemory::new();
+        let tm = TableMemory::coherent(&mem);
+        let mut alloc = SimFrameAllocator::new(&mem, BASE, 64);
+        let mut pt = PageTable::new(tm, &mut alloc, Levels::Three).unwrap();
+        let size = PageSize::Size2M;
+        for (iova, pa) in [(MIB2 + 0x1000, 0), (MIB2, 0x1000)] {
+            assert!(matches!(
+                pt.map_sized(tm, &mut alloc, iova, PhysAddr(pa), Perms::READ, size),
+                Err(MapError::Unaligned { .. })
+            ));
+        }
+        pt.map(tm, &mut alloc, MIB2 + 0x3000, PhysAddr(0x3000), Perms::READ)
+            .unwrap();
+        assert_eq!(
+            pt.map_sized(tm, &mut alloc, MIB2, PhysAddr(0), Perms::READ, size),
+            Err(MapError::AlreadyMapped { iova: MIB2 })
+        );
+        assert_eq!(
+            pt.unmap_sized(tm, MIB2 + 0x3000),
+            Ok(Some((PhysAddr(0x3000), PageSize::Size4K)))
+        );
+        pt.free(&mem, &mut alloc);
+        assert_eq!(alloc.frames_in_use(), 0);
+    }
+
+    #[test]
+    fn every_allocation_failure_of_a_2m_map_leaks_nothing() {
+        for levels in Levels::ALL {
+            for fail in 0..levels.count() as usize - 2 {
+                let mem = SimMemory::new();
+                let tm = TableMemory::coherent(&mem);
+                let mut alloc = SimFrameAllocator::new(&mem, BASE, 64);
+                let mut pt = PageTable::new(tm, &mut alloc, levels).unwrap();
+                alloc.fail_allocation(fail);
+                let pa = PhysAddr(0x4000_0000);
+                assert_eq!(
+                    pt.map_sized(tm, &mut alloc, MIB2, pa, Perms::READ, PageSize::Size2M),
+                    Err(MapError::OutOfFrames)
+                );
+                assert_eq!(alloc.frames_in_use(), 1, "{levels} fail at {fail}");
+                pt.map_sized(tm, &mut alloc, MIB2, pa, Perms::READ, PageSize::Size2M)
+                    .unwrap();
+                assert_eq!(alloc.frames_in_use(), levels.count() as usize - 1);
+                pt.free(&mem, &mut alloc);
+                assert_eq!(alloc.frames_in_use(), 0);
+            }
+        }
     }
 }

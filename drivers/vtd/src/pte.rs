@@ -62,6 +62,11 @@ impl Pte {
         Pte((page.0 & ADDR_MASK) | perms.bits())
     }
 
+    /// A 2 MiB leaf: a PDE with PS = 1 (`page` 2 MiB aligned).
+    pub const fn large_leaf(page: PhysAddr, perms: Perms) -> Pte {
+        Pte(Pte::leaf(page, perms).0 | PAGE_SIZE_BIT)
+    }
+
     pub const fn present(self) -> bool {
         self.0 & (READ | WRITE) != 0
     }

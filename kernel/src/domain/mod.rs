@@ -1,12 +1,13 @@
 //! Domains: the hypervisor itself, DomIO (owner of every quarantined device) and guests, in
 //! one arena addressed by generation-checked [`DomainId`]s.
 pub mod arena;
+pub mod memory;
+pub mod paging;
 
 use alloc::string::String;
-use alloc::vec::Vec;
-
 use arena::{Arena, Handle};
-use lazaret_types::{PhysAddr, PAGE_SIZE};
+pub use memory::{GuestMemory, Run};
+pub use paging::{build_guest_tables, build_nested_tables, GuestLayout, MmioMapping};
 
 pub type DomainId = Handle<Domain>;
 
@@ -16,36 +17,6 @@ pub enum DomainKind {
     /// Owns quarantined devices. It has IOMMU contexts (per device) but no page-table root.
     DomIo,
     Guest,
-}
-
-/// Guest-physical memory: page `i` (gpa `i * 4 KiB`) is host frame `frames[i]`.
-#[derive(Debug, Default)]
-pub struct GuestMemory {
-    frames: Vec<PhysAddr>,
-}
-
-impl GuestMemory {
-    pub fn new(frames: Vec<PhysAddr>) -> GuestMemory {
-        GuestMemory { frames }
-    }
-
-    pub fn frames(&self) -> &[PhysAddr] {
-        &self.frames
-    }
-
-    pub fn size(&self) -> u64 {
-        self.frames.len() as u64 * PAGE_SIZE
-    }
-
-    /// The host address backing guest-physical `gpa`.
-    pub fn host_address(&self, gpa: u64) -> Option<PhysAddr> {
-        let frame = self.frames.get(usize::try_from(gpa / PAGE_SIZE).ok()?)?;
-        Some(PhysAddr(frame.as_u64() + gpa % PAGE_SIZE))
-    }
-
-    pub(crate) fn take_frames(&mut self) -> Vec<PhysAddr> {
-        core::mem::take(&mut self.frames)
-    }
 }
 
 /// A domain as the arena holds it. A guest's IOMMU tables and domain IDs are the passthrough

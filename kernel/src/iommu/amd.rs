@@ -8,13 +8,16 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
 
+use lazaret_amd_vi::PageSize as AmdPageSize;
 use lazaret_amd_vi::{
-    walker, AmdViUnit, Clock, DeviceTable, DeviceTableEntry, Event, Levels, PageTable, Perms,
-    QuarantineTables, SwitchBatch,
+    walker, AmdViUnit, Clock, DeviceTable, DeviceTableEntry, Event, Levels, MapError, PageTable,
+    Perms, QuarantineTables, SwitchBatch,
 };
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 
-use crate::passthrough::iommu::{DmaFault, FlushCost, Inspect, IommuError, ReservedRange, Vendor};
+use crate::passthrough::iommu::{
+    DmaFault, FlushCost, Inspect, IommuError, PageSize, ReservedRange, Vendor,
+};
 use crate::passthrough::LockHeld;
 
 /// Every command wait and control handshake gives up after this long.
@@ -122,14 +125,29 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'m, M, R, C> {
             .ok_or_else(|| IommuError::Inconsistent(format!("no AMD-Vi unit {unit}")))
     }
 
-    fn invalidate_page(&mut self, dids: &[u16], iova: u64) -> Result<(), IommuError> {
+    fn invalidate_page(
+        &mut self,
+        dids: &[u16],
+        iova: u64,
+        size: PageSize,
+    ) -> Result<(), IommuError> {
         let mut result = Ok(());
+        let size = amd_size(size);
         for (u, did) in self.units.iter_mut().zip(dids) {
-            if let Err(e) = u.hw.after_mapping_change(self.mem, &self.clock, *did, iova) {
+            if let Err(e) =
+                u.hw.after_mapping_change(self.mem, &self.clock, *did, iova, size)
+            {
                 result = Err(IommuError::TimedOut(format!("{e}")));
             }
         }
         result
+    }
+}
+
+const fn amd_size(size: PageSize) -> AmdPageSize {
+    match size {
+        PageSize::Size4K => AmdPageSize::Size4K,
+        PageSize::Size2M => AmdPageSize::Size2M,
     }
 }
 
@@ -293,13 +311,14 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
         tables.free(self.mem, alloc);
     }
 
-    fn map(
+    fn map_sized(
         &mut self,
         tables: &mut PageTable,
         alloc: &mut dyn FrameAllocator,
         dids: &[u16],
         iova: u64,
         pa: PhysAddr,
+        size: PageSize,
         writable: bool,
     ) -> Result<(), IommuError> {
         let perms = Perms {
@@ -307,25 +326,42 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
             write: writable,
         };
         tables
-            .map(self.mem, alloc, iova, pa, perms)
-            .map_err(|_| IommuError::OutOfMemory)?;
+            .map_sized(self.mem, alloc, iova, pa, perms, amd_size(size))
+            .map_err(|e| match e {
+                MapError::OutOfFrames => IommuError::OutOfMemory,
+                e => table_error(e),
+            })?;
         // QEMU's unit caches not-present entries (NpCache), so maps are invalidated too.
-        if self.invalidate_page(dids, iova).is_err() {
+        if self.invalidate_page(dids, iova, size).is_err() {
             log::warn!("amd-vi: page invalidation after map timed out");
         }
         Ok(())
     }
 
-    fn unmap(
+    fn unmap_sized(
         &mut self,
         tables: &mut PageTable,
         dids: &[u16],
         iova: u64,
+        size: PageSize,
     ) -> Result<Option<PhysAddr>, IommuError> {
-        let Some(pa) = tables.unmap(self.mem, iova).ok().flatten() else {
-            return Ok(None);
+        let (pa, found) = match tables.unmap_sized(self.mem, iova) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            Err(e @ MapError::InsideLargePage { .. }) => return Err(table_error(e)),
+            Err(_) => return Ok(None),
         };
-        self.invalidate_page(dids, iova)?;
+        // Whatever was removed is what the caches may hold: invalidate its size.
+        let removed = match found {
+            AmdPageSize::Size4K => PageSize::Size4K,
+            AmdPageSize::Size2M => PageSize::Size2M,
+        };
+        self.invalidate_page(dids, iova, removed)?;
+        if removed != size {
+            return Err(IommuError::Inconsistent(format!(
+                "unmap of {iova:#x} as {size:?} found a {removed:?} page"
+            )));
+        }
         Ok(Some(pa))
     }
 

@@ -7,13 +7,17 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
 
+use lazaret_types::PAGE_SIZE;
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
+use lazaret_vtd::PageSize as VtdPageSize;
 use lazaret_vtd::{
-    fault_reason_text, walker, CacheFlush, Clock, ContextEntry, Levels, PageTable, Perms,
+    fault_reason_text, walker, CacheFlush, Clock, ContextEntry, Levels, MapError, PageTable, Perms,
     QuarantineTables, RootTable, SwitchBatch, TableMemory, VtdUnit,
 };
 
-use crate::passthrough::iommu::{DmaFault, FlushCost, Inspect, IommuError, ReservedRange, Vendor};
+use crate::passthrough::iommu::{
+    DmaFault, FlushCost, Inspect, IommuError, PageSize, ReservedRange, Vendor,
+};
 use crate::passthrough::LockHeld;
 
 /// Every hardware handshake and invalidation wait gives up after this long.
@@ -71,6 +75,35 @@ pub struct VtdIommu<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> {
     /// Devices that a unit's scopes name explicitly; the rest go to the segment's
     /// INCLUDE_PCI_ALL unit.
     coverage: BTreeMap<Sbdf, usize>,
+}
+
+/// Out of frames is out of memory; anything else is a mapping the core should not have asked for.
+fn map_error(e: MapError) -> IommuError {
+    match e {
+        MapError::OutOfFrames => IommuError::OutOfMemory,
+        e => IommuError::Inconsistent(format!("{e}")),
+    }
+}
+
+/// A 2 MiB mapping as 512 4 KiB leaves, for units without SLLPS; all or nothing.
+fn map_as_small_pages<M: PhysMem + ?Sized>(
+    tm: TableMemory<'_, M, dyn CacheFlush + '_>,
+    tables: &mut PageTable,
+    alloc: &mut dyn FrameAllocator,
+    iova: u64,
+    pa: PhysAddr,
+    perms: Perms,
+) -> Result<(), IommuError> {
+    for k in 0..512u64 {
+        let offset = k * PAGE_SIZE;
+        if let Err(e) = tables.map(tm, alloc, iova + offset, PhysAddr(pa.0 + offset), perms) {
+            (0..k).for_each(|j| {
+                let _ = tables.unmap(tm, iova + j * PAGE_SIZE);
+            });
+            return Err(map_error(e));
+        }
+    }
+    Ok(())
 }
 
 fn unit_error(base: PhysAddr, e: impl core::fmt::Display) -> VtdError {
@@ -137,6 +170,14 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
             levels,
             coverage,
         })
+    }
+
+    /// Whether every unit walks 2 MiB second-level leaves (CAP.SLLPS bit 0, §10.4.2): the
+    /// tables are shared by all of them.
+    fn large_pages(&self) -> bool {
+        self.units
+            .iter()
+            .all(|u| u.hw.capabilities().sllps() & 1 != 0)
     }
 
     fn tm(&self) -> TableMemory<'m, M, dyn CacheFlush + 'm> {
@@ -344,13 +385,14 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
         tables.free(self.mem, alloc);
     }
 
-    fn map(
+    fn map_sized(
         &mut self,
         tables: &mut PageTable,
         alloc: &mut dyn FrameAllocator,
         dids: &[u16],
         iova: u64,
         pa: PhysAddr,
+        size: PageSize,
         writable: bool,
     ) -> Result<(), IommuError> {
         let perms = Perms {
@@ -358,12 +400,26 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
             write: writable,
             snoop: false,
         };
-        tables
-            .map(self.tm(), alloc, iova, pa, perms)
-            .map_err(|_| IommuError::OutOfMemory)?;
+        let tm = self.tm();
+        let order = match size {
+            PageSize::Size4K => {
+                tables.map(tm, alloc, iova, pa, perms).map_err(map_error)?;
+                0
+            }
+            PageSize::Size2M if self.large_pages() => {
+                tables
+                    .map_sized(tm, alloc, iova, pa, perms, VtdPageSize::Size2M)
+                    .map_err(map_error)?;
+                VtdPageSize::Size2M.order()
+            }
+            PageSize::Size2M => {
+                map_as_small_pages(tm, tables, alloc, iova, pa, perms)?;
+                VtdPageSize::Size2M.order()
+            }
+        };
         for (u, did) in self.units.iter_mut().zip(dids) {
             if u.hw
-                .after_map(self.mem, *did, iova, 0, &self.clock)
+                .after_map(self.mem, *did, iova, order, &self.clock)
                 .is_err()
             {
                 log::warn!("vtd: IOTLB invalidation after map timed out");
@@ -372,21 +428,47 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
         Ok(())
     }
 
-    fn unmap(
+    fn unmap_sized(
         &mut self,
         tables: &mut PageTable,
         dids: &[u16],
         iova: u64,
+        size: PageSize,
     ) -> Result<Option<PhysAddr>, IommuError> {
         let tm = self.tm();
-        let Some(pa) = tables.unmap(tm, iova).ok().flatten() else {
-            return Ok(None);
+        let removed = match tables.unmap_sized(tm, iova) {
+            Ok(r) => r,
+            Err(e @ MapError::InsideLargePage { .. }) => return Err(map_error(e)),
+            Err(_) => None,
         };
+        let pa = removed.map(|(pa, _)| pa);
+        let mut any = pa.is_some();
+        let order = match (size, removed) {
+            (PageSize::Size4K, Some((_, VtdPageSize::Size2M))) => VtdPageSize::Size2M.order(),
+            (PageSize::Size4K, _) => 0,
+            (PageSize::Size2M, Some((_, VtdPageSize::Size2M))) => VtdPageSize::Size2M.order(),
+            // Mapped as 512 small pages (no SLLPS): take the other 511 too.
+            (PageSize::Size2M, _) => {
+                for k in 1..512u64 {
+                    any |= matches!(tables.unmap(tm, iova + k * PAGE_SIZE), Ok(Some(_)));
+                }
+                VtdPageSize::Size2M.order()
+            }
+        };
+        if !any {
+            return Ok(None);
+        }
+        // Whatever was removed is invalidated, even when it was not what the caller named.
         for (u, did) in self.units.iter_mut().zip(dids) {
-            u.hw.after_unmap(self.mem, *did, iova, 0, &self.clock)
+            u.hw.after_unmap(self.mem, *did, iova, order, &self.clock)
                 .map_err(|e| IommuError::TimedOut(format!("{e}")))?;
         }
-        Ok(Some(pa))
+        if size == PageSize::Size4K && order != 0 {
+            return Err(IommuError::Inconsistent(format!(
+                "4 KiB unmap of {iova:#x} removed a 2 MiB leaf"
+            )));
+        }
+        Ok(pa)
     }
 
     fn drain_faults(&mut self, sink: &mut dyn FnMut(DmaFault)) -> usize {

@@ -207,6 +207,10 @@ fn aligned_run(region: &Region, pages: usize, align: u64) -> Option<usize> {
 }
 
 impl FrameAllocator for Frames {
+    fn alloc_contiguous(&mut self, pages: usize) -> Option<PhysAddr> {
+        Frames::alloc_contiguous(self, pages)
+    }
+
     fn alloc_frame(&mut self) -> Option<PhysAddr> {
         let (r, i) = self.next_free()?;
         let region = &mut self.regions[r];

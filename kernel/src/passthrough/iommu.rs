@@ -221,8 +221,33 @@ pub trait Vendor {
         -> Result<Self::Tables, IommuError>;
     /// Frees tables no entry points at and no cache holds.
     fn free_tables(&mut self, alloc: &mut dyn FrameAllocator, tables: Self::Tables);
-    /// Maps one 4 KiB page (the caller holds the guest's mapping lock); `dids[unit]` is the
-    /// guest's domain ID on each unit, for what the unit's caches need.
+    /// Maps one page of `size` at `iova` → `pa`, both aligned to it (the caller holds the
+    /// guest's mapping lock); `dids[unit]` is the guest's domain ID on each unit, for what the
+    /// unit's caches need. A unit that cannot walk 2 MiB leaves (VT-d without CAP.SLLPS
+    /// bit 0) gets 512 4 KiB leaves instead: the caller sees no difference.
+    #[allow(clippy::too_many_arguments)]
+    fn map_sized(
+        &mut self,
+        tables: &mut Self::Tables,
+        alloc: &mut dyn FrameAllocator,
+        dids: &[u16],
+        iova: u64,
+        pa: PhysAddr,
+        size: PageSize,
+        writable: bool,
+    ) -> Result<(), IommuError>;
+    /// Unmaps the page of `size` at `iova` and invalidates it; never allocates. `Err` when the
+    /// invalidation did not complete (the page may still be reachable through a cache), or
+    /// when `size` is 4 KiB and `iova` lies inside a 2 MiB leaf.
+    fn unmap_sized(
+        &mut self,
+        tables: &mut Self::Tables,
+        dids: &[u16],
+        iova: u64,
+        size: PageSize,
+    ) -> Result<Option<PhysAddr>, IommuError>;
+
+    /// [`Vendor::map_sized`] of one 4 KiB page.
     fn map(
         &mut self,
         tables: &mut Self::Tables,
@@ -231,18 +256,48 @@ pub trait Vendor {
         iova: u64,
         pa: PhysAddr,
         writable: bool,
-    ) -> Result<(), IommuError>;
-    /// Unmaps one page and invalidates it; never allocates. `Err` when the invalidation did
-    /// not complete: the page may still be reachable through a cache.
+    ) -> Result<(), IommuError> {
+        self.map_sized(tables, alloc, dids, iova, pa, PageSize::Size4K, writable)
+    }
+    /// [`Vendor::unmap_sized`] of one 4 KiB page.
     fn unmap(
         &mut self,
         tables: &mut Self::Tables,
         dids: &[u16],
         iova: u64,
-    ) -> Result<Option<PhysAddr>, IommuError>;
+    ) -> Result<Option<PhysAddr>, IommuError> {
+        self.unmap_sized(tables, dids, iova, PageSize::Size4K)
+    }
 
     /// Hands every recorded DMA fault to `sink`; returns how many were lost unrecorded.
     fn drain_faults(&mut self, sink: &mut dyn FnMut(DmaFault)) -> usize;
+}
+
+/// The size of one IOMMU mapping: guest RAM is mapped in 2 MiB pages wherever its memory
+/// map allows (VT-d §3.7 / §9.8 PS; AMD IOMMU §2.2.3, a level-2 entry with NextLevel 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PageSize {
+    Size4K,
+    Size2M,
+}
+
+impl PageSize {
+    pub const fn bytes(self) -> u64 {
+        match self {
+            PageSize::Size4K => lazaret_types::PAGE_SIZE,
+            PageSize::Size2M => 2 << 20,
+        }
+    }
+
+    /// The largest size that `iova`, `pa` and `remaining` bytes allow.
+    pub const fn largest(iova: u64, pa: u64, remaining: u64) -> PageSize {
+        let big = PageSize::Size2M.bytes();
+        if iova.is_multiple_of(big) && pa.is_multiple_of(big) && remaining >= big {
+            PageSize::Size2M
+        } else {
+            PageSize::Size4K
+        }
+    }
 }
 
 /// What tests and scenarios check isolation with: the tables read back as the hardware walks

@@ -145,8 +145,9 @@ fn check_group_join<V: Vendor>(
     Ok(holds)
 }
 
-/// Creates a guest with `pages` pages of memory (host frames, mapped 1:1 at guest-physical
-/// 0 in its IOMMU tables). On failure nothing stays allocated.
+/// Creates a guest with `pages` pages of memory, in 2 MiB blocks where the allocator has
+/// them, mapped 1:1 at guest-physical 0 in its IOMMU tables from its memory map — 2 MiB
+/// pages wherever a run allows. On failure nothing stays allocated.
 pub fn create_domain<V: Vendor>(
     g: &mut DevicesGuard<'_, V>,
     alloc: &mut dyn FrameAllocator,
@@ -154,51 +155,36 @@ pub fn create_domain<V: Vendor>(
     pages: usize,
 ) -> Result<DomainId, PassthroughError> {
     let (_, s) = g.split();
-    let mut frames = Vec::with_capacity(pages);
-    let give_back = |frames: Vec<PhysAddr>, alloc: &mut dyn FrameAllocator| {
-        frames.into_iter().for_each(|f| alloc.free_frame(f))
+    let Some(mut memory) = GuestMemory::allocate(alloc, pages) else {
+        return Err(IommuError::OutOfMemory.into());
     };
-    for _ in 0..pages {
-        match alloc.alloc_frame() {
-            Some(f) => frames.push(f),
-            None => {
-                give_back(frames, alloc);
-                return Err(IommuError::OutOfMemory.into());
-            }
-        }
-    }
     let mut tables = match s.vendor.create_tables(alloc) {
         Ok(t) => t,
         Err(e) => {
-            give_back(frames, alloc);
+            memory.free(alloc);
             return Err(e.into());
         }
     };
     // Never programmed yet: these IDs can go straight back on failure.
     let Some(dids) = allocate_each(s.dids.iter_mut()) else {
         s.vendor.free_tables(alloc, tables);
-        give_back(frames, alloc);
+        memory.free(alloc);
         return Err(IommuError::OutOfDomainIds.into());
     };
-    for (i, frame) in frames.iter().enumerate() {
-        if let Err(e) = s.vendor.map(
-            &mut tables,
-            alloc,
-            &dids,
-            i as u64 * PAGE_SIZE,
-            *frame,
-            true,
-        ) {
-            s.vendor.free_tables(alloc, tables);
-            super::dids::release_each(s.dids.iter_mut(), &dids);
-            give_back(frames, alloc);
-            return Err(e.into());
-        }
+    let mapped = memory.iommu_pages().try_for_each(|(gpa, hpa, size)| {
+        s.vendor
+            .map_sized(&mut tables, alloc, &dids, gpa, hpa, size, true)
+    });
+    if let Err(e) = mapped {
+        s.vendor.free_tables(alloc, tables);
+        super::dids::release_each(s.dids.iter_mut(), &dids);
+        memory.free(alloc);
+        return Err(e.into());
     }
     let id = s.domains.insert(Domain {
         kind: DomainKind::Guest,
         name: name.into(),
-        memory: GuestMemory::new(frames),
+        memory,
     });
     let slot = id.index() as usize;
     if s.guests.len() <= slot {
@@ -504,10 +490,7 @@ fn reclaim<V: Vendor>(
     super::dids::release_each(s.dids.iter_mut(), &guest.dids);
     s.vendor.free_tables(alloc, guest.tables.into_inner());
     if let Some(mut d) = s.domains.remove(domain) {
-        d.memory
-            .take_frames()
-            .into_iter()
-            .for_each(|f| alloc.free_frame(f));
+        d.memory.free(alloc);
     }
     true
 }
