@@ -45,7 +45,7 @@ pub fn add_device<V: Vendor>(
         return Err(PassthroughError::TooManyRequesterIds { sbdf, count });
     };
     let unit = s.vendor.unit_of(sbdf).ok_or(IommuError::NoUnit(sbdf))?;
-    let holds = check_group_join(s, sbdf, unit, &rids)?;
+    check_group_join(s, sbdf, unit, &rids)?;
     // Every requester ID is checked (and its bus given a table) before any entry is written.
     s.vendor.prepare(held, alloc, unit, &rids)?;
     let quarantine = match s.mode {
@@ -74,7 +74,6 @@ pub fn add_device<V: Vendor>(
             kind,
             unit,
             requester_ids: rids,
-            holds,
             reserved,
             owner,
             quarantine,
@@ -85,9 +84,9 @@ pub fn add_device<V: Vendor>(
             bus_master_disabled: false,
         },
     );
-    let mut one = Group::new();
-    let _ = one.push(sbdf);
-    let report = switch_group(held, s, &one, Target::Quarantine);
+    // Joining a group can change its leader: the whole (quarantined) group is re-pointed.
+    let group = s.group_of(sbdf);
+    let report = switch_group(held, s, &group, Target::Quarantine);
     if let Some(e) = report.failed {
         // Registered and blocked: its tables stay reserved, since an entry may reach them.
         return Err(e.into());
@@ -98,24 +97,21 @@ pub fn add_device<V: Vendor>(
     })
 }
 
-/// Which requester IDs a new device holds (those no registered device uses yet), after
-/// checking that the alias group it joins is quarantined, behind its unit, and not too big.
+/// Checks that the alias group a new device joins is quarantined, behind its unit, and not
+/// too big.
 fn check_group_join<V: Vendor>(
     s: &State<V>,
     sbdf: Sbdf,
     unit: usize,
     rids: &RequesterIds,
-) -> Result<RequesterIds, PassthroughError> {
-    let mut holds = RequesterIds::new();
+) -> Result<(), PassthroughError> {
     let mut joined = Group::new();
     for rid in rids {
-        let mut shared = false;
         for other in s
             .devices
             .values()
             .filter(|o| o.sbdf.segment == sbdf.segment && o.requester_ids.contains(rid))
         {
-            shared = true;
             if other.owner != s.domains.dom_io {
                 return Err(PassthroughError::SharedAlias {
                     sbdf,
@@ -135,14 +131,11 @@ fn check_group_join<V: Vendor>(
                 }
             }
         }
-        if !shared {
-            let _ = holds.push(*rid);
-        }
     }
     if joined.len() >= MAX_GROUP {
         return Err(PassthroughError::GroupTooLarge(sbdf));
     }
-    Ok(holds)
+    Ok(())
 }
 
 /// Creates a guest with `pages` pages of memory (host frames, mapped 1:1 at guest-physical
@@ -213,8 +206,9 @@ pub fn create_domain<V: Vendor>(
     Ok(id)
 }
 
-/// Gives `sbdf` — with every device of its alias group — to guest `domain`. Refused requests
-/// change nothing.
+/// Gives `sbdf` — with every device of its alias group, and the bridges the group carries —
+/// to guest `domain`. A bridge itself is refused ([`PassthroughError::Bridge`]): it moves
+/// only with its group. Refused requests change nothing.
 pub fn assign<V: Vendor>(
     g: &mut DevicesGuard<'_, V>,
     alloc: &mut dyn FrameAllocator,
@@ -223,15 +217,14 @@ pub fn assign<V: Vendor>(
 ) -> Result<SwitchReport, PassthroughError> {
     let (held, s) = g.split();
     check_guest(s, domain)?;
-    if !s.devices.contains_key(&sbdf) {
-        return Err(PassthroughError::UnknownDevice(sbdf));
+    match s.devices.get(&sbdf) {
+        None => return Err(PassthroughError::UnknownDevice(sbdf)),
+        Some(d) if d.kind == DeviceKind::Bridge => return Err(PassthroughError::Bridge(sbdf)),
+        Some(_) => {}
     }
     let group = s.group_of(sbdf);
     let memory_end = s.domains.get(domain).map_or(0, |d| d.memory.size());
     for member in group.iter().filter_map(|m| s.devices.get(m)) {
-        if member.kind == DeviceKind::Bridge {
-            return Err(PassthroughError::Bridge(member.sbdf));
-        }
         if member.blocked {
             return Err(PassthroughError::Blocked(member.sbdf));
         }
@@ -347,8 +340,9 @@ fn unmap_pages<V: Vendor>(s: &mut State<V>, domain: DomainId, pages: &[u64]) {
     }
 }
 
-/// Takes `sbdf` — with its alias group — back from `domain` into quarantine. Never
-/// allocates; fails only when the caller does not own the device. A switch that times out
+/// Takes `sbdf` — with its alias group and the bridges it carries — back from `domain` into
+/// quarantine. Never allocates; fails only when the caller does not own the device, or names
+/// a carried bridge (which moves only with its group). A switch that times out
 /// or fails is in the report; the device is quarantined (or blocked) either way.
 pub fn deassign<V: Vendor>(
     g: &mut DevicesGuard<'_, V>,
@@ -365,6 +359,9 @@ pub fn deassign<V: Vendor>(
             sbdf,
             owner: dev.owner,
         });
+    }
+    if dev.kind == DeviceKind::Bridge {
+        return Err(PassthroughError::Bridge(sbdf));
     }
     Ok(take_back(held, s, domain, sbdf))
 }
@@ -427,8 +424,10 @@ fn take_back<V: Vendor>(
 /// How a destroy ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DestroyReport {
-    /// Devices taken back into quarantine.
+    /// Devices (endpoint functions) taken back into quarantine.
     pub devices: usize,
+    /// Bridges their alias groups carried back with them.
+    pub carried_bridges: usize,
     /// An invalidation did not complete: the guest's frames, tables and domain IDs are held
     /// back (parked) until [`reclaim_parked`] flushes them successfully.
     pub parked: bool,
@@ -452,8 +451,9 @@ pub fn destroy_domain<V: Vendor>(
         .find(|d| d.owner == domain)
         .map(|d| d.sbdf)
     {
-        report.devices += s.group_of(sbdf).len();
-        take_back(held, s, domain, sbdf);
+        let back = take_back(held, s, domain, sbdf);
+        report.devices += back.moved.len();
+        report.carried_bridges += back.carried.len();
     }
     if let Some(guest) = s
         .guests
