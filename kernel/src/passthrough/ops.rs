@@ -216,6 +216,39 @@ pub fn assign<V: Vendor>(
     sbdf: Sbdf,
 ) -> Result<SwitchReport, PassthroughError> {
     let (held, s) = g.split();
+    let dom_io = s.domains.dom_io;
+    move_to_guest(held, s, alloc, dom_io, domain, sbdf)
+}
+
+/// Moves `sbdf` — with its alias group and carried bridges — straight from guest `from` to
+/// guest `to` in one switch, never through quarantine: DMA in flight lands in one of the two
+/// owners' memory. `from`'s reserved ranges leave it after the switch. Refused requests
+/// (the caller does not own the device, or anything [`assign`] refuses) change nothing.
+pub fn reassign<V: Vendor>(
+    g: &mut DevicesGuard<'_, V>,
+    alloc: &mut dyn FrameAllocator,
+    from: DomainId,
+    to: DomainId,
+    sbdf: Sbdf,
+) -> Result<SwitchReport, PassthroughError> {
+    let (held, s) = g.split();
+    check_guest(s, from)?;
+    if from == to {
+        return Err(PassthroughError::AlreadyAssigned { sbdf, owner: to });
+    }
+    move_to_guest(held, s, alloc, from, to, sbdf)
+}
+
+/// The switch into guest `to` that assign (`from` = DomIO) and reassign share.
+fn move_to_guest<V: Vendor>(
+    held: &LockHeld,
+    s: &mut State<V>,
+    alloc: &mut dyn FrameAllocator,
+    from: DomainId,
+    to: DomainId,
+    sbdf: Sbdf,
+) -> Result<SwitchReport, PassthroughError> {
+    let domain = to;
     check_guest(s, domain)?;
     match s.devices.get(&sbdf) {
         None => return Err(PassthroughError::UnknownDevice(sbdf)),
@@ -228,10 +261,12 @@ pub fn assign<V: Vendor>(
         if member.blocked {
             return Err(PassthroughError::Blocked(member.sbdf));
         }
-        if member.owner != s.domains.dom_io {
-            return Err(PassthroughError::AlreadyAssigned {
-                sbdf: member.sbdf,
-                owner: member.owner,
+        if member.owner != from {
+            let (sbdf, owner) = (member.sbdf, member.owner);
+            return Err(if from == s.domains.dom_io || owner == to {
+                PassthroughError::AlreadyAssigned { sbdf, owner }
+            } else {
+                PassthroughError::NotOwner { sbdf, owner }
             });
         }
         if let Some(other) = s.devices.values().find(|o| {
@@ -265,6 +300,9 @@ pub fn assign<V: Vendor>(
         if let Some(d) = s.devices.get_mut(member) {
             d.owner = domain;
         }
+    }
+    if from != s.domains.dom_io {
+        release_reserved(s, from, &group, &report);
     }
     Ok(report)
 }
@@ -381,6 +419,19 @@ fn take_back<V: Vendor>(
             d.owner = dom_io;
         }
     }
+    release_reserved(s, domain, &group, &report);
+    report
+}
+
+/// After `group` left guest `domain`: its reserved ranges leave the guest's tables (unless
+/// another of its devices still needs them), and an unclean switch marks the guest stale.
+/// Never allocates.
+fn release_reserved<V: Vendor>(
+    s: &mut State<V>,
+    domain: DomainId,
+    group: &Group,
+    report: &SwitchReport,
+) {
     let State {
         vendor,
         devices,
@@ -391,13 +442,11 @@ fn take_back<V: Vendor>(
         .get_mut(domain.index() as usize)
         .and_then(|g| g.as_mut())
     else {
-        return report;
+        return;
     };
     if !report.clean() {
         guest.stale = true;
     }
-    // Reserved ranges leave the guest after the switch, unless another of its devices
-    // still needs them.
     let mut tables = guest.tables.lock();
     for r in group
         .iter()
@@ -418,7 +467,6 @@ fn take_back<V: Vendor>(
             page += PAGE_SIZE;
         }
     }
-    report
 }
 
 /// How a destroy ended.

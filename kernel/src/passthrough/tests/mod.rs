@@ -8,4 +8,5 @@ mod faults;
 mod fixture;
 mod holes;
 mod props;
+mod reassign;
 mod unit;
