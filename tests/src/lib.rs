@@ -247,6 +247,8 @@ pub struct Outcome {
     pub qemu_version: String,
     pub status: Status,
     pub lines: Vec<String>,
+    /// When each line arrived, from QEMU's start (wall clock: figures under `-icount`).
+    pub arrived: Vec<Duration>,
     pub wall: Duration,
 }
 
@@ -279,6 +281,12 @@ impl Outcome {
 
     pub fn figure(&self, name: &str) -> Option<Figure> {
         self.figures().into_iter().find(|f| f.name == name)
+    }
+
+    /// When the first line containing `needle` arrived.
+    pub fn arrival(&self, needle: &str) -> Option<Duration> {
+        let i = self.lines.iter().position(|l| l.contains(needle))?;
+        self.arrived.get(i).copied()
     }
 
     /// The first line containing `needle`.
@@ -344,6 +352,7 @@ pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
     });
     let deadline = start + config.timeout;
     let mut lines = Vec::new();
+    let mut arrived = Vec::new();
     let status = loop {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(line) => {
@@ -352,6 +361,7 @@ pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
                     let _ = std::io::stdout().flush();
                 }
                 lines.push(line);
+                arrived.push(start.elapsed());
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Timeout) | Err(mpsc::RecvTimeoutError::Disconnected) => {}
@@ -363,6 +373,7 @@ pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
                     println!("{line}");
                 }
                 lines.push(line);
+                arrived.push(start.elapsed());
             }
             break match st.code() {
                 Some(STATUS_SUCCESS) => Status::Success,
@@ -381,6 +392,7 @@ pub fn run(config: &Config, echo: bool) -> Result<Outcome, String> {
         qemu_version,
         status,
         lines,
+        arrived,
         wall: start.elapsed(),
     })
 }
