@@ -46,6 +46,8 @@ struct Tally {
     racing_in_old: u64,
     racing_in_new: u64,
     after_in_new: u64,
+    /// Rounds where a DMA changed a byte outside the one target it was allowed.
+    elsewhere: u64,
     failures: u64,
 }
 
@@ -96,17 +98,19 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     let pass = tally.failures == 0
         && n == SWITCHES as u64
         && tally.racing_in_old + tally.racing_in_new == n
-        && tally.after_in_new == n;
+        && tally.after_in_new == n
+        && tally.elsewhere == 0;
     checks.check(
         "reassign",
         pass,
         format_args!(
-            "{n} owner switches of {} round DomIO, guest-a, guest-b with {} DMAs: the DMA racing each switch landed {} time(s) in the old owner's memory and {} in the new owner's, never elsewhere; the DMA after each switch landed in the new owner's {} of {n} times; failed rounds: {}{}",
+            "{n} owner switches of {} round DomIO, guest-a, guest-b with {} DMAs: the DMA racing each switch landed {} time(s) in the old owner's memory and {} in the new owner's; the DMA after each switch landed in the new owner's {} of {n} times; rounds where memory outside those targets changed (canaries of all three parties): {}; failed rounds: {}{}",
             d.sbdf,
             tally.dmas,
             tally.racing_in_old,
             tally.racing_in_new,
             tally.after_in_new,
+            Count(tally.elsewhere),
             Count(tally.failures),
             first_failure.map_or_else(alloc::string::String::new, |f| alloc::format!(" (first: {f})")),
         ),
@@ -236,6 +240,7 @@ fn one_switch<V: Inspect>(
     tally.racing_in_old += u64::from(in_old && !in_new);
     tally.racing_in_new += u64::from(in_new && !in_old);
     tally.after_in_new += u64::from(after_in_new);
+    tally.elsewhere += u64::from(elsewhere);
     match (in_old, in_new, after_in_new, elsewhere) {
         (_, _, _, true) => Err("a DMA changed memory outside its owner's target".into()),
         (true, true, _, _) => Err("the racing DMA landed in both owners' memory".into()),
