@@ -62,11 +62,14 @@ pub enum Scenario {
     FaultStorm,
     /// The story for a talk: quarantine-dma, then assign-dma.
     Demo,
+    /// One edu device round DomIO → guest A → guest B → DomIO … hundreds of times, with a
+    /// DMA in flight across every owner switch and one after it.
+    Reassign,
 }
 
 impl Scenario {
     pub const NAMES: &'static str =
-        "boot|panic|page-fault|quarantine-dma|assign-dma|fault-storm|demo";
+        "boot|panic|page-fault|quarantine-dma|assign-dma|fault-storm|demo|reassign";
 
     fn parse(s: &str) -> Option<Scenario> {
         match s {
@@ -77,6 +80,7 @@ impl Scenario {
             "assign-dma" => Some(Scenario::AssignDma),
             "fault-storm" => Some(Scenario::FaultStorm),
             "demo" => Some(Scenario::Demo),
+            "reassign" => Some(Scenario::Reassign),
             _ => None,
         }
     }
@@ -90,6 +94,7 @@ impl Scenario {
             Scenario::AssignDma => "assign-dma",
             Scenario::FaultStorm => "fault-storm",
             Scenario::Demo => "demo",
+            Scenario::Reassign => "reassign",
         }
     }
 }

@@ -248,7 +248,8 @@ pub struct Outcome {
     pub qemu_version: String,
     pub status: Status,
     pub lines: Vec<String>,
-    /// When each line reached us, from QEMU's start (`arrived[i]` for `lines[i]`).
+    /// When each line reached us, from QEMU's start (`arrived[i]` for `lines[i]`; wall clock,
+    /// so it also times runs under `-icount`).
     pub arrived: Vec<Duration>,
     pub wall: Duration,
 }
@@ -284,18 +285,18 @@ impl Outcome {
         self.figures().into_iter().find(|f| f.name == name)
     }
 
+    /// When the first line containing `needle` arrived.
+    pub fn arrival(&self, needle: &str) -> Option<Duration> {
+        let i = self.lines.iter().position(|l| l.contains(needle))?;
+        self.arrived.get(i).copied()
+    }
+
     /// The first line containing `needle`.
     pub fn line(&self, needle: &str) -> Option<&str> {
         self.lines
             .iter()
             .map(String::as_str)
             .find(|l| l.contains(needle))
-    }
-
-    /// How long after QEMU's start the first line containing `needle` arrived.
-    pub fn time_to(&self, needle: &str) -> Option<Duration> {
-        let i = self.lines.iter().position(|l| l.contains(needle))?;
-        self.arrived.get(i).copied()
     }
 
     /// The whole console, for assertion messages, headed by the QEMU version that ran.

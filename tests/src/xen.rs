@@ -60,7 +60,7 @@ pub fn lazaret_seconds(config: &Config) -> Result<f64, String> {
         ));
     }
     outcome
-        .time_to("FIGURE boot-to-quarantined")
+        .arrival("FIGURE boot-to-quarantined")
         .map(|d| d.as_secs_f64())
         .ok_or_else(|| "Lazaret printed no boot-to-quarantined figure".into())
 }

@@ -1,7 +1,7 @@
 //! Ring 2 for alias groups: edu devices behind a `pcie-pci-bridge` are conventional PCI and
 //! all DMA with the bridge's (secondary bus, 00.0) requester ID, so the IOMMU cannot tell
-//! them apart. Whatever the core does with them, their DMA must reach no memory outside
-//! quarantine; they must be quarantined as one group, and assigned as one.
+//! them apart. They are one group that carries the bridge: quarantined as one (each member's
+//! DMA lands in the leader's — 01:01.0's — scratch page), assigned and deassigned as one.
 use lazaret_tests::{on_every_qemu, run, Config, Iommu, Outcome, Qemu, Status};
 
 fn behind_bridge(qemu: Qemu, iommu: &str, cmdline: &str) -> Outcome {
@@ -51,33 +51,110 @@ on_every_qemu! {
         }
     }
 
-    /// TODO(lead): today the core gives each function behind the bridge its own quarantine
-    /// (its own domain ID and scratch page) while their shared requester ID points at only
-    /// one of them, so `alias-group` and the other member's `scratch-dma` fail. Enable once
-    /// an alias group is quarantined as one.
-    #[ignore = "needs the core to quarantine an alias group as one (lead, issue 8 §5)"]
+    /// Every function is in DomIO with the bridge carried by its group. VT-d: each
+    /// member's DMA lands in the leader's scratch page (read back at its physical address)
+    /// and the second member's own page stays untouched. AMD: see [`amd_behind_bridge_is_safe`].
     fn an_alias_group_is_quarantined_as_one(qemu) {
+        for cmdline in ["", "scenario=quarantine-dma"] {
+            let out = behind_bridge(qemu, "intel", cmdline);
+            let failed: Vec<_> = out.results().into_iter().filter(|r| !r.pass).collect();
+            assert!(failed.is_empty(), "intel {cmdline}: {failed:#?}\n{}", out.transcript());
+            let results = out.results();
+            assert!(
+                results.iter().any(|r| r.name == "alias-group" && r.pass),
+                "{cmdline}\n{}",
+                out.transcript()
+            );
+            let to_leader = results
+                .iter()
+                .filter(|r| {
+                    r.name == "scratch-dma"
+                        && r.details.contains("group leader 0000:01:01.0's scratch page")
+                })
+                .count();
+            // Four IOVAs for the second member; the leader's DMA lands in its own page.
+            let want = if cmdline.is_empty() { 0 } else { 4 };
+            assert_eq!(to_leader, want, "{cmdline}\n{}", out.transcript());
+            assert_eq!(out.status, Status::Success, "{}", out.transcript());
+        }
+        let out = behind_bridge(qemu, "amd", "");
+        let failed: Vec<_> = out.results().into_iter().filter(|r| !r.pass).collect();
+        assert!(failed.is_empty(), "amd: {failed:#?}\n{}", out.transcript());
+        assert!(out.results().iter().any(|r| r.name == "alias-group" && r.pass));
+        amd_behind_bridge_is_safe(&behind_bridge(qemu, "amd", "scenario=quarantine-dma"), "scratch-dma");
+    }
+
+    /// Assigning one member moves the group and carries the bridge: on VT-d each member's DMA
+    /// lands in the guest's memory, and deassigned, in the leader's scratch page.
+    fn an_alias_group_is_assigned_together(qemu) {
+        let out = behind_bridge(qemu, "intel", "scenario=assign-dma");
+        let failed: Vec<_> = out.results().into_iter().filter(|r| !r.pass).collect();
+        assert!(failed.is_empty(), "intel: {failed:#?}\n{}", out.transcript());
+        let results = out.results();
+        for (name, count) in [("assign-dma", 2), ("deassign-dma", 2), ("assign-walk", 2)] {
+            assert_eq!(
+                results.iter().filter(|r| r.name == name && r.pass).count(),
+                count,
+                "{name}\n{}",
+                out.transcript()
+            );
+        }
+        assert!(
+            results
+                .iter()
+                .filter(|r| r.name == "deassign-dma")
+                .all(|r| r.details.contains("the group leader's scratch page")),
+            "{}",
+            out.transcript()
+        );
+        assert_eq!(out.status, Status::Success, "{}", out.transcript());
         for iommu in ["intel", "amd"] {
-            for cmdline in ["", "scenario=quarantine-dma"] {
-                let out = behind_bridge(qemu, iommu, cmdline);
-                let failed: Vec<_> = out.results().into_iter().filter(|r| !r.pass).collect();
-                assert!(failed.is_empty(), "{iommu} {cmdline}: {failed:#?}\n{}", out.transcript());
-                assert!(out.results().iter().any(|r| r.name == "alias-group" && r.pass));
-                assert_eq!(out.status, Status::Success, "{}", out.transcript());
+            let out = if iommu == "intel" { out.clone() } else { behind_bridge(qemu, iommu, "scenario=assign-dma") };
+            let assign = out.results().into_iter().find(|r| r.name == "assign").expect("assign RESULT");
+            assert!(
+                assign.pass
+                    && assign.details.contains("moved 0000:01:01.0 0000:01:02.0, carrying bridge 0000:00:10.0"),
+                "{iommu}: {}",
+                assign.details
+            );
+            if iommu == "amd" {
+                amd_behind_bridge_is_safe(&out, "assign-dma");
             }
         }
     }
+}
 
-    /// TODO(lead): assigning a function behind the bridge is refused today (`SharedAlias`);
-    /// the group must move in one call. Enable with the core's group-assignment API (and make
-    /// `scenario=assign-dma` use it for a device in an alias group).
-    #[ignore = "needs the core's alias-group assignment API (lead, issue 8 §5)"]
-    fn an_alias_group_is_assigned_together(qemu) {
-        for iommu in ["intel", "amd"] {
-            let out = behind_bridge(qemu, iommu, "scenario=assign-dma");
-            let failed: Vec<_> = out.results().into_iter().filter(|r| !r.pass).collect();
-            assert!(failed.is_empty(), "{iommu}: {failed:#?}\n{}", out.transcript());
-            assert_eq!(out.status, Status::Success, "{}", out.transcript());
-        }
+/// QEMU's amd-iommu (7.2 and 10.0.2) takes a device's bus number when the device is created,
+/// before the firmware numbers the bridge's secondary bus: DMA from behind the
+/// `pcie-pci-bridge` reaches the IOMMU as device ID 00:00.0 (the host bridge's, whose entry
+/// is its own quarantine; traced with `-trace 'amdvi_*'`). So on AMD the group's DMA cannot
+/// land where the group's entries say; what must still hold is that it reaches no memory
+/// beyond quarantine: no watched frame, no other scratch page, no guest page. When QEMU
+/// fixes this, the `did NOT land` below fails: make AMD strict like VT-d then.
+fn amd_behind_bridge_is_safe(out: &Outcome, name: &str) {
+    let dmas: Vec<_> = out
+        .results()
+        .into_iter()
+        .filter(|r| r.name == name)
+        .collect();
+    assert!(!dmas.is_empty(), "amd {name}\n{}", out.transcript());
+    for r in &dmas {
+        let escaped = match name {
+            "scratch-dma" => {
+                !r.details.contains("other scratch pages untouched yes")
+                    || !r.details.contains("untouched yes; read")
+            }
+            _ => !r.details.contains("rest of the page untouched yes"),
+        };
+        assert!(
+            !escaped,
+            "amd: DMA from behind the bridge escaped: {}",
+            r.details
+        );
+        assert!(
+            r.details.contains("did NOT land"),
+            "amd: QEMU now routes the bridge's DMA by its real ID; make the AMD check strict: {}",
+            r.details
+        );
     }
 }

@@ -28,7 +28,8 @@ pub enum PassthroughError {
         alias: Bdf,
         other: Sbdf,
     },
-    /// Bridges forward other devices' DMA; one is never assigned (nor a group holding one).
+    /// Bridges forward other devices' DMA: one is never assigned or deassigned on its own;
+    /// it moves only with the alias group that carries it.
     Bridge(Sbdf),
     /// The alias group would exceed what one switch moves without allocating.
     GroupTooLarge(Sbdf),
@@ -77,7 +78,7 @@ impl fmt::Display for PassthroughError {
             ),
             Bridge(s) => write!(
                 f,
-                "{s} is a bridge, or shares a requester ID with one: bridges are never assigned"
+                "{s} is a bridge: it moves only with the alias group that carries it, never on its own"
             ),
             GroupTooLarge(s) => write!(f, "{s}'s alias group would exceed {MAX_GROUP} devices"),
             GroupSpansUnits { sbdf, other } => write!(

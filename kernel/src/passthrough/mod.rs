@@ -24,8 +24,8 @@ pub use errors::PassthroughError;
 pub use faults::{drain_faults, FaultReport};
 pub use lock::{DeviceLock, DevicesGuard, LockHeld};
 pub use ops::{
-    add_device, assign, create_domain, deassign, destroy_domain, reclaim_parked, DestroyReport,
-    QuarantineInfo,
+    add_device, assign, create_domain, deassign, destroy_domain, reassign, reclaim_parked,
+    DestroyReport, QuarantineInfo,
 };
 pub use registry::{Device, DeviceKind, Group, State, Stats};
 pub use switch::SwitchReport;

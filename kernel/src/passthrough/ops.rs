@@ -45,7 +45,7 @@ pub fn add_device<V: Vendor>(
         return Err(PassthroughError::TooManyRequesterIds { sbdf, count });
     };
     let unit = s.vendor.unit_of(sbdf).ok_or(IommuError::NoUnit(sbdf))?;
-    let holds = check_group_join(s, sbdf, unit, &rids)?;
+    check_group_join(s, sbdf, unit, &rids)?;
     // Every requester ID is checked (and its bus given a table) before any entry is written.
     s.vendor.prepare(held, alloc, unit, &rids)?;
     let quarantine = match s.mode {
@@ -74,7 +74,6 @@ pub fn add_device<V: Vendor>(
             kind,
             unit,
             requester_ids: rids,
-            holds,
             reserved,
             owner,
             quarantine,
@@ -85,9 +84,9 @@ pub fn add_device<V: Vendor>(
             bus_master_disabled: false,
         },
     );
-    let mut one = Group::new();
-    let _ = one.push(sbdf);
-    let report = switch_group(held, s, &one, Target::Quarantine);
+    // Joining a group can change its leader: the whole (quarantined) group is re-pointed.
+    let group = s.group_of(sbdf);
+    let report = switch_group(held, s, &group, Target::Quarantine);
     if let Some(e) = report.failed {
         // Registered and blocked: its tables stay reserved, since an entry may reach them.
         return Err(e.into());
@@ -98,24 +97,21 @@ pub fn add_device<V: Vendor>(
     })
 }
 
-/// Which requester IDs a new device holds (those no registered device uses yet), after
-/// checking that the alias group it joins is quarantined, behind its unit, and not too big.
+/// Checks that the alias group a new device joins is quarantined, behind its unit, and not
+/// too big.
 fn check_group_join<V: Vendor>(
     s: &State<V>,
     sbdf: Sbdf,
     unit: usize,
     rids: &RequesterIds,
-) -> Result<RequesterIds, PassthroughError> {
-    let mut holds = RequesterIds::new();
+) -> Result<(), PassthroughError> {
     let mut joined = Group::new();
     for rid in rids {
-        let mut shared = false;
         for other in s
             .devices
             .values()
             .filter(|o| o.sbdf.segment == sbdf.segment && o.requester_ids.contains(rid))
         {
-            shared = true;
             if other.owner != s.domains.dom_io {
                 return Err(PassthroughError::SharedAlias {
                     sbdf,
@@ -135,14 +131,11 @@ fn check_group_join<V: Vendor>(
                 }
             }
         }
-        if !shared {
-            let _ = holds.push(*rid);
-        }
     }
     if joined.len() >= MAX_GROUP {
         return Err(PassthroughError::GroupTooLarge(sbdf));
     }
-    Ok(holds)
+    Ok(())
 }
 
 /// Creates a guest with `pages` pages of memory, in 2 MiB blocks where the allocator has
@@ -199,8 +192,9 @@ pub fn create_domain<V: Vendor>(
     Ok(id)
 }
 
-/// Gives `sbdf` — with every device of its alias group — to guest `domain`. Refused requests
-/// change nothing.
+/// Gives `sbdf` — with every device of its alias group, and the bridges the group carries —
+/// to guest `domain`. A bridge itself is refused ([`PassthroughError::Bridge`]): it moves
+/// only with its group. Refused requests change nothing.
 pub fn assign<V: Vendor>(
     g: &mut DevicesGuard<'_, V>,
     alloc: &mut dyn FrameAllocator,
@@ -208,23 +202,57 @@ pub fn assign<V: Vendor>(
     sbdf: Sbdf,
 ) -> Result<SwitchReport, PassthroughError> {
     let (held, s) = g.split();
+    let dom_io = s.domains.dom_io;
+    move_to_guest(held, s, alloc, dom_io, domain, sbdf)
+}
+
+/// Moves `sbdf` — with its alias group and carried bridges — straight from guest `from` to
+/// guest `to` in one switch, never through quarantine: DMA in flight lands in one of the two
+/// owners' memory. `from`'s reserved ranges leave it after the switch. Refused requests
+/// (the caller does not own the device, or anything [`assign`] refuses) change nothing.
+pub fn reassign<V: Vendor>(
+    g: &mut DevicesGuard<'_, V>,
+    alloc: &mut dyn FrameAllocator,
+    from: DomainId,
+    to: DomainId,
+    sbdf: Sbdf,
+) -> Result<SwitchReport, PassthroughError> {
+    let (held, s) = g.split();
+    check_guest(s, from)?;
+    if from == to {
+        return Err(PassthroughError::AlreadyAssigned { sbdf, owner: to });
+    }
+    move_to_guest(held, s, alloc, from, to, sbdf)
+}
+
+/// The switch into guest `to` that assign (`from` = DomIO) and reassign share.
+fn move_to_guest<V: Vendor>(
+    held: &LockHeld,
+    s: &mut State<V>,
+    alloc: &mut dyn FrameAllocator,
+    from: DomainId,
+    to: DomainId,
+    sbdf: Sbdf,
+) -> Result<SwitchReport, PassthroughError> {
+    let domain = to;
     check_guest(s, domain)?;
-    if !s.devices.contains_key(&sbdf) {
-        return Err(PassthroughError::UnknownDevice(sbdf));
+    match s.devices.get(&sbdf) {
+        None => return Err(PassthroughError::UnknownDevice(sbdf)),
+        Some(d) if d.kind == DeviceKind::Bridge => return Err(PassthroughError::Bridge(sbdf)),
+        Some(_) => {}
     }
     let group = s.group_of(sbdf);
     let memory_end = s.domains.get(domain).map_or(0, |d| d.memory.size());
     for member in group.iter().filter_map(|m| s.devices.get(m)) {
-        if member.kind == DeviceKind::Bridge {
-            return Err(PassthroughError::Bridge(member.sbdf));
-        }
         if member.blocked {
             return Err(PassthroughError::Blocked(member.sbdf));
         }
-        if member.owner != s.domains.dom_io {
-            return Err(PassthroughError::AlreadyAssigned {
-                sbdf: member.sbdf,
-                owner: member.owner,
+        if member.owner != from {
+            let (sbdf, owner) = (member.sbdf, member.owner);
+            return Err(if from == s.domains.dom_io || owner == to {
+                PassthroughError::AlreadyAssigned { sbdf, owner }
+            } else {
+                PassthroughError::NotOwner { sbdf, owner }
             });
         }
         if let Some(other) = s.devices.values().find(|o| {
@@ -258,6 +286,9 @@ pub fn assign<V: Vendor>(
         if let Some(d) = s.devices.get_mut(member) {
             d.owner = domain;
         }
+    }
+    if from != s.domains.dom_io {
+        release_reserved(s, from, &group, &report);
     }
     Ok(report)
 }
@@ -333,8 +364,9 @@ fn unmap_pages<V: Vendor>(s: &mut State<V>, domain: DomainId, pages: &[u64]) {
     }
 }
 
-/// Takes `sbdf` — with its alias group — back from `domain` into quarantine. Never
-/// allocates; fails only when the caller does not own the device. A switch that times out
+/// Takes `sbdf` — with its alias group and the bridges it carries — back from `domain` into
+/// quarantine. Never allocates; fails only when the caller does not own the device, or names
+/// a carried bridge (which moves only with its group). A switch that times out
 /// or fails is in the report; the device is quarantined (or blocked) either way.
 pub fn deassign<V: Vendor>(
     g: &mut DevicesGuard<'_, V>,
@@ -351,6 +383,9 @@ pub fn deassign<V: Vendor>(
             sbdf,
             owner: dev.owner,
         });
+    }
+    if dev.kind == DeviceKind::Bridge {
+        return Err(PassthroughError::Bridge(sbdf));
     }
     Ok(take_back(held, s, domain, sbdf))
 }
@@ -370,6 +405,19 @@ fn take_back<V: Vendor>(
             d.owner = dom_io;
         }
     }
+    release_reserved(s, domain, &group, &report);
+    report
+}
+
+/// After `group` left guest `domain`: its reserved ranges leave the guest's tables (unless
+/// another of its devices still needs them), and an unclean switch marks the guest stale.
+/// Never allocates.
+fn release_reserved<V: Vendor>(
+    s: &mut State<V>,
+    domain: DomainId,
+    group: &Group,
+    report: &SwitchReport,
+) {
     let State {
         vendor,
         devices,
@@ -380,13 +428,11 @@ fn take_back<V: Vendor>(
         .get_mut(domain.index() as usize)
         .and_then(|g| g.as_mut())
     else {
-        return report;
+        return;
     };
     if !report.clean() {
         guest.stale = true;
     }
-    // Reserved ranges leave the guest after the switch, unless another of its devices
-    // still needs them.
     let mut tables = guest.tables.lock();
     for r in group
         .iter()
@@ -407,14 +453,15 @@ fn take_back<V: Vendor>(
             page += PAGE_SIZE;
         }
     }
-    report
 }
 
 /// How a destroy ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DestroyReport {
-    /// Devices taken back into quarantine.
+    /// Devices (endpoint functions) taken back into quarantine.
     pub devices: usize,
+    /// Bridges their alias groups carried back with them.
+    pub carried_bridges: usize,
     /// An invalidation did not complete: the guest's frames, tables and domain IDs are held
     /// back (parked) until [`reclaim_parked`] flushes them successfully.
     pub parked: bool,
@@ -438,8 +485,9 @@ pub fn destroy_domain<V: Vendor>(
         .find(|d| d.owner == domain)
         .map(|d| d.sbdf)
     {
-        report.devices += s.group_of(sbdf).len();
-        take_back(held, s, domain, sbdf);
+        let back = take_back(held, s, domain, sbdf);
+        report.devices += back.moved.len();
+        report.carried_bridges += back.carried.len();
     }
     if let Some(guest) = s
         .guests

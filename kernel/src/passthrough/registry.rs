@@ -13,11 +13,12 @@ use super::iommu::{FlushCost, Inspect, RequesterIds, ReservedRange, Vendor};
 use crate::cmdline::QuarantineMode;
 use crate::domain::{DomainId, Domains};
 
-/// Most devices in one alias group (functions whose DMA shares a requester ID): a group
-/// moves in one switch, on the stack.
+/// Most devices in one alias group (functions whose DMA shares a requester ID, with the
+/// bridges it carries): a group moves in one switch, on the stack.
 pub const MAX_GROUP: usize = 16;
 
-/// The members of an alias group, on the stack.
+/// The devices of an alias group, in SBDF order, on the stack: its endpoint functions and
+/// the bridges it carries (see [`State::group_of`]).
 pub type Group = heapless::Vec<Sbdf, MAX_GROUP>;
 
 /// What kind of PCI function a device is: it decides which requester IDs its DMA carries,
@@ -59,9 +60,6 @@ pub struct Device<Q> {
     pub(super) kind: DeviceKind,
     pub(super) unit: usize,
     pub(super) requester_ids: RequesterIds,
-    /// The requester IDs whose quarantine entry is this device's: all of its own, except
-    /// aliases another group member registered first (one entry serves the whole group).
-    pub(super) holds: RequesterIds,
     pub(super) reserved: Vec<ReservedRange>,
     pub(super) owner: DomainId,
     pub(super) quarantine: Option<Q>,
@@ -202,15 +200,22 @@ impl<V: Vendor> State<V> {
         self.devices.get(&sbdf).map(|d| d.owner)
     }
 
-    /// The device whose DMA carries `rid` in `segment` (the first of its alias group).
+    /// The device whose quarantine entry `rid` in `segment` reaches: its only emitter, or
+    /// the leader of the alias group that shares it.
     pub fn device_by_requester(&self, segment: u16, rid: Bdf) -> Option<&Device<V::Quarantine>> {
-        self.devices
+        let first = self
+            .devices
             .values()
-            .find(|d| d.sbdf.segment == segment && d.requester_ids.contains(&rid))
+            .find(|d| d.sbdf.segment == segment && d.requester_ids.contains(&rid))?;
+        let group = self.group_of(first.sbdf);
+        self.leader(&group).and_then(|l| self.devices.get(&l))
     }
 
-    /// `sbdf` and every device that shares a requester ID with it, transitively: what must
-    /// move together. Bounded (checked when devices are added).
+    /// `sbdf` and every device that shares a requester ID with it, transitively, in SBDF
+    /// order: what moves together. Its endpoint functions are the group; the bridges in it
+    /// (a bridge whose own ID the endpoints' DMA carries, QEMU's `pcie-pci-bridge`) are
+    /// *carried*: they follow the group's owner, and are never assigned on their own.
+    /// Bounded (checked when devices are added).
     pub fn group_of(&self, sbdf: Sbdf) -> Group {
         let mut group = Group::new();
         if !self.devices.contains_key(&sbdf) {
@@ -231,6 +236,38 @@ impl<V: Vendor> State<V> {
         }
         group.sort_unstable();
         group
+    }
+
+    /// The group's endpoint functions (`bridges == false`) or the bridges it carries.
+    pub fn members_of(&self, group: &Group, bridges: bool) -> Group {
+        group
+            .iter()
+            .filter(|m| {
+                self.devices
+                    .get(m)
+                    .is_some_and(|d| (d.kind == DeviceKind::Bridge) == bridges)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// The group's leader: its lowest-SBDF endpoint function (the lowest device when it has
+    /// none). In quarantine every requester ID more than one member emits reaches the
+    /// leader's tables, so DMA the IOMMU cannot tell apart lands in one known scratch page.
+    pub fn leader(&self, group: &Group) -> Option<Sbdf> {
+        self.members_of(group, false)
+            .first()
+            .or(group.first())
+            .copied()
+    }
+
+    /// Whether a group member other than `sbdf` emits `rid` too.
+    pub(super) fn shared_in_group(&self, group: &Group, sbdf: Sbdf, rid: Bdf) -> bool {
+        group
+            .iter()
+            .filter(|m| **m != sbdf)
+            .filter_map(|m| self.devices.get(m))
+            .any(|d| d.requester_ids.contains(&rid))
     }
 
     /// A live guest's IOMMU state.

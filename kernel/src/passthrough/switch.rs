@@ -9,16 +9,25 @@
 //!   (the caller marks the guest stale; destroy parks it);
 //! - an entry could not be written: every entry of the group is set to block, the group is
 //!   marked blocked, and its ownership is not recorded as moved.
+//!
+//! Into quarantine, each requester ID that only one member emits reaches that member's own
+//! tables; an ID that several emit (a bridge's own ID, the secondary bus's 00.0 alias)
+//! reaches the group leader's (`State::leader`): the IOMMU cannot tell those DMAs apart, so
+//! they land in one known scratch page. Every member's scratch page is zeroed first.
 use lazaret_types::Bdf;
 
 use super::iommu::{FlushCost, IommuError, Vendor};
-use super::registry::{Group, State};
+use super::registry::{Device, Group, State};
 use super::LockHeld;
 use crate::domain::DomainId;
 
 /// How one switch ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SwitchReport {
+    /// The endpoint functions that moved (the alias group).
+    pub moved: Group,
+    /// The bridges the group carried with it (never counted as the guest's devices).
+    pub carried: Group,
     pub cost: FlushCost,
     /// The invalidation did not complete: entries are switched, caches may lag.
     pub timed_out: Option<IommuError>,
@@ -35,7 +44,7 @@ impl SwitchReport {
 /// Where a switch points the group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Target {
-    /// Each member's own quarantine entry, on the requester IDs it holds.
+    /// Each member's own quarantine entry; IDs several members emit, the leader's.
     Quarantine,
     /// The guest's tables, on every requester ID of every member.
     Guest(DomainId),
@@ -53,22 +62,24 @@ pub(super) fn switch_group<V: Vendor>(
     };
     let mut batch = s.vendor.new_batch();
     let mut failed = None;
-    'members: for sbdf in group {
+    let leader = s.leader(group);
+    if target == Target::Quarantine {
+        // The scratch pages are data: zeroed before any member returns to them.
+        for dev in group.iter().filter_map(|m| s.devices.get(m)) {
+            if let Some(q) = &dev.quarantine {
+                s.vendor.zero_scratch(q);
+            }
+        }
+    }
+    let shared_entry = leader
+        .and_then(|l| s.devices.get(&l))
+        .map(|l| quarantine_entry(&s.vendor, l));
+    'members: for (i, sbdf) in group.iter().enumerate() {
         let Some(dev) = s.devices.get(sbdf) else {
             continue;
         };
-        let (new, rids) = match target {
-            Target::Quarantine => {
-                // The scratch page is data: zeroed before the device returns to it.
-                if let Some(q) = &dev.quarantine {
-                    s.vendor.zero_scratch(q);
-                }
-                let entry = match &dev.quarantine {
-                    Some(q) => s.vendor.quarantine_entry(q, dev.quarantine_did),
-                    None => s.vendor.blocked_entry(dev.quarantine_did),
-                };
-                (entry, &dev.holds)
-            }
+        let guest_entry = match target {
+            Target::Quarantine => None,
             Target::Guest(id) => {
                 let Some(guest) = s.guests.get(id.index() as usize).and_then(|g| g.as_ref()) else {
                     failed = Some(IommuError::Inconsistent("the guest has no tables".into()));
@@ -78,11 +89,24 @@ pub(super) fn switch_group<V: Vendor>(
                     failed = Some(IommuError::Inconsistent("no domain ID on the unit".into()));
                     break 'members;
                 };
-                let entry = s.vendor.guest_entry(&guest.tables.lock(), did);
-                (entry, &dev.requester_ids)
+                Some(s.vendor.guest_entry(&guest.tables.lock(), did))
             }
         };
-        for rid in rids {
+        let own_entry = quarantine_entry(&s.vendor, dev);
+        for rid in &dev.requester_ids {
+            // A shared ID is written once, by the first member that emits it.
+            let earlier = group[..i]
+                .iter()
+                .filter_map(|m| s.devices.get(m))
+                .any(|d| d.requester_ids.contains(rid));
+            if earlier {
+                continue;
+            }
+            let new = match (guest_entry, shared_entry) {
+                (Some(e), _) => e,
+                (None, Some(e)) if s.shared_in_group(group, *sbdf, *rid) => e,
+                (None, _) => own_entry,
+            };
             if let Err(e) = write_entry(held, &mut s.vendor, unit, &mut batch, *rid, new) {
                 failed = Some(e);
                 break 'members;
@@ -94,6 +118,8 @@ pub(super) fn switch_group<V: Vendor>(
     }
     let flushed = s.vendor.flush(held, unit, &batch);
     let mut report = SwitchReport {
+        moved: s.members_of(group, false),
+        carried: s.members_of(group, true),
         failed,
         ..SwitchReport::default()
     };
@@ -116,6 +142,14 @@ pub(super) fn switch_group<V: Vendor>(
         );
     }
     report
+}
+
+/// The device's own quarantine entry: its tables, or blocking when it has none (mode none).
+fn quarantine_entry<V: Vendor>(vendor: &V, dev: &Device<V::Quarantine>) -> V::Entry {
+    match &dev.quarantine {
+        Some(q) => vendor.quarantine_entry(q, dev.quarantine_did),
+        None => vendor.blocked_entry(dev.quarantine_did),
+    }
 }
 
 /// Counts an owner switch (add's first switch into quarantine is not one) for the figures.

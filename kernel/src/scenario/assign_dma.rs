@@ -1,13 +1,17 @@
-//! `scenario=assign-dma`: a guest made of host frames (no vCPU yet) gets an edu device. Its
-//! DMA lands in the guest's memory at the right offset; deassign returns the device to its
-//! scratch page; deassign and destroy allocate nothing; no invalidation wait times out.
-use alloc::vec;
+//! `scenario=assign-dma`: a guest made of host frames (no vCPU yet) gets an edu device — with
+//! its alias group, when it sits behind a PCIe-to-PCI bridge. Each moved function's DMA lands
+//! in the guest's memory at the right offset; deassign returns the group to quarantine, where
+//! each function's DMA lands in its (the group leader's) scratch page; deassign and destroy
+//! allocate nothing; no invalidation wait times out.
+use alloc::vec::Vec;
+use core::fmt;
 
-use lazaret_types::{FrameAllocator, PhysMem, PAGE_SIZE};
+use lazaret_types::{FrameAllocator, PhysAddr, PhysMem, Sbdf, PAGE_SIZE};
 
 use super::checks::{Checks, Dma, Outcome, YesNo};
-use super::edu;
-use super::memory::fresh_pattern;
+use super::edu::{self, EduDevice};
+use super::groups;
+use super::memory::{fresh_pattern, read_page};
 use super::quarantine_dma::DMA_LEN;
 use crate::console::figure;
 use crate::hypervisor::Hypervisor;
@@ -15,7 +19,6 @@ use crate::mm::direct_map::DIRECT_MAP;
 use crate::passthrough;
 use crate::passthrough::iommu::Inspect;
 
-const PAGE: usize = PAGE_SIZE as usize;
 const GUEST_PAGES: usize = 16;
 /// The guest-physical page the device reads from, and where (page + offset) it writes to.
 const SOURCE_GPA: u64 = 0x3000;
@@ -64,10 +67,7 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         checks.check("guest-memory", false, format_args!("guest pages missing"));
         return;
     };
-    let expected = fresh_pattern();
-    DIRECT_MAP.write_bytes(source, &expected);
     let target_page = target.align_down();
-    DIRECT_MAP.zero(target_page, PAGE_SIZE);
 
     let assigned = passthrough::assign(&mut g, &mut hv.frames, dom, d.sbdf);
     let timed_out = assigned.as_ref().is_ok_and(|c| c.timed_out.is_some());
@@ -75,63 +75,84 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         "assign",
         assigned.is_ok() && !timed_out,
         format_args!(
-            "{} given to guest-1: {}; invalidation wait {}",
+            "{} given to guest-1: {}; {}; invalidation wait {}",
             d.sbdf,
             Outcome(&assigned),
+            Moved(assigned.as_ref().ok()),
             if timed_out { "TIMED OUT" } else { "completed" }
         ),
     );
     if let Ok(r) = &assigned {
         r.cost.report("assign");
     }
-    let walks = g.state().translate(d.sbdf, TARGET_GPA, true);
-    checks.check(
-        "assign-walk",
-        walks == Ok(target),
-        format_args!(
-            "guest-physical {TARGET_GPA:#x} walks to {}, expected guest-1's frame {target} (reference walker)",
-            match &walks {
-                Ok(p) => alloc::format!("{p}"),
-                Err(e) => alloc::format!("nothing ({e})"),
-            }
-        ),
-    );
-    let scratch = g.state().scratch_page(d.sbdf);
-    drop(g);
-    // The (now unused) scratch page gets a new pattern: a DMA that still went there shows.
-    let scratch_marker = fresh_pattern();
-    if let Some(s) = scratch {
-        DIRECT_MAP.write_bytes(s, &scratch_marker);
-    }
-
-    let read = d.edu.dma_from_ram(SOURCE_GPA, 0, DMA_LEN, edu::deadline());
-    let write = d.edu.dma_to_ram(TARGET_GPA, 0, TARGET_LEN, edu::deadline());
-    let mut page = vec![0u8; PAGE];
-    DIRECT_MAP.read_bytes(target_page, &mut page);
-    let offset = (TARGET_GPA % PAGE_SIZE) as usize;
-    let landed = page[offset..offset + TARGET_LEN] == expected[..TARGET_LEN];
-    let rest_untouched = page[..offset]
+    // The edu functions that moved (the whole alias group), each with the ID its DMA
+    // carries (from the topology) and the page it lands in back in quarantine.
+    let members: Vec<(&EduDevice, Sbdf, Option<PhysAddr>)> = devices
         .iter()
-        .chain(&page[offset + TARGET_LEN..])
-        .all(|b| *b == 0);
-    let scratch_clean = scratch.is_none_or(|s| {
-        let mut buf = vec![0u8; PAGE];
-        DIRECT_MAP.read_bytes(s, &mut buf);
-        buf == scratch_marker
-    });
-    checks.check(
-        "assign-dma",
-        read.is_ok() && write.is_ok() && landed && rest_untouched && scratch_clean,
-        format_args!(
-            "{}: read guest-physical {SOURCE_GPA:#x}, wrote {TARGET_LEN:#x} bytes at guest-physical {TARGET_GPA:#x}: the data {} in guest-1's memory; rest of the page untouched {}; scratch page untouched {}; read: {}; write: {}",
-            d.sbdf,
-            if landed { "landed" } else { "did NOT land" },
-            YesNo(rest_untouched),
-            YesNo(scratch_clean),
-            Dma(&read),
-            Dma(&write),
-        ),
-    );
+        .filter(|m| {
+            assigned
+                .as_ref()
+                .map_or(m.sbdf == d.sbdf, |r| r.moved.contains(&m.sbdf))
+        })
+        .map(|m| {
+            let (rid, lands_in) = groups::landing(&hv.pci, m.sbdf).unwrap_or((m.sbdf, m.sbdf));
+            (m, rid, g.state().scratch_page(lands_in))
+        })
+        .collect();
+    for (m, rid, _) in &members {
+        let walks = g.state().translate(*rid, TARGET_GPA, true);
+        checks.check(
+            "assign-walk",
+            walks == Ok(target),
+            format_args!(
+                "{} (DMA as {}): guest-physical {TARGET_GPA:#x} walks to {}, expected guest-1's frame {target} (reference walker)",
+                m.sbdf,
+                rid.bdf,
+                match &walks {
+                    Ok(p) => alloc::format!("{p}"),
+                    Err(e) => alloc::format!("nothing ({e})"),
+                }
+            ),
+        );
+    }
+    drop(g);
+
+    // What each member read from the guest (its edu buffer), to find it again later.
+    let mut read_back = Vec::new();
+    for (m, _, scratch) in &members {
+        let expected = fresh_pattern();
+        DIRECT_MAP.write_bytes(source, &expected);
+        DIRECT_MAP.zero(target_page, PAGE_SIZE);
+        // The (now unused) scratch page gets a new pattern: a DMA that still went there shows.
+        let scratch_marker = fresh_pattern();
+        if let Some(s) = scratch {
+            DIRECT_MAP.write_bytes(*s, &scratch_marker);
+        }
+        let read = m.edu.dma_from_ram(SOURCE_GPA, 0, DMA_LEN, edu::deadline());
+        let write = m.edu.dma_to_ram(TARGET_GPA, 0, TARGET_LEN, edu::deadline());
+        let page = read_page(target_page);
+        let offset = (TARGET_GPA % PAGE_SIZE) as usize;
+        let landed = page[offset..offset + TARGET_LEN] == expected[..TARGET_LEN];
+        let rest_untouched = page[..offset]
+            .iter()
+            .chain(&page[offset + TARGET_LEN..])
+            .all(|b| *b == 0);
+        let scratch_clean = scratch.is_none_or(|s| read_page(s) == scratch_marker);
+        checks.check(
+            "assign-dma",
+            read.is_ok() && write.is_ok() && landed && rest_untouched && scratch_clean,
+            format_args!(
+                "{}: read guest-physical {SOURCE_GPA:#x}, wrote {TARGET_LEN:#x} bytes at guest-physical {TARGET_GPA:#x}: the data {} in guest-1's memory; rest of the page untouched {}; scratch page untouched {}; read: {}; write: {}",
+                m.sbdf,
+                if landed { "landed" } else { "did NOT land" },
+                YesNo(rest_untouched),
+                YesNo(scratch_clean),
+                Dma(&read),
+                Dma(&write),
+            ),
+        );
+        read_back.push(expected);
+    }
 
     let mut g = lock.lock();
     let allocations = hv.frames.allocations();
@@ -147,9 +168,10 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         "deassign",
         deassigned.is_ok() && !timed_out && during_deassign == 0,
         format_args!(
-            "{} back to DomIO: {}; invalidation wait {}; {during_deassign} frame(s) allocated",
+            "{} back to DomIO: {}; {}; invalidation wait {}; {during_deassign} frame(s) allocated",
             d.sbdf,
             Outcome(&deassigned),
+            Moved(deassigned.as_ref().ok()),
             if timed_out { "TIMED OUT" } else { "completed" }
         ),
     );
@@ -157,30 +179,37 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         r.cost.report("deassign");
     }
     drop(g);
-    DIRECT_MAP.zero(target_page, PAGE_SIZE);
-    let write = d.edu.dma_to_ram(TARGET_GPA, 0, TARGET_LEN, edu::deadline());
-    DIRECT_MAP.read_bytes(target_page, &mut page);
-    let guest_untouched = page.iter().all(|b| *b == 0);
-    let in_scratch = scratch.is_some_and(|s| {
-        let mut buf = vec![0u8; PAGE];
-        DIRECT_MAP.read_bytes(s, &mut buf);
-        buf[offset..offset + TARGET_LEN] == expected[..TARGET_LEN]
-    });
-    checks.check(
-        "deassign-dma",
-        write.is_ok() && guest_untouched && in_scratch,
-        format_args!(
-            "{}: after deassign the same DMA {} its scratch page; guest memory untouched {}; {}",
-            d.sbdf,
-            if in_scratch {
-                "lands in"
-            } else {
-                "does NOT land in"
-            },
-            YesNo(guest_untouched),
-            Dma(&write)
-        ),
-    );
+    for ((m, _, scratch), expected) in members.iter().zip(&read_back) {
+        DIRECT_MAP.zero(target_page, PAGE_SIZE);
+        if let Some(s) = scratch {
+            DIRECT_MAP.zero(*s, PAGE_SIZE);
+        }
+        let write = m.edu.dma_to_ram(TARGET_GPA, 0, TARGET_LEN, edu::deadline());
+        let guest_untouched = read_page(target_page).iter().all(|b| *b == 0);
+        let offset = (TARGET_GPA % PAGE_SIZE) as usize;
+        let in_scratch = scratch
+            .is_some_and(|s| read_page(s)[offset..offset + TARGET_LEN] == expected[..TARGET_LEN]);
+        checks.check(
+            "deassign-dma",
+            write.is_ok() && guest_untouched && in_scratch,
+            format_args!(
+                "{}: after deassign the same DMA {} {} scratch page; guest memory untouched {}; {}",
+                m.sbdf,
+                if in_scratch {
+                    "lands in"
+                } else {
+                    "does NOT land in"
+                },
+                if members.len() > 1 {
+                    "the group leader's"
+                } else {
+                    "its"
+                },
+                YesNo(guest_untouched),
+                Dma(&write)
+            ),
+        );
+    }
 
     let mut g = lock.lock();
     let allocations = hv.frames.allocations();
@@ -198,4 +227,27 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         ),
     );
     checks.invalidation_waits_completed(lock);
+}
+
+/// Which functions a switch moved and which bridges it carried, as words.
+struct Moved<'a>(Option<&'a passthrough::SwitchReport>);
+
+impl fmt::Display for Moved<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(r) = self.0 else {
+            return f.write_str("nothing moved");
+        };
+        f.write_str("moved")?;
+        for m in &r.moved {
+            write!(f, " {m}")?;
+        }
+        if r.carried.is_empty() {
+            return Ok(());
+        }
+        f.write_str(", carrying bridge")?;
+        for b in &r.carried {
+            write!(f, " {b}")?;
+        }
+        Ok(())
+    }
 }

@@ -52,6 +52,16 @@ pub fn find<V: Inspect>(hv: &mut Hypervisor<V>) -> Vec<EduDevice> {
             log::warn!("edu {sbdf}: cannot enable decoding / bus mastering");
             continue;
         }
+        // A bridge forwards upstream DMA only with its own Bus Master Enable set (PCI-to-PCI
+        // Bridge Architecture Spec rev 1.2 §3.2.5.1): enable it on every bridge above.
+        let bridges: Vec<Sbdf> = hv.pci.ancestors(sbdf).map(|b| b.sbdf).collect();
+        if bridges
+            .iter()
+            .any(|b| set_bus_master(cfg, *b, true).is_err())
+        {
+            log::warn!("edu {sbdf}: cannot enable bus mastering on a bridge above it");
+            continue;
+        }
         match Edu::probe(regs) {
             Ok(edu) => out.push(EduDevice { sbdf, edu }),
             Err(e) => log::warn!("edu {sbdf}: probe failed: {e}"),

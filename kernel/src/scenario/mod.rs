@@ -8,6 +8,7 @@ mod fault_storm;
 mod groups;
 mod memory;
 mod quarantine_dma;
+mod reassign;
 pub mod story;
 
 use lazaret_rt::exit::ExitCode;
@@ -25,6 +26,7 @@ pub fn run<V: Inspect>(scenario: Scenario, hv: &mut Hypervisor<V>) -> ExitCode {
         | Scenario::QuarantineDma
         | Scenario::AssignDma
         | Scenario::FaultStorm
+        | Scenario::Reassign
         | Scenario::Demo => {
             let mut checks = checks::Checks::default();
             match scenario {
@@ -39,6 +41,7 @@ pub fn run<V: Inspect>(scenario: Scenario, hv: &mut Hypervisor<V>) -> ExitCode {
                     log::info!("demo: now a guest gets a device; its DMA must reach the guest's memory, and nothing else");
                     assign_dma::run(hv, &mut checks);
                 }
+                Scenario::Reassign => reassign::run(hv, &mut checks),
                 _ => fault_storm::run(hv, &mut checks),
             }
             log::info!(

@@ -2,7 +2,9 @@
 //!
 //! Scratch mode: whatever IOVA a device uses, its reads come from and its writes go to its
 //! own scratch page — never a watched frame, never another device's scratch page — and after
-//! a trip through a guest and back the page reads as zeros. Basic / none: DMA reaches no
+//! a trip through a guest and back the page reads as zeros. A function in an alias group
+//! (behind a PCIe-to-PCI bridge) DMAs with the group's shared requester ID: its DMA lands in
+//! the group leader's scratch page instead, and its own page stays untouched. Basic / none: DMA reaches no
 //! memory, the fault names the device and the address, and Lazaret keeps running.
 //!
 //! Every check reads what the hardware did: the pattern a read-direction DMA fetched is new
@@ -83,12 +85,14 @@ fn scratch<V: Inspect>(hv: &mut Hypervisor<V>, devices: &[EduDevice], checks: &m
             .collect()
     };
     let mut dmas = 0;
-    for (i, d) in devices.iter().enumerate() {
-        let Some(page) = scratch[i] else {
+    for d in devices {
+        // The ID its DMA carries (from the topology) and whose scratch page that reaches.
+        let (rid, lands_in) = groups::landing(&hv.pci, d.sbdf).unwrap_or((d.sbdf, d.sbdf));
+        let Some(page) = lock.lock().state().scratch_page(lands_in) else {
             checks.check(
                 "scratch-page",
                 false,
-                format_args!("{} has no scratch page", d.sbdf),
+                format_args!("{} has no scratch page", lands_in),
             );
             continue;
         };
@@ -97,15 +101,21 @@ fn scratch<V: Inspect>(hv: &mut Hypervisor<V>, devices: &[EduDevice], checks: &m
             iovas.iter().all(|iova| {
                 [false, true]
                     .iter()
-                    .all(|w| g.state().translate(d.sbdf, *iova, *w) == Ok(page))
+                    .all(|w| g.state().translate(rid, *iova, *w) == Ok(page))
             })
+        };
+        let whose = if lands_in == d.sbdf {
+            alloc::format!("its scratch page {page}")
+        } else {
+            alloc::format!("its group leader {lands_in}'s scratch page {page}")
         };
         checks.check(
             "scratch-walk",
             walks_ok,
             format_args!(
-                "{}: every IOVA {} to its scratch page {page} (reference walker)",
+                "{} (DMA as {}): every IOVA {} to {whose} (reference walker)",
                 d.sbdf,
+                rid.bdf,
                 if walks_ok { "walks" } else { "does NOT walk" }
             ),
         );
@@ -138,7 +148,7 @@ fn scratch<V: Inspect>(hv: &mut Hypervisor<V>, devices: &[EduDevice], checks: &m
                 "scratch-dma",
                 read.is_ok() && write.is_ok() && landed && others_clean && intact,
                 format_args!(
-                    "{} read at {iova:#x} and wrote at {out_iova:#x}: the data {} its own scratch page; other scratch pages untouched {}; watched frames (one at physical address {own}, also used as an IOVA) untouched {}; read: {}; write: {}",
+                    "{} read at {iova:#x} and wrote at {out_iova:#x}: the data {} {whose}; other scratch pages untouched {}; watched frames (one at physical address {own}, also used as an IOVA) untouched {}; read: {}; write: {}",
                     d.sbdf,
                     if landed { "landed in" } else { "did NOT land in" },
                     YesNo(others_clean),
@@ -163,7 +173,8 @@ fn requarantine_reads_zero<V: Inspect>(hv: &mut Hypervisor<V>, d: &EduDevice, ch
     let Some(lock) = hv.passthrough.as_ref() else {
         return;
     };
-    let Some(page) = lock.lock().state().scratch_page(d.sbdf) else {
+    let lands_in = groups::landing(&hv.pci, d.sbdf).map_or(d.sbdf, |(_, leader)| leader);
+    let Some(page) = lock.lock().state().scratch_page(lands_in) else {
         return;
     };
     DIRECT_MAP.write_bytes(page, &fresh_pattern());
@@ -182,7 +193,7 @@ fn requarantine_reads_zero<V: Inspect>(hv: &mut Hypervisor<V>, d: &EduDevice, ch
             passthrough::destroy_domain(&mut g, &mut hv.frames, dom)?;
             Ok(())
         });
-    let page_now = g.state().scratch_page(d.sbdf);
+    let page_now = g.state().scratch_page(lands_in);
     drop(g);
     let wiped = page_now.is_some_and(|p| read_page(p).iter().all(|b| *b == 0));
     let read = d.edu.dma_from_ram(0x2000, 0, DMA_LEN, edu::deadline());
