@@ -15,6 +15,8 @@ pub struct CheckLimits {
     pub phys_addr_bits: u8,
     /// Number of ASIDs (CPUID 8000_000A EBX); valid ASIDs are 1..nasid.
     pub nasid: u32,
+    /// TLB_CONTROL 3 and 7 are accepted (CPUID 8000_000A EDX bit 6).
+    pub flush_by_asid: bool,
 }
 
 /// Why VMRUN would refuse the guest state.
@@ -37,6 +39,7 @@ pub enum StateError {
     AsidZero,
     AsidBeyondLimit(u32),
     NestedRootReservedBitsSet(u64),
+    BadTlbControl(u8),
 }
 
 impl fmt::Display for StateError {
@@ -69,6 +72,9 @@ impl fmt::Display for StateError {
             StateError::AsidZero => f.write_str("the guest ASID is 0 (the host's)"),
             StateError::AsidBeyondLimit(a) => {
                 write!(f, "the guest ASID {a} is beyond the CPU's ASID count")
+            }
+            StateError::BadTlbControl(v) => {
+                write!(f, "TLB_CONTROL {v} is not a value this CPU accepts")
             }
             StateError::NestedRootReservedBitsSet(b) => {
                 write!(
@@ -160,6 +166,14 @@ pub fn check_guest_state(vmcb: &Vmcb, limits: &CheckLimits) -> Result<(), StateE
     if c.guest_asid >= limits.nasid {
         return Err(StateError::AsidBeyondLimit(c.guest_asid));
     }
+    let tlb_ok = match c.tlb_control {
+        0 | 1 => true,
+        3 | 7 => limits.flush_by_asid,
+        _ => false,
+    };
+    if !tlb_ok {
+        return Err(StateError::BadTlbControl(c.tlb_control));
+    }
     // nCR3 is a long-mode CR3: bits above MAXPHYADDR must be zero (§15.25.4).
     if c.np_control & NP_ENABLE != 0 && c.n_cr3 & above(limits.phys_addr_bits.min(52)) != 0 {
         return Err(StateError::NestedRootReservedBitsSet(
@@ -177,6 +191,7 @@ mod tests {
     const LIMITS: CheckLimits = CheckLimits {
         phys_addr_bits: 40,
         nasid: 16,
+        flush_by_asid: true,
     };
 
     fn good() -> Box<Vmcb> {
@@ -262,6 +277,18 @@ mod tests {
             |v| v.control.guest_asid = 16,
             StateError::AsidBeyondLimit(16),
         );
+        fails_with(|v| v.control.tlb_control = 2, StateError::BadTlbControl(2));
+        let mut v = good();
+        let no_flush_by_asid = CheckLimits {
+            flush_by_asid: false,
+            ..LIMITS
+        };
+        assert_eq!(
+            check_guest_state(&v, &no_flush_by_asid),
+            Err(StateError::BadTlbControl(3))
+        );
+        v.control.tlb_control = 1;
+        assert_eq!(check_guest_state(&v, &no_flush_by_asid), Ok(()));
         fails_with(
             |v| v.control.n_cr3 |= 1 << 45,
             StateError::NestedRootReservedBitsSet(1 << 45),

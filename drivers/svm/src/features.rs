@@ -14,6 +14,8 @@ pub struct SvmFeatures {
     pub nasid: u32,
     pub nested_paging: bool,
     pub nrip_save: bool,
+    /// TLB_CONTROL 3 and 7 (EDX bit 6).
+    pub flush_by_asid: bool,
     pub phys_addr_bits: u8,
 }
 
@@ -70,6 +72,7 @@ impl SvmFeatures {
             nasid: raw.svm_ebx,
             nested_paging: true,
             nrip_save: raw.svm_edx & (1 << 3) != 0,
+            flush_by_asid: raw.svm_edx & (1 << 6) != 0,
             // 8000_0008 may be absent on odd CPUs: 36 bits is the architectural minimum.
             phys_addr_bits: if bits == 0 { 36 } else { bits },
         })
@@ -101,6 +104,7 @@ mod tests {
                 nasid: 16,
                 nested_paging: true,
                 nrip_save: false,
+                flush_by_asid: false,
                 phys_addr_bits: 40
             }
         );

@@ -12,9 +12,11 @@
 //! - [`exit`]: exit codes (appendix C) and the decoding of EXITINFO1/2 (IOIO, NPF, …).
 //! - [`decode`]: instruction lengths of the exits Lazaret completes, when the CPU has no
 //!   NRIP save (QEMU's TCG).
+//! - [`asid`]: per-CPU ASID generations and the TLB flush each entry needs (§15.16).
 //! - [`features`]: CPUID 8000_0001 / 8000_000A and VM_CR as a capability set.
 #![cfg_attr(not(test), no_std)]
 
+pub mod asid;
 pub mod check;
 pub mod decode;
 pub mod event;
@@ -24,6 +26,7 @@ pub mod intercept;
 pub mod permission;
 pub mod vmcb;
 
+pub use asid::{AsidAllocator, AsidTag};
 pub use check::{check_guest_state, StateError};
 pub use decode::{decode_length, DecodeError, Instruction};
 pub use event::{sanitize_exit_int_info, EventInj, EventType};
