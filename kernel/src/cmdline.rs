@@ -62,11 +62,13 @@ pub enum Scenario {
     FaultStorm,
     /// The story for a talk: quarantine-dma, then assign-dma.
     Demo,
+    /// A hand-assembled guest on the SVM vCPU: exits, XMM across exits, a refused state.
+    Vcpu,
 }
 
 impl Scenario {
     pub const NAMES: &'static str =
-        "boot|panic|page-fault|quarantine-dma|assign-dma|fault-storm|demo";
+        "boot|panic|page-fault|quarantine-dma|assign-dma|fault-storm|demo|vcpu";
 
     fn parse(s: &str) -> Option<Scenario> {
         match s {
@@ -77,6 +79,7 @@ impl Scenario {
             "assign-dma" => Some(Scenario::AssignDma),
             "fault-storm" => Some(Scenario::FaultStorm),
             "demo" => Some(Scenario::Demo),
+            "vcpu" => Some(Scenario::Vcpu),
             _ => None,
         }
     }
@@ -90,6 +93,7 @@ impl Scenario {
             Scenario::AssignDma => "assign-dma",
             Scenario::FaultStorm => "fault-storm",
             Scenario::Demo => "demo",
+            Scenario::Vcpu => "vcpu",
         }
     }
 }

@@ -17,3 +17,4 @@ pub mod panic;
 pub mod passthrough;
 pub mod platform;
 pub mod scenario;
+pub mod vcpu;

@@ -8,6 +8,7 @@ mod fault_storm;
 mod groups;
 mod memory;
 mod quarantine_dma;
+mod vcpu_smoke;
 
 use lazaret_rt::exit::ExitCode;
 
@@ -24,7 +25,8 @@ pub fn run<V: Inspect>(scenario: Scenario, hv: &mut Hypervisor<V>) -> ExitCode {
         | Scenario::QuarantineDma
         | Scenario::AssignDma
         | Scenario::FaultStorm
-        | Scenario::Demo => {
+        | Scenario::Demo
+        | Scenario::Vcpu => {
             let mut checks = checks::Checks::default();
             match scenario {
                 Scenario::Boot => boot_check::run(hv, &mut checks),
@@ -38,6 +40,7 @@ pub fn run<V: Inspect>(scenario: Scenario, hv: &mut Hypervisor<V>) -> ExitCode {
                     log::info!("demo: now a guest gets a device; its DMA must reach the guest's memory, and nothing else");
                     assign_dma::run(hv, &mut checks);
                 }
+                Scenario::Vcpu => vcpu_smoke::run(hv, &mut checks),
                 _ => fault_storm::run(hv, &mut checks),
             }
             log::info!(
