@@ -204,6 +204,15 @@ mod tests {
     }
 
     #[test]
+    fn every_scenario_name_parses_back() {
+        for name in Scenario::NAMES.split('|') {
+            let s = Scenario::parse(name).unwrap_or_else(|| panic!("{name}"));
+            assert_eq!(s.name(), name);
+        }
+        assert_eq!(parse("scenario=vcpu").0.scenario, Scenario::Vcpu);
+    }
+
+    #[test]
     fn bad_input_warns_once_each_and_keeps_defaults() {
         let (o, w) = parse("frobnicate=1 quarantine=maybe log=loud scenario=nope stray");
         assert_eq!(o, Options::default());

@@ -14,7 +14,10 @@ fn vcpu(qemu: Qemu, iommu: &str) -> Outcome {
     .with_cmdline("scenario=vcpu");
     let out = run(&config, false).unwrap_or_else(|e| panic!("could not run QEMU: {e}"));
     let debug = out.debug_output_in_results();
-    assert!(debug.is_empty(), "RESULT lines with Debug output: {debug:#?}");
+    assert!(
+        debug.is_empty(),
+        "RESULT lines with Debug output: {debug:#?}"
+    );
     out
 }
 
@@ -41,11 +44,15 @@ fn assert_guest_ran(out: &Outcome) {
         assert!(r.pass, "{r:?}\n{}", out.transcript());
     }
     assert!(
-        out.line("guest vcpu-smoke: hello from the vCPU smoke guest").is_some(),
+        out.line("guest vcpu-smoke: hello from the vCPU smoke guest")
+            .is_some(),
         "the guest's console write was not printed\n{}",
         out.transcript()
     );
-    let bad = results.iter().find(|r| r.name == "vcpu-bad-state").expect("checked above");
+    let bad = results
+        .iter()
+        .find(|r| r.name == "vcpu-bad-state")
+        .expect("checked above");
     assert!(bad.details.contains("EFER.SVME"), "{bad:?}");
     assert!(out.line("LAZARET EXIT success").is_some());
 }

@@ -18,8 +18,10 @@ pub mod code {
     pub const VMRUN: u64 = 0x80;
     pub const VMMCALL: u64 = 0x81;
     pub const NPF: u64 = 0x400;
-    /// VMEXIT_INVALID: VMRUN refused the guest state.
+    /// VMEXIT_INVALID (-1): VMRUN refused the guest state.
     pub const INVALID: u64 = u64::MAX;
+    /// VMEXIT_INVALID as QEMU's TCG writes it: -1 truncated to 32 bits (seen on 7.2 and 10.0).
+    pub const INVALID_32: u64 = 0xFFFF_FFFF;
 }
 
 /// An IOIO exit (§15.10.2, figure 15-2): EXITINFO1 bit 0 TYPE (1 = IN), bit 2 STR, bit 3 REP,
@@ -159,7 +161,7 @@ impl Exit {
             code::VMMCALL => Exit::Vmmcall,
             code::SHUTDOWN => Exit::Shutdown,
             code::NPF => Exit::Npf(NpfExit::decode(info1, info2)),
-            code::INVALID => Exit::Invalid,
+            code::INVALID | code::INVALID_32 => Exit::Invalid,
             other => Exit::Other(other),
         }
     }
@@ -226,6 +228,11 @@ mod tests {
         assert_eq!(Exit::decode(0x7C, 1, 0), Exit::Msr { write: true });
         assert_eq!(Exit::decode(0x7C, 0, 0), Exit::Msr { write: false });
         assert_eq!(Exit::decode(u64::MAX, 0, 0), Exit::Invalid);
+        assert_eq!(
+            Exit::decode(0xFFFF_FFFF, 0, 0),
+            Exit::Invalid,
+            "TCG's 32-bit -1"
+        );
         assert_eq!(
             Exit::decode(0x4E, 0x2, 0xdead),
             Exit::Exception {

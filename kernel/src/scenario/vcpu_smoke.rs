@@ -175,6 +175,9 @@ impl SmokeGuest {
             self.write(pt + 8 * i, &((i * PAGE) | GUEST_PT_FLAGS).to_le_bytes());
         }
         self.write(CODE_GPA, &guest_code());
+        // Whatever the guest does not store stays 0xAA: a result that is merely zero memory
+        // (the hypercall's 0) cannot pass unwritten, nor half-written.
+        self.write(DATA_GPA, &[0xAA; 0x40]);
         self.write(TEXT_GPA, TEXT.as_bytes());
     }
 
@@ -460,8 +463,7 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         "vcpu-frames",
         left == 0,
         format_args!(
-            "destroying the vCPUs and the guest left {} frame(s) behind; SVM retired {}",
-            super::checks::Count(left as u64),
+            "destroying the vCPUs and the guest left {left} frame(s) in use; SVM retired {}",
             svm.retired_exit_counts()
         ),
     );
