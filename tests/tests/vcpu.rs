@@ -22,13 +22,15 @@ fn vcpu(qemu: Qemu, iommu: &str) -> Outcome {
 }
 
 /// The checks the scenario must report, each passing.
-const CHECKS: [&str; 8] = [
+const CHECKS: [&str; 10] = [
     "vcpu-enable",
     "vcpu-exits",
     "vcpu-guest-memory",
     "vcpu-xmm",
     "vcpu-exit-counts",
     "vcpu-rip",
+    "vcpu-npf",
+    "vcpu-shutdown",
     "vcpu-bad-state",
     "vcpu-frames",
 ];

@@ -41,10 +41,10 @@ pub mod misc2 {
     pub const XSETBV: u32 = 1 << 13;
 }
 
-/// Exceptions whose exits Lazaret wants: #DF (a guest that double-faults is crashing; a
-/// triple fault arrives as SHUTDOWN), #MC (the host's to handle). Everything else the guest
-/// handles itself.
-pub const BASELINE_EXCEPTIONS: u32 = (1 << 8) | (1 << 18);
+/// Exceptions whose exits Lazaret wants: #MC only (the host's to handle). Everything else,
+/// #DF included, the guest handles itself; a guest that cannot ends in a triple fault, which
+/// exits as SHUTDOWN.
+pub const BASELINE_EXCEPTIONS: u32 = 1 << 18;
 
 /// Physical interrupts and NMIs exit (the host owns them); the exits Lazaret emulates
 /// (CPUID, HLT, I/O, MSR); anything that would let a guest see or change host state

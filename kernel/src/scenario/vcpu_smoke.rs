@@ -3,8 +3,9 @@
 //! contract, executes CPUID, an OUT, an IN, a VMMCALL console write, keeps a pattern in XMM0/1
 //! across those exits (the host clobbers XMM in between), stores what it saw, then HLTs. The
 //! host checks the exit sequence, what the guest stored (read back from its memory), and the
-//! exit counts; then a vCPU with EFER.SVME clear must end with the checker's reason while the
-//! host carries on.
+//! exit counts. Then three vCPUs that must end cleanly while the host carries on: one writes
+//! beyond its memory (a nested page fault at the right guest-physical address), one executes
+//! UD2 with no IDT (a triple fault: SHUTDOWN), one has EFER.SVME clear (the checker's reason).
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -26,6 +27,12 @@ const GDT_GPA: u64 = 0x3000;
 const CODE_GPA: u64 = 0x4000;
 const DATA_GPA: u64 = 0x5000;
 const TEXT_GPA: u64 = 0x6000;
+const ROGUE_CODE_GPA: u64 = 0x7000;
+const CRASH_CODE_GPA: u64 = 0x7100;
+/// Guest-virtual 2 MiB maps (one large page) to this guest-physical address, which is past the
+/// guest's memory: no nested mapping exists there.
+const OUTSIDE_GPA: u64 = GUEST_MEMORY;
+const ROGUE_WRITE_OFFSET: u64 = 0x10;
 const PAGE_TABLES_GPA: u64 = 0x10000;
 const STACK_TOP_GPA: u64 = 0x10_0000;
 const BOOT_INFO_GPA: u64 = 0x1000;
@@ -75,6 +82,18 @@ fn guest_code() -> Vec<u8> {
     c.push(0xF4); // hlt
     c
 }
+
+/// Writes a dword to guest-virtual 2 MiB + 0x10, i.e. guest-physical OUTSIDE_GPA + 0x10.
+fn rogue_code() -> Vec<u8> {
+    let mut c = alloc::vec![0xB8]; // mov eax, imm32
+    c.extend(((GUEST_MEMORY + ROGUE_WRITE_OFFSET) as u32).to_le_bytes());
+    c.extend([0xC7, 0x00, 0xAD, 0xDE, 0x00, 0x00]); // mov dword [rax], 0xdead
+    c.push(0xF4); // hlt (never reached)
+    c
+}
+
+/// UD2 with no IDT: #UD cannot be delivered, nor the #GP nor the #DF after it.
+const CRASH_CODE: [u8; 3] = [0x0F, 0x0B, 0xF4];
 
 /// The scenario's own guest memory and nested page tables (4 KiB pages, U at every level:
 /// TCG walks NPT as user accesses). The lead swaps this for `lazaret-paging` and the domain's
@@ -171,6 +190,8 @@ impl SmokeGuest {
         self.write(pml4, &(pdpt | GUEST_PT_FLAGS).to_le_bytes());
         self.write(pdpt, &(pd | GUEST_PT_FLAGS).to_le_bytes());
         self.write(pd, &(pt | GUEST_PT_FLAGS).to_le_bytes());
+        // PD entry 1: one 2 MiB page (PS) at the first guest-physical address past memory.
+        self.write(pd + 8, &(OUTSIDE_GPA | GUEST_PT_FLAGS | 0x80).to_le_bytes());
         for i in 1..GUEST_MEMORY / PAGE {
             self.write(pt + 8 * i, &((i * PAGE) | GUEST_PT_FLAGS).to_le_bytes());
         }
@@ -179,6 +200,8 @@ impl SmokeGuest {
         // (the hypercall's 0) cannot pass unwritten, nor half-written.
         self.write(DATA_GPA, &[0xAA; 0x40]);
         self.write(TEXT_GPA, TEXT.as_bytes());
+        self.write(ROGUE_CODE_GPA, &rogue_code());
+        self.write(CRASH_CODE_GPA, &CRASH_CODE);
     }
 
     fn free(self, frames: &mut dyn FrameAllocator) {
@@ -189,9 +212,9 @@ impl SmokeGuest {
     }
 }
 
-fn entry() -> EntryState {
+fn entry(rip: u64) -> EntryState {
     EntryState {
-        rip: CODE_GPA,
+        rip,
         rsp: STACK_TOP_GPA,
         rdi: BOOT_INFO_GPA,
         cr3: PAGE_TABLES_GPA,
@@ -236,6 +259,11 @@ fn describe(exit: &Exit) -> String {
         Exit::Hypercall => String::from("VMMCALL"),
         Exit::Hlt => String::from("HLT"),
         Exit::Invalid { reason } => format!("invalid ({reason})"),
+        Exit::NestedPageFault { gpa, write, .. } => format!(
+            "a nested page fault ({} at {gpa:#x})",
+            if *write { "write" } else { "read" }
+        ),
+        Exit::Shutdown => String::from("a shutdown (triple fault)"),
         other => format!("{:?} exit", other.kind()),
     }
 }
@@ -304,6 +332,44 @@ fn drive(vcpu: &mut impl Vcpu, guest: &SmokeGuest) -> (Vec<Exit>, Option<String>
     )
 }
 
+/// Runs a fresh vCPU from `rip` once; `judge` rates its first exit. A second run must not
+/// enter the guest again (an ended vCPU reports Invalid) or, after an NPF, must fault again:
+/// either way it does not get further.
+fn ends_cleanly<V: Inspect>(
+    svm: &mut Svm,
+    hv: &mut Hypervisor<V>,
+    guest: &SmokeGuest,
+    checks: &mut Checks,
+    rip: u64,
+    name: &str,
+    judge: impl FnOnce(&Exit) -> (bool, String),
+) {
+    match svm.create_vcpu(guest.npt_root(), &entry(rip), &mut hv.frames) {
+        Ok(mut vcpu) => {
+            let first = vcpu.run();
+            let again = vcpu.run();
+            let (pass, sentence) = judge(&first);
+            let stuck = again == first || matches!(again, Exit::Invalid { .. });
+            checks.check(
+                name,
+                pass && stuck,
+                format_args!(
+                    "{sentence}; run again it gave {}; the host carried on",
+                    describe(&again)
+                ),
+            );
+            svm.destroy_vcpu(vcpu, &mut hv.frames);
+        }
+        Err(e) => {
+            checks.check(
+                name,
+                false,
+                format_args!("the vCPU could not be created: {e}"),
+            );
+        }
+    }
+}
+
 pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     let frames_before = hv.frames.frames_in_use();
     let mut svm = match Svm::enable_on_this_cpu(&mut hv.frames) {
@@ -344,7 +410,7 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         return;
     };
     guest.load();
-    let mut vcpu = match svm.create_vcpu(guest.npt_root(), &entry(), &mut hv.frames) {
+    let mut vcpu = match svm.create_vcpu(guest.npt_root(), &entry(CODE_GPA), &mut hv.frames) {
         Ok(v) => v,
         Err(e) => {
             checks.check(
@@ -431,8 +497,47 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     );
     svm.destroy_vcpu(vcpu, &mut hv.frames);
 
+    ends_cleanly(
+        &mut svm,
+        hv,
+        &guest,
+        checks,
+        ROGUE_CODE_GPA,
+        "vcpu-npf",
+        |first| {
+            let expected = Exit::NestedPageFault {
+                gpa: OUTSIDE_GPA + ROGUE_WRITE_OFFSET,
+                write: true,
+                fetch: false,
+                present: false,
+            };
+            (
+                *first == expected,
+                format!(
+                    "a write to guest-physical {:#x}, past the guest's memory, ended with {}",
+                    OUTSIDE_GPA + ROGUE_WRITE_OFFSET,
+                    describe(first)
+                ),
+            )
+        },
+    );
+    ends_cleanly(
+        &mut svm,
+        hv,
+        &guest,
+        checks,
+        CRASH_CODE_GPA,
+        "vcpu-shutdown",
+        |first| {
+            (
+                *first == Exit::Shutdown,
+                format!("UD2 with no IDT ended with {}", describe(first)),
+            )
+        },
+    );
+
     // A guest whose state VMRUN would refuse: the checker names the reason, the host goes on.
-    match svm.create_vcpu(guest.npt_root(), &entry(), &mut hv.frames) {
+    match svm.create_vcpu(guest.npt_root(), &entry(CODE_GPA), &mut hv.frames) {
         Ok(mut broken) => {
             broken.vmcb_mut().save.efer &= !lazaret_svm::vmcb::cr::EFER_SVME;
             let first = broken.run();

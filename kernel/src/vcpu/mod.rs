@@ -84,7 +84,7 @@ pub enum Exit {
     Interrupt,
     /// A physical NMI arrived while the guest ran.
     Nmi,
-    /// An intercepted exception (the backend intercepts #DF and #MC).
+    /// An intercepted exception (the SVM backend intercepts only #MC).
     Exception { vector: u8, error: Option<u32> },
     /// The guest cannot be run: its state failed a check before entry, the CPU refused it, or
     /// it exited in a way Lazaret cannot complete. The guest must be destroyed.
