@@ -22,7 +22,7 @@ fn vcpu(qemu: Qemu, iommu: &str) -> Outcome {
 }
 
 /// The checks the scenario must report, each passing.
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 11] = [
     "vcpu-enable",
     "vcpu-exits",
     "vcpu-guest-memory",
@@ -31,6 +31,7 @@ const CHECKS: [&str; 10] = [
     "vcpu-rip",
     "vcpu-npf",
     "vcpu-shutdown",
+    "vcpu-cr0",
     "vcpu-bad-state",
     "vcpu-frames",
 ];

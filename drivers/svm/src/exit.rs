@@ -10,6 +10,8 @@ pub mod code {
     pub const NMI: u64 = 0x61;
     pub const SMI: u64 = 0x62;
     pub const INIT: u64 = 0x63;
+    /// A CR0 write changing bits other than TS and MP (the selective CR0 write intercept).
+    pub const CR0_SEL_WRITE: u64 = 0x65;
     pub const CPUID: u64 = 0x72;
     pub const HLT: u64 = 0x78;
     pub const IOIO: u64 = 0x7B;
@@ -119,6 +121,7 @@ pub enum Exit {
     },
     Intr,
     Nmi,
+    Cr0SelectiveWrite,
     Cpuid,
     Hlt,
     Io(IoExit),
@@ -149,6 +152,7 @@ impl Exit {
             }
             code::INTR => Exit::Intr,
             code::NMI => Exit::Nmi,
+            code::CR0_SEL_WRITE => Exit::Cr0SelectiveWrite,
             code::CPUID => Exit::Cpuid,
             code::HLT => Exit::Hlt,
             code::IOIO => match IoExit::decode(info1, info2) {
@@ -220,6 +224,7 @@ mod tests {
     #[test]
     fn exit_codes_per_appendix_c() {
         assert_eq!(Exit::decode(0x72, 0, 0), Exit::Cpuid);
+        assert_eq!(Exit::decode(0x65, 0, 0), Exit::Cr0SelectiveWrite);
         assert_eq!(Exit::decode(0x78, 0, 0), Exit::Hlt);
         assert_eq!(Exit::decode(0x81, 0, 0), Exit::Vmmcall);
         assert_eq!(Exit::decode(0x7F, 0, 0), Exit::Shutdown);

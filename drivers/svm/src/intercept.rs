@@ -48,9 +48,12 @@ pub const BASELINE_EXCEPTIONS: u32 = 1 << 18;
 
 /// Physical interrupts and NMIs exit (the host owns them); the exits Lazaret emulates
 /// (CPUID, HLT, I/O, MSR); anything that would let a guest see or change host state
-/// (SMI, INIT, RSM, INVD, task switches, FERR) or hang the CPU (SHUTDOWN).
+/// (SMI, INIT, RSM, INVD, task switches, FERR) or hang the CPU (SHUTDOWN). CR0 writes that
+/// change more than TS and MP exit too (§15.9.1 "selective CR0 write"): a guest that turns
+/// paging off is outside nested paging on QEMU 7.2 (design.md §6), so it must never get there.
 pub const BASELINE_MISC1: u32 = misc1::INTR
     | misc1::NMI
+    | misc1::CR0_SEL_WRITE
     | misc1::SMI
     | misc1::INIT
     | misc1::CPUID
@@ -97,5 +100,11 @@ mod tests {
         assert_eq!(misc2::VMRUN, 0x1);
         assert_eq!(misc2::VMMCALL, 0x2);
         assert_eq!(BASELINE_MISC2 & 0x3, 0x3);
+        // The exits the kernel relies on: INTR, NMI, selective CR0 write, CPUID, HLT, IOIO,
+        // MSR, SHUTDOWN.
+        let needed =
+            0x1 | 0x2 | 0x20 | 0x4_0000 | 0x100_0000 | 0x800_0000 | 0x1000_0000 | 0x8000_0000;
+        assert_eq!(BASELINE_MISC1 & needed, needed);
+        assert_eq!(BASELINE_EXCEPTIONS, 1 << 18, "#MC only");
     }
 }

@@ -3,9 +3,10 @@
 //! contract, executes CPUID, an OUT, an IN, a VMMCALL console write, keeps a pattern in XMM0/1
 //! across those exits (the host clobbers XMM in between), stores what it saw, then HLTs. The
 //! host checks the exit sequence, what the guest stored (read back from its memory), and the
-//! exit counts. Then three vCPUs that must end cleanly while the host carries on: one writes
+//! exit counts. Then four vCPUs that must end cleanly while the host carries on: one writes
 //! beyond its memory (a nested page fault at the right guest-physical address), one executes
-//! UD2 with no IDT (a triple fault: SHUTDOWN), one has EFER.SVME clear (the checker's reason).
+//! UD2 with no IDT (a triple fault: SHUTDOWN), one clears CR0.WP (a CR0 change Lazaret
+//! refuses), one has EFER.SVME clear (the checker's reason).
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -29,6 +30,7 @@ const DATA_GPA: u64 = 0x5000;
 const TEXT_GPA: u64 = 0x6000;
 const ROGUE_CODE_GPA: u64 = 0x7000;
 const CRASH_CODE_GPA: u64 = 0x7100;
+const CR0_CODE_GPA: u64 = 0x7200;
 /// Guest-virtual 2 MiB maps (one large page) to this guest-physical address, which is past the
 /// guest's memory: no nested mapping exists there.
 const OUTSIDE_GPA: u64 = GUEST_MEMORY;
@@ -94,6 +96,15 @@ fn rogue_code() -> Vec<u8> {
 
 /// UD2 with no IDT: #UD cannot be delivered, nor the #GP nor the #DF after it.
 const CRASH_CODE: [u8; 3] = [0x0F, 0x0B, 0xF4];
+
+/// Clears CR0.WP: a CR0 change beyond TS/MP, which Lazaret refuses (turning paging off the
+/// same way would leave nested paging on QEMU 7.2).
+const CR0_CODE: [u8; 13] = [
+    0x0F, 0x20, 0xC0, // mov rax, cr0
+    0x48, 0x25, 0xFF, 0xFF, 0xFE, 0xFF, // and rax, !(1 << 16)
+    0x0F, 0x22, 0xC0, // mov cr0, rax
+    0xF4, // hlt (never reached)
+];
 
 /// The scenario's own guest memory and nested page tables (4 KiB pages, U at every level:
 /// TCG walks NPT as user accesses). The lead swaps this for `lazaret-paging` and the domain's
@@ -202,6 +213,7 @@ impl SmokeGuest {
         self.write(TEXT_GPA, TEXT.as_bytes());
         self.write(ROGUE_CODE_GPA, &rogue_code());
         self.write(CRASH_CODE_GPA, &CRASH_CODE);
+        self.write(CR0_CODE_GPA, &CR0_CODE);
     }
 
     fn free(self, frames: &mut dyn FrameAllocator) {
@@ -349,13 +361,20 @@ fn ends_cleanly<V: Inspect>(
             let first = vcpu.run();
             let again = vcpu.run();
             let (pass, sentence) = judge(&first);
-            let stuck = again == first || matches!(again, Exit::Invalid { .. });
+            let same = again == first;
+            let refused = matches!(again, Exit::Invalid { .. });
             checks.check(
                 name,
-                pass && stuck,
+                pass && (same || refused),
                 format_args!(
-                    "{sentence}; run again it gave {}; the host carried on",
-                    describe(&again)
+                    "{sentence}; run again it {}; the host carried on",
+                    if same {
+                        String::from("exited the same way")
+                    } else if refused {
+                        String::from("was refused, having ended")
+                    } else {
+                        format!("went on to {}", describe(&again))
+                    }
                 ),
             );
             svm.destroy_vcpu(vcpu, &mut hv.frames);
@@ -532,6 +551,20 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
             (
                 *first == Exit::Shutdown,
                 format!("UD2 with no IDT ended with {}", describe(first)),
+            )
+        },
+    );
+    ends_cleanly(
+        &mut svm,
+        hv,
+        &guest,
+        checks,
+        CR0_CODE_GPA,
+        "vcpu-cr0",
+        |first| {
+            (
+                matches!(first, Exit::Invalid { reason } if reason.contains("CR0")),
+                format!("clearing CR0.WP ended with {}", describe(first)),
             )
         },
     );

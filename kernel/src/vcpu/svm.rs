@@ -16,6 +16,7 @@ use lazaret_svm::{
 };
 use lazaret_types::{FrameAllocator, PhysAddr, PhysMem};
 
+use super::walk::{self, Translation};
 use super::{EntryState, Exit, ExitCounts, GuestRegs, Vcpu, VcpuError, Virtualization};
 use crate::arch::percpu::{self, FxArea, PerCpu};
 use crate::mm::direct_map::DIRECT_MAP;
@@ -198,7 +199,7 @@ impl Virtualization for Svm {
 }
 
 /// What `complete` moves past.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pending {
     /// IOIO: the CPU gave the next RIP in EXITINFO2.
     Io {
@@ -304,22 +305,27 @@ impl SvmVcpu {
         ))
     }
 
+    /// Host-physical address of guest-virtual `gva`, through the guest's tables (when it
+    /// pages) and the nested tables. `None` where either has no mapping, or where the nested
+    /// leaf is uncached (a BAR: reading device memory as instruction bytes or page tables
+    /// could have side effects).
     fn translate(&self, gva: u64) -> Option<u64> {
         let save = &self.vmcb().save;
         let n_cr3 = self.vmcb().control.n_cr3;
-        let mut host = |pa: u64| Some(DIRECT_MAP.read_u64(PhysAddr(pa)));
-        let mut guest_phys = |gpa: u64| {
-            let hpa = super::walk::translate(n_cr3, gpa, &mut host)?;
-            Some(DIRECT_MAP.read_u64(PhysAddr(hpa)))
+        let host_ram = |t: Translation| (!t.uncached).then_some(t.addr);
+        let nested = |gpa: u64| {
+            walk::translate(n_cr3, gpa, &mut |pa| {
+                Some(DIRECT_MAP.read_u64(PhysAddr(pa)))
+            })
+            .and_then(host_ram)
         };
         let gpa = if save.cr0 & cr::CR0_PG != 0 {
-            super::walk::translate(save.cr3, gva, &mut guest_phys)?
+            let mut guest_table = |gpa: u64| Some(DIRECT_MAP.read_u64(PhysAddr(nested(gpa)?)));
+            walk::translate(save.cr3, gva, &mut guest_table)?.addr
         } else {
             gva
         };
-        super::walk::translate(n_cr3, gpa, &mut |pa| {
-            Some(DIRECT_MAP.read_u64(PhysAddr(pa)))
-        })
+        nested(gpa)
     }
 
     /// Up to 15 bytes at the guest's RIP, fewer where a page is not mapped.
@@ -414,14 +420,7 @@ impl Vcpu for SvmVcpu {
                 write,
             } => {
                 match (write, in_value) {
-                    (false, Some(value)) => {
-                        let mask = low_bytes(u64::MAX, size);
-                        self.regs.rax = if size == 4 {
-                            u64::from(value)
-                        } else {
-                            (self.regs.rax & !mask) | (u64::from(value) & mask)
-                        };
-                    }
+                    (false, Some(value)) => self.regs.rax = merge_in(self.regs.rax, size, value),
                     (false, None) => {
                         return Err(VcpuError::CannotComplete(String::from(
                             "an IN needs its value",
@@ -465,81 +464,201 @@ impl Vcpu for SvmVcpu {
 
 impl SvmVcpu {
     fn translate_exit(&mut self, exit: SvmExit) -> Exit {
-        let r = self.regs;
-        let (pending, out) = match exit {
-            SvmExit::Cpuid => (
-                Some(Pending::Instruction(Instruction::Cpuid)),
-                Exit::Cpuid {
-                    leaf: r.rax as u32,
-                    subleaf: r.rcx as u32,
+        match classify(exit, &self.regs) {
+            Classified::Handled { exit, pending } => {
+                self.pending = pending;
+                if exit == Exit::Shutdown {
+                    self.dead = Some(String::from("the guest shut down (triple fault)"));
+                }
+                exit
+            }
+            Classified::Ends(reason) => self.end(reason),
+        }
+    }
+}
+
+/// An SVM exit as the seam reports it.
+#[derive(Debug, PartialEq, Eq)]
+enum Classified {
+    /// Reported to the caller; `pending` is what `complete` will move past.
+    Handled {
+        exit: Exit,
+        pending: Option<Pending>,
+    },
+    /// The guest cannot go on.
+    Ends(String),
+}
+
+/// Turns an exit into the seam's terms (no hardware touched: host-tested).
+fn classify(exit: SvmExit, r: &GuestRegs) -> Classified {
+    let handled = |exit, pending| Classified::Handled { exit, pending };
+    let instruction = |i| Some(Pending::Instruction(i));
+    match exit {
+        SvmExit::Cpuid => handled(
+            Exit::Cpuid {
+                leaf: r.rax as u32,
+                subleaf: r.rcx as u32,
+            },
+            instruction(Instruction::Cpuid),
+        ),
+        SvmExit::Hlt => handled(Exit::Hlt, instruction(Instruction::Hlt)),
+        SvmExit::Io(io) => handled(
+            Exit::Io {
+                port: io.port,
+                size: io.size,
+                write: io.write,
+                value: if io.write {
+                    low_bytes(r.rax, io.size) as u32
+                } else {
+                    0
                 },
-            ),
-            SvmExit::Hlt => (Some(Pending::Instruction(Instruction::Hlt)), Exit::Hlt),
-            SvmExit::Io(io) => (
-                Some(Pending::Io {
-                    next_rip: io.next_rip,
-                    size: io.size,
-                    write: io.write,
-                }),
-                Exit::Io {
-                    port: io.port,
-                    size: io.size,
-                    write: io.write,
-                    value: if io.write {
-                        low_bytes(r.rax, io.size) as u32
-                    } else {
-                        0
+            },
+            Some(Pending::Io {
+                next_rip: io.next_rip,
+                size: io.size,
+                write: io.write,
+            }),
+        ),
+        SvmExit::BadIo(e) => Classified::Ends(format!("{e}")),
+        SvmExit::Msr { write: false } => handled(
+            Exit::MsrRead { msr: r.rcx as u32 },
+            instruction(Instruction::Rdmsr),
+        ),
+        SvmExit::Msr { write: true } => handled(
+            Exit::MsrWrite {
+                msr: r.rcx as u32,
+                value: (r.rdx << 32) | (r.rax & 0xFFFF_FFFF),
+            },
+            instruction(Instruction::Wrmsr),
+        ),
+        SvmExit::Vmmcall => handled(Exit::Hypercall, instruction(Instruction::Vmmcall)),
+        SvmExit::Npf(n) => handled(
+            Exit::NestedPageFault {
+                gpa: n.gpa,
+                write: n.write,
+                fetch: n.fetch,
+                present: n.present,
+            },
+            None,
+        ),
+        SvmExit::Shutdown => handled(Exit::Shutdown, None),
+        SvmExit::Intr => handled(Exit::Interrupt, None),
+        SvmExit::Nmi => handled(Exit::Nmi, None),
+        SvmExit::Exception {
+            vector, error_code, ..
+        } => handled(
+            Exit::Exception {
+                vector,
+                error: error_code,
+            },
+            None,
+        ),
+        SvmExit::Cr0SelectiveWrite => Classified::Ends(String::from(
+            "the guest changed CR0 bits other than TS and MP, which Lazaret does not emulate",
+        )),
+        SvmExit::Invalid => Classified::Ends(String::from(
+            "VMRUN refused the guest state (VMEXIT_INVALID)",
+        )),
+        SvmExit::Other(code) => Classified::Ends(format!("unexpected exit code {code:#x}")),
+    }
+}
+
+/// RAX after an IN of `size` bytes returned `value`: the low bytes change; a 4-byte IN writes
+/// EAX, which clears RAX's upper half (64-bit mode).
+fn merge_in(rax: u64, size: u8, value: u32) -> u64 {
+    if size == 4 {
+        return u64::from(value);
+    }
+    let mask = low_bytes(u64::MAX, size);
+    (rax & !mask) | (u64::from(value) & mask)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lazaret_svm::exit::IoExit;
+
+    fn regs() -> GuestRegs {
+        GuestRegs {
+            rax: 0x1111_2222_3333_4444,
+            rcx: 0xFFFF_FFFF_C000_0080,
+            rdx: 0x5555_6666_7777_8888,
+            ..GuestRegs::default()
+        }
+    }
+
+    #[test]
+    fn exits_take_their_operands_from_the_architectural_registers() {
+        let r = regs();
+        assert_eq!(
+            classify(SvmExit::Cpuid, &r),
+            Classified::Handled {
+                exit: Exit::Cpuid {
+                    leaf: 0x3333_4444,
+                    subleaf: 0xC000_0080
+                },
+                pending: Some(Pending::Instruction(Instruction::Cpuid))
+            }
+        );
+        // WRMSR: ECX, EDX:EAX (upper halves of RAX and RDX ignored).
+        assert!(matches!(
+            classify(SvmExit::Msr { write: true }, &r),
+            Classified::Handled {
+                exit: Exit::MsrWrite {
+                    msr: 0xC000_0080,
+                    value: 0x7777_8888_3333_4444
+                },
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(SvmExit::Msr { write: false }, &r),
+            Classified::Handled {
+                exit: Exit::MsrRead { msr: 0xC000_0080 },
+                ..
+            }
+        ));
+        // OUT of 1 and 2 bytes reports only AL / AX.
+        for (size, value) in [(1, 0x44), (2, 0x4444), (4, 0x3333_4444)] {
+            let io = IoExit {
+                port: 0x80,
+                size,
+                write: true,
+                next_rip: 0x1234,
+            };
+            assert_eq!(
+                classify(SvmExit::Io(io), &r),
+                Classified::Handled {
+                    exit: Exit::Io {
+                        port: 0x80,
+                        size,
+                        write: true,
+                        value
                     },
-                },
-            ),
-            SvmExit::BadIo(e) => return self.end(format!("{e}")),
-            SvmExit::Msr { write: false } => (
-                Some(Pending::Instruction(Instruction::Rdmsr)),
-                Exit::MsrRead { msr: r.rcx as u32 },
-            ),
-            SvmExit::Msr { write: true } => (
-                Some(Pending::Instruction(Instruction::Wrmsr)),
-                Exit::MsrWrite {
-                    msr: r.rcx as u32,
-                    value: (r.rdx << 32) | (r.rax & 0xFFFF_FFFF),
-                },
-            ),
-            SvmExit::Vmmcall => (
-                Some(Pending::Instruction(Instruction::Vmmcall)),
-                Exit::Hypercall,
-            ),
-            SvmExit::Npf(n) => (
-                None,
-                Exit::NestedPageFault {
-                    gpa: n.gpa,
-                    write: n.write,
-                    fetch: n.fetch,
-                    present: n.present,
-                },
-            ),
-            SvmExit::Shutdown => {
-                self.dead = Some(String::from("the guest shut down (triple fault)"));
-                (None, Exit::Shutdown)
-            }
-            SvmExit::Intr => (None, Exit::Interrupt),
-            SvmExit::Nmi => (None, Exit::Nmi),
-            SvmExit::Exception {
-                vector, error_code, ..
-            } => (
-                None,
-                Exit::Exception {
-                    vector,
-                    error: error_code,
-                },
-            ),
-            SvmExit::Invalid => {
-                return self.end(String::from(
-                    "VMRUN refused the guest state (VMEXIT_INVALID)",
-                ))
-            }
-            SvmExit::Other(code) => return self.end(format!("unexpected exit code {code:#x}")),
-        };
-        self.pending = pending;
-        out
+                    pending: Some(Pending::Io {
+                        next_rip: 0x1234,
+                        size,
+                        write: true
+                    })
+                }
+            );
+        }
+        assert!(
+            matches!(classify(SvmExit::Invalid, &r), Classified::Ends(s) if s.contains("VMEXIT_INVALID"))
+        );
+        assert!(
+            matches!(classify(SvmExit::Cr0SelectiveWrite, &r), Classified::Ends(s) if s.contains("CR0"))
+        );
+        assert!(
+            matches!(classify(SvmExit::Other(0x80), &r), Classified::Ends(s) if s.contains("0x80"))
+        );
+    }
+
+    #[test]
+    fn an_in_changes_only_its_bytes_of_rax() {
+        let rax = 0x1111_2222_3333_4444;
+        assert_eq!(merge_in(rax, 1, 0xABCD_EF99), 0x1111_2222_3333_4499);
+        assert_eq!(merge_in(rax, 2, 0xABCD_EF99), 0x1111_2222_3333_EF99);
+        assert_eq!(merge_in(rax, 4, 0xABCD_EF99), 0xABCD_EF99);
     }
 }

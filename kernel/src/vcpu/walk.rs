@@ -8,10 +8,27 @@ const PAGE_SIZE_BIT: u64 = 1 << 7;
 /// Bits 51:12 of an entry: the next table or the page frame.
 const ADDR: u64 = 0x000F_FFFF_FFFF_F000;
 
+/// PWT and PCD of a leaf entry: the page is mapped write-through or uncached, which is how
+/// nested paging maps device memory (BARs).
+const CACHE_BITS: u64 = (1 << 3) | (1 << 4);
+
+/// Where a translation ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub addr: u64,
+    /// The leaf entry mapped PWT or PCD: device memory, which the host must not read as if
+    /// it were RAM (a read can have side effects).
+    pub uncached: bool,
+}
+
 /// Translates `addr` through the tables at `root`; `read` loads one 8-byte entry at a
 /// physical address of the tables' space (`None` when that address is unreadable). `None`
 /// when some level is not present.
-pub fn translate(root: u64, addr: u64, read: &mut dyn FnMut(u64) -> Option<u64>) -> Option<u64> {
+pub fn translate(
+    root: u64,
+    addr: u64,
+    read: &mut dyn FnMut(u64) -> Option<u64>,
+) -> Option<Translation> {
     let mut table = root & ADDR;
     // Level shifts: PML4 39, PDPT 30, PD 21, PT 12.
     for shift in [39u32, 30, 21, 12] {
@@ -23,7 +40,10 @@ pub fn translate(root: u64, addr: u64, read: &mut dyn FnMut(u64) -> Option<u64>)
         let large = (shift == 30 || shift == 21) && entry & PAGE_SIZE_BIT != 0;
         if shift == 12 || large {
             let offset_mask = (1u64 << shift) - 1;
-            return Some((entry & ADDR & !offset_mask) | (addr & offset_mask));
+            return Some(Translation {
+                addr: (entry & ADDR & !offset_mask) | (addr & offset_mask),
+                uncached: entry & CACHE_BITS != 0,
+            });
         }
         table = entry & ADDR;
     }
@@ -46,13 +66,26 @@ mod tests {
         // PD entry 0 -> PT at 0x4000; entry 1: a 2 MiB page at 0x80_0000.
         mem.insert(0x3000, 0x4000 | 3);
         mem.insert(0x3008, 0x80_0000 | 0x83);
-        // PT entry 5 -> 0x9000 (NX in bit 63 ignored by the address mask).
+        // PT entry 5 -> 0x9000 (NX in bit 63 ignored by the address mask); entry 7 uncached.
         mem.insert(0x4028, 0x9000 | 3 | (1 << 63));
+        mem.insert(0x4038, 0xF000_0000 | 3 | (1 << 4));
         let mut read = |pa: u64| Some(mem.get(&pa).copied().unwrap_or(0));
-        assert_eq!(translate(0x1000, 0x5123, &mut read), Some(0x9123));
-        assert_eq!(translate(0x1000, 0x20_1234, &mut read), Some(0x80_1234));
+        let addr = |t: Option<Translation>| t.map(|t| t.addr);
         assert_eq!(
-            translate(0x1000, 0x4012_3456, &mut read),
+            translate(0x1000, 0x7008, &mut read),
+            Some(Translation {
+                addr: 0xF000_0008,
+                uncached: true
+            })
+        );
+        assert!(!translate(0x1000, 0x5123, &mut read).unwrap().uncached);
+        assert_eq!(addr(translate(0x1000, 0x5123, &mut read)), Some(0x9123));
+        assert_eq!(
+            addr(translate(0x1000, 0x20_1234, &mut read)),
+            Some(0x80_1234)
+        );
+        assert_eq!(
+            addr(translate(0x1000, 0x4012_3456, &mut read)),
             Some(0x1_4012_3456)
         );
         assert_eq!(
