@@ -22,7 +22,7 @@ fn vcpu(qemu: Qemu, iommu: &str) -> Outcome {
 }
 
 /// The checks the scenario must report, each passing.
-const CHECKS: [&str; 11] = [
+const CHECKS: [&str; 12] = [
     "vcpu-enable",
     "vcpu-exits",
     "vcpu-guest-memory",
@@ -32,6 +32,7 @@ const CHECKS: [&str; 11] = [
     "vcpu-npf",
     "vcpu-shutdown",
     "vcpu-cr0",
+    "vcpu-inject",
     "vcpu-bad-state",
     "vcpu-frames",
 ];

@@ -3,10 +3,11 @@
 //! contract, executes CPUID, an OUT, an IN, a VMMCALL console write, keeps a pattern in XMM0/1
 //! across those exits (the host clobbers XMM in between), stores what it saw, then HLTs. The
 //! host checks the exit sequence, what the guest stored (read back from its memory), and the
-//! exit counts. Then four vCPUs that must end cleanly while the host carries on: one writes
+//! exit counts. Then five vCPUs that must end cleanly while the host carries on: one writes
 //! beyond its memory (a nested page fault at the right guest-physical address), one executes
 //! UD2 with no IDT (a triple fault: SHUTDOWN), one clears CR0.WP (a CR0 change Lazaret
-//! refuses), one has EFER.SVME clear (the checker's reason).
+//! refuses), one gets #GP injected with no IDT to take it (SHUTDOWN again), one has EFER.SVME
+//! clear (the checker's reason).
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -568,6 +569,37 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
             )
         },
     );
+
+    // An exception injected at the guest's first exit: with no IDT it cannot be delivered, so
+    // a guest that really got it triple-faults (a malformed EVENTINJ would be VMEXIT_INVALID).
+    match svm.create_vcpu(guest.npt_root(), &entry(CODE_GPA), &mut hv.frames) {
+        Ok(mut vcpu) => {
+            let first = vcpu.run();
+            let injected = vcpu.inject_exception(13, 0);
+            let then = vcpu.run();
+            checks.check(
+                "vcpu-inject",
+                matches!(first, Exit::Cpuid { .. }) && injected.is_ok() && then == Exit::Shutdown,
+                format_args!(
+                    "at the guest's first exit ({}) #GP was {}; the guest, which has no IDT, then ended with {}",
+                    describe(&first),
+                    match &injected {
+                        Ok(()) => String::from("injected"),
+                        Err(e) => format!("refused: {e}"),
+                    },
+                    describe(&then)
+                ),
+            );
+            svm.destroy_vcpu(vcpu, &mut hv.frames);
+        }
+        Err(e) => {
+            checks.check(
+                "vcpu-inject",
+                false,
+                format_args!("the vCPU could not be created: {e}"),
+            );
+        }
+    }
 
     // A guest whose state VMRUN would refuse: the checker names the reason, the host goes on.
     match svm.create_vcpu(guest.npt_root(), &entry(CODE_GPA), &mut hv.frames) {
