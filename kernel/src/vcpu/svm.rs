@@ -167,6 +167,7 @@ impl Virtualization for Svm {
             features: self.features,
             pending: None,
             dead: None,
+            last_cpu: None,
         };
         let v = vcpu.vmcb_mut();
         *v = Vmcb::zeroed();
@@ -221,6 +222,8 @@ pub struct SvmVcpu {
     pending: Option<Pending>,
     /// Why this vCPU can no longer run.
     dead: Option<String>,
+    /// APIC ID of the CPU this vCPU last entered on.
+    last_cpu: Option<u32>,
 }
 
 fn low_bytes(value: u64, size: u8) -> u64 {
@@ -260,6 +263,13 @@ impl SvmVcpu {
 
     /// One VMRUN and the exit it ends with, as the CPU reported it.
     fn enter(&mut self) -> Result<SvmExit, String> {
+        // An ASID is only meaningful on the CPU that handed it out: on another CPU the same
+        // number may belong to another vCPU, so a vCPU that moved gets a fresh (flushed) one.
+        let here = percpu::this_apic_id();
+        if self.last_cpu != Some(here) {
+            self.asid = None;
+            self.last_cpu = Some(here);
+        }
         let asid = &mut self.asid;
         let assigned = percpu::with_this_cpu(|cpu| cpu.asids.assign(asid))
             .ok_or_else(|| String::from("SVM is not enabled on this CPU"))?;
