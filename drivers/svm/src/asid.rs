@@ -2,7 +2,9 @@
 //! guests never share TLB entries. ASIDs are handed out in order; when they run out, a new
 //! generation starts, the whole TLB is flushed once, and every vCPU gets a fresh ASID on its
 //! next entry. A freshly assigned ASID is always flushed before first use: it may hold
-//! translations of a vCPU that had it in an earlier generation.
+//! translations of a vCPU that had it in an earlier generation. The full flush of a new
+//! generation stays owed until an entry really made it ([`AsidAllocator::entered`]): an entry
+//! refused before VMRUN must not lose it.
 use crate::vmcb::tlb_control;
 
 /// The ASID a vCPU last ran with on this CPU, and in which generation.
@@ -18,6 +20,7 @@ pub struct AsidAllocator {
     next: u32,
     generation: u64,
     flush_by_asid: bool,
+    full_flush_owed: bool,
 }
 
 impl AsidAllocator {
@@ -29,6 +32,7 @@ impl AsidAllocator {
             next: 1,
             generation: 1,
             flush_by_asid,
+            full_flush_owed: false,
         }
     }
 
@@ -38,21 +42,37 @@ impl AsidAllocator {
 
     /// The ASID for the next entry of the vCPU holding `tag`, and the TLB_CONTROL to enter with.
     pub fn assign(&mut self, tag: &mut Option<AsidTag>) -> (u32, u8) {
+        let (asid, flush) = self.pick(tag);
+        if self.full_flush_owed {
+            (asid, tlb_control::FLUSH_ALL)
+        } else {
+            (asid, flush)
+        }
+    }
+
+    /// Records that VMRUN ran with `tlb_control`: a full flush owed is then done.
+    pub fn entered(&mut self, tlb_control: u8) {
+        if tlb_control == tlb_control::FLUSH_ALL {
+            self.full_flush_owed = false;
+        }
+    }
+
+    fn pick(&mut self, tag: &mut Option<AsidTag>) -> (u32, u8) {
         if let Some(t) = tag {
             if t.generation == self.generation {
                 return (t.asid, tlb_control::DO_NOTHING);
             }
         }
-        let mut flush = if self.flush_by_asid {
+        let flush = if self.next >= self.nasid {
+            self.generation += 1;
+            self.next = 1;
+            self.full_flush_owed = true;
+            tlb_control::FLUSH_ALL
+        } else if self.flush_by_asid {
             tlb_control::FLUSH_GUEST
         } else {
             tlb_control::FLUSH_ALL
         };
-        if self.next >= self.nasid {
-            self.generation += 1;
-            self.next = 1;
-            flush = tlb_control::FLUSH_ALL;
-        }
         let asid = self.next;
         self.next += 1;
         *tag = Some(AsidTag {
@@ -77,10 +97,20 @@ mod tests {
         assert_eq!(a.assign(&mut tags[1]), (2, 0));
         // A fourth vCPU: no ASID left, new generation, flush everything.
         assert_eq!(a.assign(&mut tags[3]), (1, 1));
+        a.entered(1);
         assert_eq!(a.generation(), 2);
         // vCPU 0 held ASID 1 in the old generation: it gets a new one, flushed.
         assert_eq!(a.assign(&mut tags[0]), (2, 3));
         assert_eq!(a.assign(&mut tags[3]), (1, 0));
+        // The wrap's full flush stays owed until an entry reports it ran.
+        let mut b = AsidAllocator::new(2, true); // ASID 1 only
+        let mut t = [None; 3];
+        assert_eq!(b.assign(&mut t[0]), (1, 3));
+        assert_eq!(b.assign(&mut t[1]), (1, 1), "wrap");
+        // That entry was refused before VMRUN: the next one, even a reuse, still flushes all.
+        assert_eq!(b.assign(&mut t[1]), (1, 1));
+        b.entered(1);
+        assert_eq!(b.assign(&mut t[1]), (1, 0));
         let mut no_flush_by_asid = AsidAllocator::new(4, false);
         assert_eq!(no_flush_by_asid.assign(&mut None), (1, 1));
     }

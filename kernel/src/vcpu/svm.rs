@@ -297,6 +297,7 @@ impl SvmVcpu {
             // stay alive and unaliased for the call; vmrun.s saves and restores every register
             // the host relies on.
             unsafe { lazaret_svm_run(&mut frame) };
+            cpu.asids.entered(assigned.1);
         })
         .ok_or_else(|| String::from("SVM is not enabled on this CPU"))?;
         self.regs = frame.regs;
