@@ -22,11 +22,12 @@ fn vcpu(qemu: Qemu, iommu: &str) -> Outcome {
 }
 
 /// The checks the scenario must report, each passing.
-const CHECKS: [&str; 12] = [
+const CHECKS: [&str; 13] = [
     "vcpu-enable",
     "vcpu-exits",
     "vcpu-guest-memory",
     "vcpu-xmm",
+    "vcpu-host-sse",
     "vcpu-exit-counts",
     "vcpu-rip",
     "vcpu-npf",

@@ -253,6 +253,24 @@ fn clobber_xmm() {
     };
 }
 
+/// MXCSR with round-toward-zero (bits 14:13 = 11) and every exception masked: not the
+/// guest's reset value (0x1F80), so a host whose SSE state was not given back shows it.
+const HOST_MXCSR: u32 = 0x7F80;
+const DEFAULT_MXCSR: u32 = 0x1F80;
+
+fn set_mxcsr(value: u32) {
+    // SAFETY: loads MXCSR from a valid value (no reserved bits); changes only rounding and
+    // exception masks, restored by the caller.
+    unsafe { core::arch::asm!("ldmxcsr [{}]", in(reg) &value, options(nostack, readonly)) };
+}
+
+fn mxcsr() -> u32 {
+    let mut value = 0u32;
+    // SAFETY: stores MXCSR into a local.
+    unsafe { core::arch::asm!("stmxcsr [{}]", in(reg) &mut value, options(nostack)) };
+    value
+}
+
 /// A short description of an exit for a RESULT sentence.
 fn describe(exit: &Exit) -> String {
     match exit {
@@ -442,7 +460,10 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
             return;
         }
     };
+    set_mxcsr(HOST_MXCSR);
     let (seen, stopped) = drive(&mut vcpu, &guest);
+    let host_mxcsr = mxcsr();
+    set_mxcsr(DEFAULT_MXCSR);
     let expected = [
         Exit::Cpuid {
             leaf: 0,
@@ -493,6 +514,13 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
             "after four exits with the host clobbering XMM, the guest's XMM0 held {:#x} (set {XMM0_PATTERN:#x}) and XMM1 {:#x} (set {XMM1_PATTERN:#x})",
             stored(0x20),
             stored(0x28)
+        ),
+    );
+    checks.check(
+        "vcpu-host-sse",
+        host_mxcsr == HOST_MXCSR,
+        format_args!(
+            "after five guest entries the host's MXCSR is {host_mxcsr:#x} (set {HOST_MXCSR:#x}; the guest's is {DEFAULT_MXCSR:#x})"
         ),
     );
     let counts = *vcpu.exit_counts();
