@@ -18,3 +18,4 @@ pub mod panic;
 pub mod passthrough;
 pub mod platform;
 pub mod scenario;
+pub mod vcpu;

@@ -10,6 +10,7 @@ mod memory;
 mod quarantine_dma;
 mod reassign;
 pub mod story;
+mod vcpu_smoke;
 
 use lazaret_rt::exit::ExitCode;
 
@@ -27,7 +28,8 @@ pub fn run<V: Inspect>(scenario: Scenario, hv: &mut Hypervisor<V>) -> ExitCode {
         | Scenario::AssignDma
         | Scenario::FaultStorm
         | Scenario::Reassign
-        | Scenario::Demo => {
+        | Scenario::Demo
+        | Scenario::Vcpu => {
             let mut checks = checks::Checks::default();
             match scenario {
                 Scenario::Boot => boot_check::run(hv, &mut checks),
@@ -42,6 +44,7 @@ pub fn run<V: Inspect>(scenario: Scenario, hv: &mut Hypervisor<V>) -> ExitCode {
                     assign_dma::run(hv, &mut checks);
                 }
                 Scenario::Reassign => reassign::run(hv, &mut checks),
+                Scenario::Vcpu => vcpu_smoke::run(hv, &mut checks),
                 _ => fault_storm::run(hv, &mut checks),
             }
             log::info!(
