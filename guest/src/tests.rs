@@ -104,7 +104,7 @@ impl<'a> Platform for Fake<'a> {
 
     fn bar(&self, gpa: u64) -> Self::Bar {
         self.bars.borrow_mut().push(gpa);
-        Watched(self.edu, &self.edu_reads)
+        Watched(self.edu, self.edu_reads)
     }
 
     fn forbidden_read32(&self, gpa: u64) -> u32 {
