@@ -1,6 +1,6 @@
-//! The contract between Lazaret and the guests it runs (issue 9; `docs/guest-contract.md`
-//! describes it in prose). Both sides build against this crate, so a layout or hypercall
-//! number cannot drift between the hypervisor and the payload:
+//! The contract between Lazaret and the guests it runs (issue 9, "the guest contract"). Both
+//! sides build against this crate, so a layout or hypercall number cannot drift between the
+//! hypervisor and the payload:
 //!
 //! - [`layout`]: where things sit in guest-physical memory, and the GDT Lazaret writes;
 //! - [`BootInfo`]: the little-endian record at [`layout::BOOT_INFO_GPA`], encoded and decoded
