@@ -74,6 +74,15 @@ pub struct Config {
     pub memory_mib: u32,
     pub extra_args: Vec<String>,
     pub timeout: Duration,
+    /// Guest images after the kernel, each an extra multiboot module `guest NAME ARGS`.
+    pub guests: Vec<GuestModule>,
+}
+
+/// One guest payload module: its name and its command line (`variant=... other=...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestModule {
+    pub name: String,
+    pub args: String,
 }
 
 impl Default for Config {
@@ -90,6 +99,7 @@ impl Default for Config {
             memory_mib: 512,
             extra_args: Vec::new(),
             timeout: Duration::from_secs(120),
+            guests: Vec::new(),
         }
     }
 }
@@ -97,6 +107,15 @@ impl Default for Config {
 impl Config {
     pub fn with_cmdline(mut self, cmdline: &str) -> Config {
         self.cmdline = cmdline.to_string();
+        self
+    }
+
+    /// Adds the guest payload as a further module with string `guest NAME ARGS`.
+    pub fn with_guest(mut self, name: &str, args: &str) -> Config {
+        self.guests.push(GuestModule {
+            name: name.to_string(),
+            args: args.to_string(),
+        });
         self
     }
 
@@ -127,15 +146,27 @@ impl Config {
         .collect();
         a.extend(["-m".into(), format!("{}M", self.memory_mib)]);
         a.extend(["-kernel".into(), images.loader.display().to_string()]);
-        // QEMU splits -initrd at commas; the kernel's options go in its module string.
+        // QEMU takes one -initrd and splits it at commas into modules, so commas inside a
+        // module string become spaces; the kernel's options go in its module string.
         let module = match &self.module {
             Module::Kernel => Some(images.kernel.clone()),
             Module::Missing => None,
             Module::File(f) => Some(f.clone()),
         };
-        if let Some(path) = module {
-            let arg = format!("{} {}", path.display(), self.cmdline.replace(',', " "));
-            a.extend(["-initrd".into(), arg.trim_end().to_string()]);
+        let module_string = |path: &Path, args: &str| {
+            let s = format!("{} {}", path.display(), args.replace(',', " "));
+            s.trim_end().to_string()
+        };
+        let mut modules: Vec<String> = module
+            .iter()
+            .map(|path| module_string(path, &self.cmdline))
+            .collect();
+        for g in &self.guests {
+            let args = format!("guest {} {}", g.name, g.args);
+            modules.push(module_string(&images.guest, &args));
+        }
+        if !modules.is_empty() {
+            a.extend(["-initrd".into(), modules.join(",")]);
         }
         if let Some(dev) = self.iommu.device(self.qemu) {
             a.extend(["-device".into(), dev]);
@@ -157,11 +188,12 @@ impl Config {
     }
 }
 
-/// The two files QEMU boots: the multiboot loader and the kernel module.
+/// The files QEMU boots: the multiboot loader, the kernel module and the guest payload.
 #[derive(Clone, Debug)]
 pub struct Images {
     pub loader: PathBuf,
     pub kernel: PathBuf,
+    pub guest: PathBuf,
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -199,6 +231,8 @@ pub fn build_images() -> Result<Images, String> {
                     "lazaret-boot-bin",
                     "-p",
                     "lazaret-kernel-bin",
+                    "-p",
+                    "lazaret-guest-bin",
                     "--target-dir",
                 ])
                 .arg(&target)
@@ -212,6 +246,7 @@ pub fn build_images() -> Result<Images, String> {
             Ok(Images {
                 loader: dir.join("lazaret-boot"),
                 kernel: dir.join("lazaret-kernel"),
+                guest: dir.join("lazaret-guest"),
             })
         })
         .clone()
@@ -435,4 +470,30 @@ macro_rules! on_every_qemu {
             }
         )*
     };
+}
+
+#[cfg(test)]
+mod guest_module_tests {
+    use super::*;
+
+    #[test]
+    fn guests_follow_the_kernel_in_one_initrd() {
+        let images = Images {
+            loader: "/i/boot".into(),
+            kernel: "/i/kernel".into(),
+            guest: "/i/guest".into(),
+        };
+        let config = Config::default()
+            .with_cmdline("scenario=demo,iommu=amd")
+            .with_guest("alice", "variant=good")
+            .with_guest("bob", "variant=rogue-dma other=0x1000");
+        let args = config.qemu_args(&images);
+        let at = args.iter().position(|a| a == "-initrd").unwrap();
+        assert_eq!(
+            args[at + 1],
+            "/i/kernel scenario=demo iommu=amd,/i/guest guest alice variant=good,\
+             /i/guest guest bob variant=rogue-dma other=0x1000"
+        );
+        assert_eq!(args.iter().filter(|a| *a == "-initrd").count(), 1);
+    }
 }

@@ -1,0 +1,240 @@
+//! The guest command line (guest contract): space-separated `key=value` pairs,
+//! `variant=good|rogue-dma|rogue-mmio|crash` (default good), `other=0xHPA`, `iommu=0xHPA`.
+//! Unknown keys, repeated keys and bad values are errors the guest reports rather than
+//! guesses past. Also the multiboot module string that names a guest image.
+
+use core::fmt;
+
+/// What the guest sets out to do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Variant {
+    /// DMA round trip through its own RAM; exit 0 only if the data came back.
+    #[default]
+    Good,
+    /// DMA outside its RAM and to another guest's host-physical address.
+    RogueDma,
+    /// Reads an MMIO-window page that is not its BAR, then the IOMMU's registers.
+    RogueMmio,
+    /// Triple fault.
+    Crash,
+}
+
+impl Variant {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Variant::Good => "good",
+            Variant::RogueDma => "rogue-dma",
+            Variant::RogueMmio => "rogue-mmio",
+            Variant::Crash => "crash",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Variant> {
+        [
+            Variant::Good,
+            Variant::RogueDma,
+            Variant::RogueMmio,
+            Variant::Crash,
+        ]
+        .into_iter()
+        .find(|v| v.name() == s)
+    }
+}
+
+/// The parsed command line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestArgs {
+    pub variant: Variant,
+    /// `other=`: another guest's host-physical address (rogue-dma uses it as an IOVA).
+    pub other: Option<u64>,
+    /// `iommu=`: the IOMMU's register base (rogue-mmio reads it).
+    pub iommu: Option<u64>,
+}
+
+/// Why a command line was refused; borrows the offending text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgsError<'a> {
+    /// A word without `=`.
+    NotKeyValue(&'a str),
+    UnknownKey(&'a str),
+    /// The same key twice: which one was meant is a guess we do not make.
+    Repeated(&'a str),
+    BadValue {
+        key: &'a str,
+        value: &'a str,
+    },
+}
+
+impl fmt::Display for ArgsError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ArgsError::NotKeyValue(w) => write!(f, "command line word {w:?} is not key=value"),
+            ArgsError::UnknownKey(k) => write!(f, "unknown command line key {k:?}"),
+            ArgsError::Repeated(k) => write!(f, "command line key {k:?} given twice"),
+            ArgsError::BadValue { key, value } => write!(f, "bad value {value:?} for {key:?}"),
+        }
+    }
+}
+
+impl GuestArgs {
+    /// Parses `key=value` words separated by ASCII whitespace.
+    pub fn parse(line: &str) -> Result<GuestArgs, ArgsError<'_>> {
+        let mut args = GuestArgs::default();
+        let mut seen_variant = false;
+        for word in line.split_ascii_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                return Err(ArgsError::NotKeyValue(word));
+            };
+            let bad = ArgsError::BadValue { key, value };
+            let slot = match key {
+                "variant" => {
+                    if core::mem::replace(&mut seen_variant, true) {
+                        return Err(ArgsError::Repeated(key));
+                    }
+                    args.variant = Variant::parse(value).ok_or(bad)?;
+                    continue;
+                }
+                "other" => &mut args.other,
+                "iommu" => &mut args.iommu,
+                _ => return Err(ArgsError::UnknownKey(key)),
+            };
+            if slot.is_some() {
+                return Err(ArgsError::Repeated(key));
+            }
+            *slot = Some(parse_address(value).ok_or(bad)?);
+        }
+        Ok(args)
+    }
+}
+
+/// `0x`-prefixed hexadecimal (as the contract writes addresses) or decimal.
+fn parse_address(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) if !hex.is_empty() => u64::from_str_radix(hex, 16).ok(),
+        Some(_) => None,
+        None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+        None => None,
+    }
+}
+
+/// A multiboot module string that names a guest image: `guest NAME [key=value ...]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestModule<'a> {
+    pub name: &'a str,
+    /// Everything after the name (leading whitespace removed): the guest's command line,
+    /// checked by the guest itself with [`GuestArgs::parse`].
+    pub args: &'a str,
+}
+
+impl<'a> GuestModule<'a> {
+    /// `Some` if the string's first word is `guest` and a name follows; `None` for any other
+    /// module (the kernel ignores those).
+    pub fn parse(module: &'a str) -> Option<GuestModule<'a>> {
+        let rest = module.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        let rest = rest.strip_prefix("guest")?;
+        if !rest.starts_with(|c: char| c.is_ascii_whitespace()) {
+            return None;
+        }
+        let rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        let end = rest
+            .find(|c: char| c.is_ascii_whitespace())
+            .unwrap_or(rest.len());
+        let (name, args) = rest.split_at(end);
+        if name.is_empty() {
+            return None;
+        }
+        let args = args.trim_start_matches(|c: char| c.is_ascii_whitespace());
+        Some(GuestModule { name, args })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_to_good_with_no_addresses() {
+        assert_eq!(GuestArgs::parse(""), Ok(GuestArgs::default()));
+        assert_eq!(
+            GuestArgs::parse("   ").map(|a| a.variant),
+            Ok(Variant::Good)
+        );
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let a = GuestArgs::parse("variant=rogue-dma  other=0x1234000 iommu=0XFED90000").unwrap();
+        assert_eq!(a.variant, Variant::RogueDma);
+        assert_eq!(a.other, Some(0x123_4000));
+        assert_eq!(a.iommu, Some(0xfed9_0000));
+        for v in ["good", "rogue-dma", "rogue-mmio", "crash"] {
+            let line = format!("variant={v}");
+            assert_eq!(GuestArgs::parse(&line).unwrap().variant.name(), v);
+        }
+        assert_eq!(GuestArgs::parse("other=4096").unwrap().other, Some(4096));
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_understand() {
+        assert_eq!(
+            GuestArgs::parse("colour=red"),
+            Err(ArgsError::UnknownKey("colour"))
+        );
+        assert_eq!(
+            GuestArgs::parse("variant"),
+            Err(ArgsError::NotKeyValue("variant"))
+        );
+        assert_eq!(
+            GuestArgs::parse("variant=evil"),
+            Err(ArgsError::BadValue {
+                key: "variant",
+                value: "evil"
+            })
+        );
+        for v in [
+            "0x",
+            "0xg",
+            "",
+            "-1",
+            "0x1_0000_0000_0000_0000",
+            "+5",
+            "18446744073709551616",
+        ] {
+            let line = format!("other={v}");
+            assert!(
+                matches!(GuestArgs::parse(&line), Err(ArgsError::BadValue { .. })),
+                "{line}"
+            );
+        }
+        assert_eq!(
+            GuestArgs::parse("variant=good variant=crash"),
+            Err(ArgsError::Repeated("variant"))
+        );
+        assert_eq!(
+            GuestArgs::parse("iommu=1 iommu=2"),
+            Err(ArgsError::Repeated("iommu"))
+        );
+    }
+
+    #[test]
+    fn module_strings_name_guests() {
+        assert_eq!(
+            GuestModule::parse("guest alice variant=good"),
+            Some(GuestModule {
+                name: "alice",
+                args: "variant=good"
+            })
+        );
+        assert_eq!(
+            GuestModule::parse(" guest  bob"),
+            Some(GuestModule {
+                name: "bob",
+                args: ""
+            })
+        );
+        assert_eq!(GuestModule::parse("guest"), None);
+        assert_eq!(GuestModule::parse("guest   "), None);
+        assert_eq!(GuestModule::parse("guesthouse x"), None);
+        assert_eq!(GuestModule::parse("iommu=amd"), None);
+    }
+}

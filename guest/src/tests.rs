@@ -1,0 +1,528 @@
+//! The guest's logic against fakes: `lazaret_pci`'s configuration space behind a port-I/O
+//! decoder written here from the spec, `lazaret_edu`'s `SimEdu` DMAing into simulated RAM
+//! through an IOMMU that maps only guest RAM, and page tables read back by a walker with
+//! its own bit definitions.
+use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
+
+use lazaret_edu::sim::{Completion, SimEdu};
+use lazaret_guest_abi::layout::*;
+use lazaret_guest_abi::{BootInfo, GuestExit};
+use lazaret_pci::{ConfigSpace, FakeConfigSpace, FakeFunction};
+use lazaret_types::sim::SimMemory;
+use lazaret_types::{Bdf, Mmio, PhysAddr, PhysMem, Sbdf};
+
+use crate::{run, Console, Env, Platform, DMA_LEN};
+
+const MEMORY: u64 = DEFAULT_MEMORY_SIZE;
+const IMAGE_END: u64 = IMAGE_BASE_GPA + 0x9800;
+const BAR: u64 = MMIO_WINDOW_GPA + 0x10_0000;
+const IOMMU_HPA: u64 = 0xfed9_0000;
+const OTHER_HPA: u64 = 0x0123_4000;
+
+struct Fake<'a> {
+    cfg: FakeConfigSpace,
+    address: Cell<u32>,
+    ram: &'a SimMemory,
+    edu: &'a SimEdu<'a>,
+    edu_reads: &'a Cell<u64>,
+    lines: RefCell<Vec<String>>,
+    tsc: Cell<u64>,
+    tsc_step: u64,
+    bars: RefCell<Vec<u64>>,
+    forbidden: RefCell<Vec<u64>>,
+    invlpgs: RefCell<Vec<u64>>,
+    triple_faults: Cell<u32>,
+}
+
+/// edu's registers, with a watchdog: an unbounded poll panics instead of hanging the test.
+struct Watched<'a>(&'a SimEdu<'a>, &'a Cell<u64>);
+
+impl Watched<'_> {
+    fn tick(&self) {
+        self.1.set(self.1.get() + 1);
+        assert!(self.1.get() < 100_000, "edu polled without bound");
+    }
+}
+
+impl Mmio for Watched<'_> {
+    fn read32(&self, offset: usize) -> u32 {
+        self.tick();
+        self.0.read32(offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.0.write32(offset, value)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        self.tick();
+        self.0.read64(offset)
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        self.0.write64(offset, value)
+    }
+}
+
+impl<'a> Platform for Fake<'a> {
+    type Bar = Watched<'a>;
+
+    /// CONFIG_ADDRESS (PCI Local Bus 3.0 §3.2.2.3.2): bit 31 enable, 23:16 bus, 15:11
+    /// device, 10:8 function, 7:2 register.
+    fn outl(&self, port: u16, value: u32) {
+        match port {
+            0xcf8 => self.address.set(value),
+            0xcfc => {
+                if let Some((at, offset)) = self.selected() {
+                    self.cfg.write32(at, offset, value);
+                }
+            }
+            _ => panic!("outl to port {port:#x}"),
+        }
+    }
+
+    fn inl(&self, port: u16) -> u32 {
+        match port {
+            0xcf8 => self.address.get(),
+            0xcfc => self
+                .selected()
+                .map_or(u32::MAX, |(at, offset)| self.cfg.read32(at, offset)),
+            _ => panic!("inl from port {port:#x}"),
+        }
+    }
+
+    fn console_write(&self, bytes: &[u8]) -> u64 {
+        assert!(bytes.len() <= 256);
+        let text = std::str::from_utf8(bytes).expect("each call is UTF-8");
+        self.lines.borrow_mut().push(text.to_string());
+        0
+    }
+
+    fn rdtsc(&self) -> u64 {
+        let t = self.tsc.get();
+        self.tsc.set(t + self.tsc_step);
+        t
+    }
+
+    fn bar(&self, gpa: u64) -> Self::Bar {
+        self.bars.borrow_mut().push(gpa);
+        Watched(self.edu, self.edu_reads)
+    }
+
+    fn forbidden_read32(&self, gpa: u64) -> u32 {
+        self.forbidden.borrow_mut().push(gpa);
+        0xdead_beef
+    }
+
+    fn read_ram(&self, gpa: u64, buf: &mut [u8]) {
+        assert!(
+            gpa + buf.len() as u64 <= MEMORY,
+            "read outside RAM at {gpa:#x}"
+        );
+        self.ram.read_bytes(PhysAddr(gpa), buf);
+    }
+
+    fn write_ram(&self, gpa: u64, data: &[u8]) {
+        assert!(gpa >= IMAGE_BASE_GPA || (PAGE_TABLES_GPA..STACK_BOTTOM_GPA).contains(&gpa));
+        assert!(
+            gpa + data.len() as u64 <= MEMORY,
+            "write outside RAM at {gpa:#x}"
+        );
+        self.ram.write_bytes(PhysAddr(gpa), data);
+    }
+
+    fn cr3(&self) -> u64 {
+        PAGE_TABLES_GPA
+    }
+
+    fn invlpg(&self, va: u64) {
+        self.invlpgs.borrow_mut().push(va);
+    }
+
+    fn triple_fault(&self) {
+        self.triple_faults.set(self.triple_faults.get() + 1);
+    }
+}
+
+impl Fake<'_> {
+    fn selected(&self) -> Option<(Sbdf, u16)> {
+        let a = self.address.get();
+        if a & (1 << 31) == 0 {
+            return None;
+        }
+        let bdf = Bdf::new(
+            (a >> 16) as u8,
+            ((a >> 11) & 0x1f) as u8,
+            ((a >> 8) & 7) as u8,
+        )?;
+        Some((Sbdf::new(0, bdf), (a & 0xfc) as u16))
+    }
+
+    fn text(&self) -> String {
+        self.lines.borrow().concat()
+    }
+}
+
+fn edu_function() -> FakeFunction {
+    FakeFunction::endpoint(0x1234, 0x11e8, 0x00_ff_00).bar_mem32(0, BAR as u32, 1 << 20, false)
+}
+
+fn at(device: u8, function: u8) -> Sbdf {
+    Sbdf::new(0, Bdf::new(0, device, function).unwrap())
+}
+
+/// The IOMMU of the guest's device: IOVA = gpa, guest RAM only.
+fn guest_iommu(iova: u64, _write: bool) -> Option<PhysAddr> {
+    (iova < MEMORY).then_some(PhysAddr(iova))
+}
+
+/// RAM as Lazaret leaves it: BootInfo, command line, and page tables with PML4[0] → PDPT,
+/// PDPT[0] → a PD of 2 MiB pages for RAM, PDPT[3] → a PD mapping the MMIO window.
+fn boot_ram(cmdline: &str) -> SimMemory {
+    let ram = SimMemory::new();
+    let info = BootInfo::new(MEMORY, cmdline.len() as u64);
+    ram.write_bytes(PhysAddr(BOOT_INFO_GPA), &info.encode());
+    ram.write_bytes(PhysAddr(CMDLINE_GPA), cmdline.as_bytes());
+    let (pml4, pdpt, pd_ram, pd_mmio) = (0x10000, 0x11000, 0x12000, 0x13000);
+    ram.write_u64(PhysAddr(pml4), pdpt | 3);
+    ram.write_u64(PhysAddr(pdpt), pd_ram | 3);
+    ram.write_u64(PhysAddr(pdpt + 3 * 8), pd_mmio | 3);
+    for i in 0..MEMORY >> 21 {
+        ram.write_u64(PhysAddr(pd_ram + i * 8), (i << 21) | 0x83);
+    }
+    for i in 0..MMIO_WINDOW_SIZE >> 21 {
+        ram.write_u64(
+            PhysAddr(pd_mmio + i * 8),
+            (MMIO_WINDOW_GPA + (i << 21)) | 0x9b,
+        );
+    }
+    ram
+}
+
+fn fake<'a>(
+    ram: &'a SimMemory,
+    edu: &'a SimEdu<'a>,
+    functions: Vec<(Sbdf, FakeFunction)>,
+) -> Fake<'a> {
+    let mut cfg = FakeConfigSpace::new();
+    for (a, f) in functions {
+        cfg.insert(a, f);
+    }
+    Fake {
+        cfg,
+        address: Cell::new(0),
+        ram,
+        edu,
+        edu_reads: Box::leak(Box::new(Cell::new(0))),
+        lines: RefCell::new(Vec::new()),
+        tsc: Cell::new(0x1234_5678),
+        tsc_step: 1_000,
+        bars: RefCell::new(Vec::new()),
+        forbidden: RefCell::new(Vec::new()),
+        invlpgs: RefCell::new(Vec::new()),
+        triple_faults: Cell::new(0),
+    }
+}
+
+fn env() -> Env {
+    Env {
+        boot_info_gpa: BOOT_INFO_GPA,
+        image_end: IMAGE_END,
+    }
+}
+
+fn ram_bytes(ram: &SimMemory, gpa: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0; len];
+    ram.read_bytes(PhysAddr(gpa), &mut v);
+    v
+}
+
+#[test]
+fn good_round_trips_a_fresh_pattern_through_its_own_ram() {
+    let mut seen = Vec::new();
+    for tsc in [0x1111_0000u64, 0x2222_0000] {
+        let ram = boot_ram("variant=good");
+        let edu = SimEdu::new(&ram, guest_iommu);
+        // Firmware left memory decoding on: sizing must turn it off first.
+        let f = fake(&ram, &edu, vec![(at(0, 0), edu_function().command(0x0002))]);
+        f.tsc.set(tsc);
+        assert_eq!(run(&f, env()), GuestExit::Pass, "{}", f.text());
+        assert!(f.text().contains("PASS: DMA round trip"), "{}", f.text());
+        assert_eq!(*f.bars.borrow(), vec![BAR]);
+        let (src, dst) = (
+            IMAGE_END.next_multiple_of(0x1000),
+            IMAGE_END.next_multiple_of(0x1000) + 0x1000,
+        );
+        let sent = ram_bytes(&ram, src, DMA_LEN);
+        assert_eq!(
+            ram_bytes(&ram, dst, DMA_LEN),
+            sent,
+            "destination holds what was sent"
+        );
+        assert_eq!(
+            &edu.buffer()[..DMA_LEN],
+            &sent[..],
+            "it went through the device"
+        );
+        assert!(
+            sent.iter().any(|b| *b != sent[0]),
+            "a pattern, not a constant"
+        );
+        assert!(edu.blocked_accesses().is_empty());
+        // Memory decoding and bus mastering on; BAR0 sized with decoding off.
+        let command = f.cfg.peek(at(0, 0), 4).unwrap() as u16;
+        assert_eq!(command & 0b110, 0b110);
+        let sizing = f
+            .cfg
+            .writes()
+            .into_iter()
+            .find(|w| w.offset == 0x10 && w.value == u32::MAX);
+        assert_eq!(
+            sizing.map(|w| w.command_before & 0b10),
+            Some(0),
+            "decoding off while sizing"
+        );
+        assert_eq!(f.cfg.peek(at(0, 0), 0x10), Some(BAR as u32), "BAR restored");
+        seen.push(sent);
+    }
+    assert_ne!(seen[0], seen[1], "the pattern is fresh per run");
+}
+
+#[test]
+fn good_fails_when_the_data_does_not_come_back() {
+    let ram = boot_ram("");
+    let dst = IMAGE_END.next_multiple_of(0x1000) + 0x1000;
+    // An IOMMU that drops the device's writes to the destination page.
+    let edu = SimEdu::new(&ram, move |iova, write| {
+        (!(write && iova >> 12 == dst >> 12)).then_some(PhysAddr(iova))
+    });
+    let f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    assert_eq!(run(&f, env()), GuestExit::CheckFailed);
+    assert!(
+        f.text().contains("2048 of 2048 bytes differ"),
+        "{}",
+        f.text()
+    );
+}
+
+#[test]
+fn a_device_that_never_completes_times_out_boundedly() {
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    edu.set_completion(Completion::Never);
+    let mut f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    f.tsc_step = 10_000_000;
+    assert_eq!(run(&f, env()), GuestExit::CheckFailed);
+    assert!(f.text().contains("FAIL: DMA RAM->edu"), "{}", f.text());
+    assert!(f.text().contains("did not finish"), "{}", f.text());
+    let polls = f.tsc.get() / 10_000_000;
+    assert!(
+        polls <= 300,
+        "bounded by the TSC deadline: {polls} clock reads"
+    );
+}
+
+#[test]
+fn no_edu_on_the_bus_is_reported_and_the_scan_is_bounded() {
+    let ram = boot_ram("");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let other = FakeFunction::endpoint(0x8086, 0x10d3, 0x02_00_00);
+    let f = fake(&ram, &edu, vec![(at(0, 0), other)]);
+    assert_eq!(run(&f, env()), GuestExit::NoDevice);
+    assert!(f.text().contains("no edu device on bus 0"), "{}", f.text());
+    assert!(
+        f.cfg.read_count() <= 32 + 2,
+        "one ID read per absent slot: {}",
+        f.cfg.read_count()
+    );
+    assert!(f.bars.borrow().is_empty());
+}
+
+#[test]
+fn finds_edu_behind_other_functions_and_multi_function_devices() {
+    let ram = boot_ram("");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let nic = FakeFunction::endpoint(0x8086, 0x10d3, 0x02_00_00);
+    let mf = FakeFunction::endpoint(0x8086, 0x2922, 0x01_06_01).multi_function();
+    // Header Type bit 7 means something in function 0 only (PCI 3.0 §6.2.1).
+    let sibling = FakeFunction::endpoint(0x8086, 0x2930, 0x0c_05_00);
+    let functions = vec![
+        (at(0, 0), nic),
+        (at(2, 0), mf),
+        (at(2, 1), sibling),
+        (at(2, 3), edu_function()),
+    ];
+    let f = fake(&ram, &edu, functions);
+    assert_eq!(run(&f, env()), GuestExit::Pass, "{}", f.text());
+    assert!(
+        f.text()
+            .contains("edu at 00:02.3, BAR0 0xc0100000 (1024 KiB)"),
+        "{}",
+        f.text()
+    );
+}
+
+#[test]
+fn a_bar_outside_the_mmio_window_is_refused() {
+    let ram = boot_ram("");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let wrong = FakeFunction::endpoint(0x1234, 0x11e8, 0).bar_mem32(0, 0xfe00_0000, 1 << 20, false);
+    let f = fake(&ram, &edu, vec![(at(0, 0), wrong)]);
+    assert_eq!(run(&f, env()), GuestExit::NoDevice);
+    assert!(f.text().contains("outside the MMIO window"), "{}", f.text());
+    assert!(f.bars.borrow().is_empty(), "never touched");
+    let command = f.cfg.peek(at(0, 0), 4).unwrap() as u16;
+    assert_eq!(command & 0b110, 0, "left disabled");
+}
+
+#[test]
+fn rogue_dma_tries_outside_its_ram_and_another_guest() {
+    let ram = boot_ram(&format!("variant=rogue-dma other={OTHER_HPA:#x}"));
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    assert_eq!(run(&f, env()), GuestExit::RogueDmaTried, "{}", f.text());
+    let blocked: Vec<u64> = edu
+        .blocked_accesses()
+        .iter()
+        .filter(|b| b.write)
+        .map(|b| b.iova)
+        .collect();
+    assert!(
+        blocked.contains(&MEMORY),
+        "DMA just past its RAM: {blocked:x?}"
+    );
+    assert!(
+        blocked.contains(&OTHER_HPA),
+        "DMA to the other guest: {blocked:x?}"
+    );
+    assert!(f.text().contains("another guest's memory"), "{}", f.text());
+}
+
+#[test]
+fn rogue_dma_without_other_says_what_it_skipped() {
+    let ram = boot_ram("variant=rogue-dma");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    assert_eq!(run(&f, env()), GuestExit::RogueDmaTried);
+    assert!(f.text().contains("no other= given"), "{}", f.text());
+    assert_eq!(edu.blocked_accesses().len(), 1);
+}
+
+/// Walks 4-level tables (SDM vol. 3A §4.5): P = bit 0, PS = bit 7, PCD = bit 4.
+fn walk(ram: &SimMemory, va: u64) -> Option<(u64, u64)> {
+    let mut table = PAGE_TABLES_GPA;
+    for (level, shift) in [(4, 39), (3, 30), (2, 21)] {
+        let e = ram.read_u64(PhysAddr(table + ((va >> shift) & 511) * 8));
+        if e & 1 == 0 {
+            return None;
+        }
+        if level == 2 {
+            assert_ne!(e & 0x80, 0, "2 MiB leaf");
+            return Some(((e & 0x000f_ffff_ffe0_0000) | (va & 0x1f_ffff), e));
+        }
+        table = e & 0x000f_ffff_ffff_f000;
+    }
+    None
+}
+
+#[test]
+fn rogue_mmio_reads_a_foreign_window_page_then_maps_and_reads_the_iommu() {
+    for iommu in [IOMMU_HPA, 0x1_2345_0000] {
+        let ram = boot_ram(&format!("variant=rogue-mmio iommu={iommu:#x}"));
+        let edu = SimEdu::new(&ram, guest_iommu);
+        let f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+        assert_eq!(walk(&ram, iommu), None, "not mapped before");
+        assert_eq!(run(&f, env()), GuestExit::RogueMmioSurvived);
+        let reads = f.forbidden.borrow().clone();
+        assert_eq!(reads.len(), 2, "{reads:x?}");
+        let foreign = reads[0];
+        assert!((MMIO_WINDOW_GPA..MMIO_WINDOW_GPA + MMIO_WINDOW_SIZE).contains(&foreign));
+        assert!(
+            !(BAR..BAR + (1 << 20)).contains(&foreign),
+            "not its own BAR"
+        );
+        assert_eq!(reads[1], iommu);
+        let (pa, entry) = walk(&ram, iommu).expect("mapped for the read");
+        assert_eq!(pa, iommu, "identity");
+        assert_ne!(entry & 0x10, 0, "uncached");
+        assert_eq!(*f.invlpgs.borrow(), vec![iommu]);
+        assert!(f.text().contains("FAIL: survived reading"), "{}", f.text());
+    }
+}
+
+#[test]
+fn rogue_mmio_picks_a_window_page_past_a_bar_at_the_window_start() {
+    let ram = boot_ram("variant=rogue-mmio");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let first = FakeFunction::endpoint(0x1234, 0x11e8, 0).bar_mem32(
+        0,
+        MMIO_WINDOW_GPA as u32,
+        1 << 20,
+        false,
+    );
+    let f = fake(&ram, &edu, vec![(at(0, 0), first)]);
+    assert_eq!(run(&f, env()), GuestExit::RogueMmioSurvived);
+    assert_eq!(*f.forbidden.borrow(), vec![MMIO_WINDOW_GPA + (1 << 20)]);
+    assert!(f.text().contains("no iommu= given"), "{}", f.text());
+}
+
+#[test]
+fn crash_triple_faults_and_reports_surviving() {
+    let ram = boot_ram("variant=crash");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let f = fake(&ram, &edu, vec![]);
+    assert_eq!(run(&f, env()), GuestExit::CrashSurvived);
+    assert_eq!(f.triple_faults.get(), 1);
+    assert!(f.text().contains("FAIL: survived a triple fault"));
+}
+
+#[test]
+fn bad_boot_info_and_command_lines_are_reported() {
+    for (cmdline, says) in [
+        ("variant=evil", "bad value \"evil\""),
+        ("speed=11", "unknown command line key"),
+        ("\u{ff}", ""),
+    ] {
+        let ram = boot_ram(cmdline);
+        let edu = SimEdu::new(&ram, guest_iommu);
+        let f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+        assert_eq!(run(&f, env()), GuestExit::BadBoot, "{cmdline}");
+        assert!(f.text().contains(says), "{}", f.text());
+        assert!(f.bars.borrow().is_empty());
+    }
+    let ram = boot_ram("");
+    ram.write_bytes(PhysAddr(CMDLINE_GPA), &[0xff]);
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let f = fake(&ram, &edu, vec![]);
+    let bad_len = BootInfo {
+        cmdline_len: 1,
+        ..BootInfo::new(MEMORY, 1)
+    };
+    ram.write_bytes(PhysAddr(BOOT_INFO_GPA), &bad_len.encode());
+    assert_eq!(run(&f, env()), GuestExit::BadBoot);
+    assert!(f.text().contains("not UTF-8"), "{}", f.text());
+    ram.write_bytes(PhysAddr(BOOT_INFO_GPA), b"garbage!");
+    assert_eq!(run(&f, env()), GuestExit::BadBoot);
+    assert!(f.text().contains("magic"), "{}", f.text());
+    let moved = Env {
+        boot_info_gpa: 0,
+        ..env()
+    };
+    assert_eq!(run(&f, moved), GuestExit::BadBoot);
+}
+
+#[test]
+fn console_sends_one_call_per_line_and_splits_long_ones_on_char_boundaries() {
+    let ram = boot_ram("");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let f = fake(&ram, &edu, vec![]);
+    {
+        let mut con = Console::new(&f);
+        let _ = writeln!(con, "short");
+        let _ = write!(con, "{}", "é".repeat(200));
+        con.flush();
+        let _ = write!(con, "{}", "x".repeat(300));
+    }
+    let lines = f.lines.borrow();
+    assert_eq!(lines[0], "short\n");
+    assert!(lines[1..].iter().all(|l| l.len() <= 256));
+    assert_eq!(lines[1..].concat(), "é".repeat(200) + &"x".repeat(300));
+}
