@@ -100,6 +100,7 @@ pub fn start(
     // SAFETY: the range is free RAM above the kernel, identity-mapped, used by nothing else.
     unsafe { heap.init(heap_range) };
     info!("heap: {} MiB at {:#x}", HEAP_SIZE >> 20, heap_range.start);
+    let guest_images = crate::guest::modules::collect(mb.modules());
 
     let (options, warnings) = cmdline::parse(command_line);
     log::set_max_level(options.log);
@@ -196,7 +197,7 @@ pub fn start(
         "ms",
     );
     let scenario = options.scenario;
-    let machine = (options, frames, pci, config, iommu_failure);
+    let machine = (options, frames, pci, config, iommu_failure, guest_images);
     let code = match passthrough {
         Some(Passthrough::Vtd(lock)) => run_scenario(scenario, machine, Some(lock)),
         Some(Passthrough::Amd(lock)) => run_scenario(scenario, machine, Some(lock)),
@@ -217,7 +218,7 @@ pub fn start(
 /// tables keep their own types).
 fn run_scenario<V: Inspect>(
     scenario: crate::cmdline::Scenario,
-    (options, frames, pci, config, iommu_failure): Machine,
+    (options, frames, pci, config, iommu_failure, guest_images): Machine,
     passthrough: Option<crate::passthrough::DeviceLock<V>>,
 ) -> ExitCode {
     let mut hv = Hypervisor {
@@ -227,6 +228,7 @@ fn run_scenario<V: Inspect>(
         config,
         passthrough,
         iommu_failure,
+        guest_images,
     };
     scenario::run(scenario, &mut hv)
 }
@@ -239,6 +241,7 @@ type Machine = (
     lazaret_pci::Enumeration,
     platform::pci::ConfigAccess,
     Option<alloc::string::String>,
+    alloc::vec::Vec<crate::guest::lifecycle::GuestImage>,
 );
 
 struct TableList<'a>(&'a [([u8; 4], u64, usize)]);

@@ -23,4 +23,6 @@ pub struct Hypervisor<V: Vendor> {
     pub passthrough: Option<DeviceLock<V>>,
     /// Why the IOMMU is not in use, when the platform has one but bring-up failed.
     pub iommu_failure: Option<alloc::string::String>,
+    /// The guest images the loader brought (multiboot modules after the kernel).
+    pub guest_images: alloc::vec::Vec<crate::guest::lifecycle::GuestImage>,
 }

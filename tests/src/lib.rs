@@ -110,6 +110,20 @@ impl Config {
         self
     }
 
+    /// The demo's machine and story (`scripts/demo`): three edu devices, two good guests and
+    /// a rogue one, `-icount shift=10,sleep=off` so edu's 100 ms virtual-clock DMAs cost
+    /// microseconds of wall time (the kernel's deadlines are TSC-based, so they stay in
+    /// virtual time too), and the quiet log level.
+    pub fn demo() -> Config {
+        let mut c = Config::default()
+            .with_cmdline("scenario=demo log=warn")
+            .with_guest("alpha", "memory=4M variant=good")
+            .with_guest("beta", "memory=4M variant=good")
+            .with_guest("mallory", "memory=4M variant=rogue-dma");
+        c.extra_args = vec!["-icount".into(), "shift=10,sleep=off".into()];
+        c
+    }
+
     /// Adds the guest payload as a further module with string `guest NAME ARGS`.
     pub fn with_guest(mut self, name: &str, args: &str) -> Config {
         self.guests.push(GuestModule {

@@ -20,9 +20,17 @@ macro_rules! freestanding_runtime {
     /// As C's `memcpy`: `dst` and `src` valid for `n` bytes and not overlapping.
     #[no_mangle]
     pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
-        // SAFETY: the caller guarantees both ranges are valid and disjoint; DF is clear by ABI.
+        // Bytes up to an 8-aligned destination, then quadwords, then the tail: under TCG every
+        // iteration of a `rep` string instruction costs about the same, whatever its width, so
+        // quadwords are 8 times faster (and no slower on hardware).
+        let head = (dst as usize).wrapping_neg() % 8;
+        let (head, qwords, tail) = if n < 64 { (n, 0, 0) } else { (head, (n - head) / 8, (n - head) % 8) };
+        // SAFETY: the caller guarantees both ranges are valid and disjoint; DF is clear by ABI;
+        // head + 8 * qwords + tail == n.
         unsafe {
-            asm!("rep movsb", inout("rcx") n => _, inout("rdi") dst => _, inout("rsi") src => _,
+            asm!("rep movsb", "mov rcx, {q}", "rep movsq", "mov rcx, {t}", "rep movsb",
+                 q = in(reg) qwords, t = in(reg) tail,
+                 inout("rcx") head => _, inout("rdi") dst => _, inout("rsi") src => _,
                  options(nostack, preserves_flags));
         }
         dst
@@ -52,9 +60,16 @@ macro_rules! freestanding_runtime {
     /// As C's `memset`: `dst` valid for `n` bytes.
     #[no_mangle]
     pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
-        // SAFETY: the caller guarantees the range; DF is clear by ABI.
+        // As memcpy: bytes to an 8-aligned destination, quadwords, then the tail.
+        let head = (dst as usize).wrapping_neg() % 8;
+        let (head, qwords, tail) = if n < 64 { (n, 0, 0) } else { (head, (n - head) / 8, (n - head) % 8) };
+        let pattern = u64::from(c as u8) * 0x0101_0101_0101_0101;
+        // SAFETY: the caller guarantees the range; DF is clear by ABI; head + 8 * qwords +
+        // tail == n, and `rep stosb` stores AL, the pattern's low byte.
         unsafe {
-            asm!("rep stosb", inout("rcx") n => _, inout("rdi") dst => _, in("al") c as u8,
+            asm!("rep stosb", "mov rcx, {q}", "rep stosq", "mov rcx, {t}", "rep stosb",
+                 q = in(reg) qwords, t = in(reg) tail,
+                 inout("rcx") head => _, inout("rdi") dst => _, in("rax") pattern,
                  options(nostack, preserves_flags));
         }
         dst
@@ -65,6 +80,17 @@ macro_rules! freestanding_runtime {
     #[no_mangle]
     pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
         let mut i = 0;
+        // Quadwords while they match (unaligned loads are fine on x86), then bytes.
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= n and the caller guarantees both ranges.
+            let (x, y) = unsafe {
+                (a.add(i).cast::<u64>().read_unaligned(), b.add(i).cast::<u64>().read_unaligned())
+            };
+            if x != y {
+                break;
+            }
+            i += 8;
+        }
         while i < n {
             // SAFETY: i < n and the caller guarantees both ranges.
             let (x, y) = unsafe { (a.add(i).read_volatile(), b.add(i).read_volatile()) };

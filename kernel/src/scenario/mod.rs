@@ -6,6 +6,7 @@ mod checks;
 mod edu;
 mod fault_storm;
 mod groups;
+mod guests;
 mod memory;
 mod quarantine_dma;
 mod reassign;
@@ -35,14 +36,7 @@ pub fn run<V: Inspect>(scenario: Scenario, hv: &mut Hypervisor<V>) -> ExitCode {
                 Scenario::Boot => boot_check::run(hv, &mut checks),
                 Scenario::QuarantineDma => quarantine_dma::run(hv, &mut checks),
                 Scenario::AssignDma => assign_dma::run(hv, &mut checks),
-                Scenario::Demo => {
-                    log::info!("demo: at boot every device went into quarantine");
-                    boot_check::run(hv, &mut checks);
-                    log::info!("demo: every device sits in quarantine; its DMA must stay in its own scratch page");
-                    quarantine_dma::run(hv, &mut checks);
-                    log::info!("demo: now a guest gets a device; its DMA must reach the guest's memory, and nothing else");
-                    assign_dma::run(hv, &mut checks);
-                }
+                Scenario::Demo => guests::run(hv, &mut checks),
                 Scenario::Reassign => reassign::run(hv, &mut checks),
                 Scenario::Vcpu => vcpu_smoke::run(hv, &mut checks),
                 _ => fault_storm::run(hv, &mut checks),

@@ -9,11 +9,8 @@ use lazaret_tests::{run, Config, Iommu, Qemu, Status};
 
 const USAGE: &str = "usage: scripts/demo [--qemu 10.0|7.2] [--iommu intel|amd|none[,OPTS]] [--cmdline \"key=value ...\"] [--edu N] [--timeout SECS] [-- QEMU ARGS]";
 
-/// What the demo runs unless told otherwise: the whole story.
-const DEMO_CMDLINE: &str = "scenario=demo";
-
 fn parse(args: &[String]) -> Result<Config, String> {
-    let mut config = Config::default().with_cmdline(DEMO_CMDLINE);
+    let mut config = Config::demo();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| {
@@ -38,7 +35,7 @@ fn parse(args: &[String]) -> Result<Config, String> {
             }
             "-h" | "--help" => return Err(USAGE.to_string()),
             "--" => {
-                config.extra_args = it.by_ref().cloned().collect();
+                config.extra_args.extend(it.by_ref().cloned());
             }
             other => return Err(format!("unknown argument '{other}'\n{USAGE}")),
         }
