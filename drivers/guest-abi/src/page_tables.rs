@@ -12,11 +12,21 @@ use crate::layout::{
     MMIO_WINDOW_GPA, MMIO_WINDOW_SIZE, PAGE_SIZE, PAGE_TABLES_GPA, PAGE_TABLES_SIZE,
 };
 
-const PRESENT: u64 = 1 << 0;
-const WRITABLE: u64 = 1 << 1;
-const WRITE_THROUGH: u64 = 1 << 3;
-const CACHE_DISABLE: u64 = 1 << 4;
-const HUGE: u64 = 1 << 7;
+/// Page-table entry bits both Lazaret's builder and the guest (which adds a mapping for
+/// rogue-mmio) use; the tests' walkers keep their own.
+pub mod pte {
+    pub const PRESENT: u64 = 1 << 0;
+    pub const WRITABLE: u64 = 1 << 1;
+    pub const WRITE_THROUGH: u64 = 1 << 3;
+    pub const CACHE_DISABLE: u64 = 1 << 4;
+    /// In a PDPT or PD entry: the entry maps a 1 GiB / 2 MiB page.
+    pub const HUGE: u64 = 1 << 7;
+    /// Bits 51:12: the next table or the page.
+    pub const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+}
+
+use pte::{CACHE_DISABLE, HUGE, PRESENT, WRITABLE, WRITE_THROUGH};
+
 const TABLE: u64 = PRESENT | WRITABLE;
 const SIZE_2M: u64 = 1 << 21;
 const SIZE_1G: u64 = 1 << 30;
