@@ -4,17 +4,15 @@
 //! guest's tables, the read leaves the guest's own translation and meets nested paging,
 //! which must end the guest with a nested page fault, not a guest #PF.
 //!
-//! 4-level paging, Intel SDM vol. 3A §4.5 / AMD APM vol. 2 §5.3: P bit 0, R/W bit 1, PWT
-//! bit 3, PCD bit 4, PS bit 7, table address bits 51:12.
+//! 4-level paging, Intel SDM vol. 3A §4.5 / AMD APM vol. 2 §5.3 (bits from
+//! `lazaret_guest_abi::page_tables::pte`, shared with the builder of these tables).
+
+use lazaret_guest_abi::page_tables::pte::{
+    ADDRESS, CACHE_DISABLE, HUGE, PRESENT, WRITABLE, WRITE_THROUGH,
+};
 
 use crate::Platform;
 
-const PRESENT: u64 = 1 << 0;
-const WRITABLE: u64 = 1 << 1;
-const WRITE_THROUGH: u64 = 1 << 3;
-const CACHE_DISABLE: u64 = 1 << 4;
-const HUGE: u64 = 1 << 7;
-const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 const PAGE_2M: u64 = 1 << 21;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,9 @@
 //! - [`hypercall`]: VMMCALL numbers, result codes and the guest's exit statuses;
 //! - [`cmdline`]: the guest command line (`variant=`, `other=`, `iommu=`) and the multiboot
 //!   module string (`guest NAME ...`);
-//! - [`image`]: the loader of a static x86_64 ELF64 guest image into guest RAM.
+//! - [`image`]: the loader of a static x86_64 ELF64 guest image into guest RAM;
+//! - [`page_tables`]: the guest's own page tables at [`layout::PAGE_TABLES_GPA`];
+//! - [`prepare`]: all of the above written into a fresh guest's RAM in one call.
 //!
 //! Everything here takes its input from a guest, a module or the user, so nothing panics or
 //! overflows on hostile bytes.
@@ -19,8 +21,12 @@ pub mod cmdline;
 pub mod hypercall;
 pub mod image;
 pub mod layout;
+pub mod page_tables;
+mod setup;
 
 pub use boot_info::{BootInfo, BootInfoError, BOOT_INFO_MAGIC, BOOT_INFO_SIZE, BOOT_INFO_VERSION};
 pub use cmdline::{ArgsError, GuestArgs, GuestModule, Variant};
 pub use hypercall::{GuestExit, HypercallError};
-pub use image::{load, ImageError, LoadedImage};
+pub use image::{load, GuestWriter, ImageError, LoadedImage};
+pub use page_tables::{build_page_tables, GuestPageTables, PageTableError};
+pub use setup::{prepare, GuestEntry, SetupError};

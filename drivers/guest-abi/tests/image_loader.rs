@@ -377,3 +377,52 @@ proptest! {
         let _ = load(&f, memory, &mut |_, _| Ok::<(), ()>(()));
     }
 }
+
+#[test]
+fn prepare_writes_image_tables_gdt_boot_info_and_command_line() {
+    use lazaret_guest_abi::layout::*;
+    use lazaret_guest_abi::{prepare, BootInfo, SetupError};
+    let mut ram = Ram::default();
+    let entry = prepare(
+        &typical(),
+        DEFAULT_MEMORY_SIZE,
+        "variant=good",
+        &mut ram.writer(),
+    )
+    .unwrap();
+    assert_eq!(entry.rip, IMAGE_BASE_GPA + 0x10);
+    assert_eq!(
+        (entry.rsp, entry.rdi, entry.cr3),
+        (STACK_TOP_GPA, BOOT_INFO_GPA, PAGE_TABLES_GPA)
+    );
+    assert_eq!((entry.gdt_base, entry.gdt_limit), (GDT_GPA, 23));
+    let bytes =
+        |gpa: u64, len: u64| -> Vec<u8> { (gpa..gpa + len).map(|a| ram.bytes[&a]).collect() };
+    let info = BootInfo::decode(&bytes(BOOT_INFO_GPA, 56)).unwrap();
+    assert_eq!(info, BootInfo::new(DEFAULT_MEMORY_SIZE, 12));
+    assert_eq!(bytes(CMDLINE_GPA, 12), b"variant=good");
+    // The 64-bit code descriptor: P, S, type execute/read (access 0x9a) and L (bit 53).
+    let code = u64::from_le_bytes(bytes(GDT_GPA + 8, 8).try_into().unwrap());
+    assert_eq!((code >> 40) & 0xff, 0x9a);
+    assert_eq!((code >> 53) & 1, 1);
+    assert_eq!(bytes(GDT_GPA, 8), [0; 8]);
+    assert_eq!(ram.bytes[&IMAGE_BASE_GPA], 0x90);
+
+    let mut untouched = Ram::default();
+    let long = "x".repeat(4097);
+    let r = prepare(
+        &typical(),
+        DEFAULT_MEMORY_SIZE,
+        &long,
+        &mut untouched.writer(),
+    );
+    assert!(matches!(r, Err(SetupError::BootInfo(_))));
+    let r = prepare(
+        &typical()[..100],
+        DEFAULT_MEMORY_SIZE,
+        "",
+        &mut untouched.writer(),
+    );
+    assert!(matches!(r, Err(SetupError::Image(_))));
+    assert_eq!(untouched.writes, 0, "refused before writing");
+}

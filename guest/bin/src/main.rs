@@ -117,8 +117,9 @@ impl Platform for Machine {
 
     fn write_ram(&self, gpa: u64, data: &[u8]) {
         for (i, b) in data.iter().enumerate() {
-            // SAFETY: lazaret-guest writes only its free RAM above the image (DMA buffers,
-            // page tables it adds), never the image or the stack; volatile: the device reads it.
+            // SAFETY: lazaret-guest writes only guest RAM it owns outright: the DMA buffers
+            // and table pages above the image, and entries of its own page tables; never the
+            // image or the stack. Volatile: the device reads the buffers by DMA.
             unsafe { (gpa.wrapping_add(i as u64) as *mut u8).write_volatile(*b) };
         }
     }
