@@ -4,12 +4,16 @@
 //! guest's tables, the read leaves the guest's own translation and meets nested paging,
 //! which must end the guest with a nested page fault, not a guest #PF.
 //!
-//! 4-level paging, Intel SDM vol. 3A §4.5 / AMD APM vol. 2 §5.3 (bits from
-//! `lazaret_guest_abi::page_tables::pte`, shared with the builder of these tables).
+//! 4-level paging, Intel SDM vol. 3A §4.5 / AMD APM vol. 2 §5.3.
 
-use lazaret_guest_abi::page_tables::pte::{
-    ADDRESS, CACHE_DISABLE, HUGE, PRESENT, WRITABLE, WRITE_THROUGH,
-};
+const PRESENT: u64 = 1 << 0;
+const WRITABLE: u64 = 1 << 1;
+const WRITE_THROUGH: u64 = 1 << 3;
+const CACHE_DISABLE: u64 = 1 << 4;
+/// In a PDPT or PD entry: the entry maps a 1 GiB / 2 MiB page.
+const HUGE: u64 = 1 << 7;
+/// Bits 51:12: the next table or the page.
+const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 
 use crate::Platform;
 

@@ -1,7 +1,8 @@
 //! The guest command line (guest contract): space-separated `key=value` pairs,
 //! `variant=good|rogue-dma|rogue-mmio|crash` (default good), `other=0xHPA`, `iommu=0xHPA`.
 //! Unknown keys, repeated keys and bad values are errors the guest reports rather than
-//! guesses past. Also the multiboot module string that names a guest image.
+//! guesses past. (The module string that names a guest image is the kernel's:
+//! `kernel/src/guest/spec.rs`.)
 
 use core::fmt;
 
@@ -117,37 +118,6 @@ fn parse_address(s: &str) -> Option<u64> {
     }
 }
 
-/// A multiboot module string that names a guest image: `guest NAME [key=value ...]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GuestModule<'a> {
-    pub name: &'a str,
-    /// Everything after the name (leading whitespace removed): the guest's command line,
-    /// checked by the guest itself with [`GuestArgs::parse`].
-    pub args: &'a str,
-}
-
-impl<'a> GuestModule<'a> {
-    /// `Some` if the string's first word is `guest` and a name follows; `None` for any other
-    /// module (the kernel ignores those).
-    pub fn parse(module: &'a str) -> Option<GuestModule<'a>> {
-        let rest = module.trim_start_matches(|c: char| c.is_ascii_whitespace());
-        let rest = rest.strip_prefix("guest")?;
-        if !rest.starts_with(|c: char| c.is_ascii_whitespace()) {
-            return None;
-        }
-        let rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
-        let end = rest
-            .find(|c: char| c.is_ascii_whitespace())
-            .unwrap_or(rest.len());
-        let (name, args) = rest.split_at(end);
-        if name.is_empty() {
-            return None;
-        }
-        let args = args.trim_start_matches(|c: char| c.is_ascii_whitespace());
-        Some(GuestModule { name, args })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,27 +184,5 @@ mod tests {
             GuestArgs::parse("iommu=1 iommu=2"),
             Err(ArgsError::Repeated("iommu"))
         );
-    }
-
-    #[test]
-    fn module_strings_name_guests() {
-        assert_eq!(
-            GuestModule::parse("guest alice variant=good"),
-            Some(GuestModule {
-                name: "alice",
-                args: "variant=good"
-            })
-        );
-        assert_eq!(
-            GuestModule::parse(" guest  bob"),
-            Some(GuestModule {
-                name: "bob",
-                args: ""
-            })
-        );
-        assert_eq!(GuestModule::parse("guest"), None);
-        assert_eq!(GuestModule::parse("guest   "), None);
-        assert_eq!(GuestModule::parse("guesthouse x"), None);
-        assert_eq!(GuestModule::parse("iommu=amd"), None);
     }
 }

@@ -6,11 +6,11 @@
 //! - [`BootInfo`]: the little-endian record at [`layout::BOOT_INFO_GPA`], encoded and decoded
 //!   with bounds checks (never a pointer cast);
 //! - [`hypercall`]: VMMCALL numbers, result codes and the guest's exit statuses;
-//! - [`cmdline`]: the guest command line (`variant=`, `other=`, `iommu=`) and the multiboot
-//!   module string (`guest NAME ...`);
-//! - [`image`]: the loader of a static x86_64 ELF64 guest image into guest RAM;
-//! - [`page_tables`]: the guest's own page tables at [`layout::PAGE_TABLES_GPA`];
-//! - [`prepare`]: all of the above written into a fresh guest's RAM in one call.
+//! - [`cmdline`]: the guest command line (`variant=`, `other=`, `iommu=`);
+//! - [`image`]: the loader of a static x86_64 ELF64 guest image into guest RAM.
+//!
+//! The kernel writes all of it into a fresh guest (`kernel/src/guest/image.rs`), with the
+//! guest's own page tables from `lazaret-paging`, the builder nested paging uses too.
 //!
 //! Everything here takes its input from a guest, a module or the user, so nothing panics or
 //! overflows on hostile bytes.
@@ -21,12 +21,8 @@ pub mod cmdline;
 pub mod hypercall;
 pub mod image;
 pub mod layout;
-pub mod page_tables;
-mod setup;
 
 pub use boot_info::{BootInfo, BootInfoError, BOOT_INFO_MAGIC, BOOT_INFO_SIZE, BOOT_INFO_VERSION};
-pub use cmdline::{ArgsError, GuestArgs, GuestModule, Variant};
+pub use cmdline::{ArgsError, GuestArgs, Variant};
 pub use hypercall::{GuestExit, HypercallError};
 pub use image::{load, GuestWriter, ImageError, LoadedImage};
-pub use page_tables::{build_page_tables, GuestPageTables, PageTableError};
-pub use setup::{prepare, GuestEntry, SetupError};
