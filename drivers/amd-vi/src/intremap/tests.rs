@@ -7,10 +7,9 @@ use std::rc::Rc;
 
 use super::*;
 use crate::event_log::Event;
-use crate::poll::StepClock;
+use crate::isolation_tests::{rig_with as rig, Rig};
 use crate::regs::{self, control};
-use crate::sim_device::{SimAmdVi, SimInterrupt, SimIrFault, SimIrReason, SimMmio, SimWrite};
-use crate::unit::AmdViUnit;
+use crate::sim_device::{SimInterrupt, SimIrFault, SimIrReason, SimWrite};
 use lazaret_types::sim::{SimFrameAllocator, SimMemory};
 use lazaret_types::Mmio;
 
@@ -21,29 +20,6 @@ const DT: PhysAddr = PhysAddr(0x80_0000);
 const DEV: u16 = 0x0018;
 const OTHER: u16 = 0x0020;
 const MSI: u64 = 0xFEE0_0000;
-
-struct Rig {
-    mem: Rc<SimMemory>,
-    sim: SimAmdVi,
-    unit: AmdViUnit<SimMmio>,
-    table: DeviceTable,
-    clock: StepClock,
-}
-
-fn rig(efr: u64, alloc: &mut SimFrameAllocator<'_>, mem: &Rc<SimMemory>) -> Rig {
-    let sim = SimAmdVi::new(mem.clone(), efr);
-    let table = DeviceTable::new(&**mem, DT, 0xff).unwrap();
-    let clock = StepClock::default();
-    let regs = sim.mmio().unwrap();
-    let unit = AmdViUnit::bring_up(regs, &**mem, alloc, &table, &clock, 200).unwrap();
-    Rig {
-        mem: mem.clone(),
-        sim,
-        unit,
-        table,
-        clock,
-    }
-}
 
 impl Rig {
     /// A table of `count` entries in the unit's format, attached to `rid` and invalidated.
