@@ -388,6 +388,32 @@ fn a_forged_offset_beyond_the_table_faults() {
 }
 
 #[test]
+fn a_stalled_unit_times_out_interrupt_invalidations() {
+    let mem = Rc::new(SimMemory::new());
+    let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
+    let mut r = rig(EFR_GA, &mut a, &mem);
+    let t = r.attach(&mut a, DEV, 4);
+    r.sim.set_stalled(true);
+    t.program(
+        &*mem,
+        0,
+        Irte {
+            vector: 0x41,
+            destination: 2,
+        },
+    )
+    .unwrap();
+    assert!(r
+        .unit
+        .invalidate_interrupt_tables(&*mem, &r.clock, &[DEV])
+        .is_err());
+    assert!(r
+        .unit
+        .after_interrupt_dte_change(&*mem, &r.clock, &[DEV])
+        .is_err());
+}
+
+#[test]
 fn nmi_init_extint_and_smi_from_a_device_are_blocked() {
     let mem = Rc::new(SimMemory::new());
     let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);

@@ -5,12 +5,13 @@ use core::cell::Cell;
 
 use super::*;
 use crate::fault::FaultRecord;
-use crate::invalidation::InterruptScope;
+use crate::invalidation::{InterruptScope, InvalidationError};
 use crate::poll::test_clock::StepClock;
 use crate::regs::{global, GCMD, IRTA};
 use crate::sim_device::tests::bring_up;
 use crate::sim_device::{
-    SimInterrupt, SimIrFault, SimRef, SimVtd, SimWrite, DEAD_GCMD, DEFAULT_CAP, DEFAULT_ECAP,
+    SimInterrupt, SimIrFault, SimRef, SimVtd, SimWrite, DEAD_GCMD, DEAD_QUEUE, DEFAULT_CAP,
+    DEFAULT_ECAP,
 };
 use crate::unit::{UnitError, VtdUnit};
 use lazaret_types::sim::{RegAccess, SimFrameAllocator, SimMemory};
@@ -478,6 +479,29 @@ fn enabling_needs_the_capability_and_queued_invalidation_and_is_bounded() {
         Err(UnitError::TimedOut { .. })
     ));
     assert!(!unit.interrupt_remapping_enabled());
+}
+
+#[test]
+fn an_interrupt_entry_invalidation_that_never_completes_times_out() {
+    let sim = SimVtd::new();
+    let mut alloc = SimFrameAllocator::new(&sim.mem, PhysAddr(0x100_0000), 64);
+    let (mut unit, _table) = remapping(&sim, &mut alloc, 4);
+    sim.set_dead(DEAD_QUEUE);
+    let scope = InterruptScope::Entries {
+        index: 1,
+        index_mask: 0,
+    };
+    assert!(matches!(
+        unit.invalidate_interrupt_entries(&*sim.mem, scope, &StepClock::default()),
+        Err(UnitError::Invalidation(InvalidationError::TimedOut { .. }))
+    ));
+    // Register-based invalidation has no IEC: refused, not silently skipped.
+    let sim = SimVtd::new();
+    let mut unit = VtdUnit::new(sim.mmio(), TIMEOUT);
+    assert_eq!(
+        unit.invalidate_interrupt_entries(&*sim.mem, scope, &StepClock::default()),
+        Err(UnitError::NoQueuedInvalidation)
+    );
 }
 
 /// Table memory that lets the interrupt table change only by 16-byte compare-exchange.
