@@ -276,4 +276,6 @@ impl InterruptTable {
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
