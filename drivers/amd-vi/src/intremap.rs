@@ -351,4 +351,6 @@ impl DeviceTable {
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
