@@ -9,6 +9,9 @@
 //! IRTE; the change is then owed an interrupt entry cache invalidation
 //! ([`crate::VtdUnit::invalidate_interrupt_entries`]).
 //!
+//! Each device owns an aligned range of indices ([`InterruptTable::reserve`]), reserved at
+//! add, so blocking all of them later needs one invalidation and no allocation.
+//!
 //! The table is one 4 KiB frame (256 entries): the frame allocator hands out single frames, and
 //! 256 vectors per unit is far beyond what Lazaret assigns.
 
@@ -17,6 +20,9 @@ use core::fmt;
 use lazaret_types::{Bdf, FrameAllocator, PhysAddr, PAGE_SIZE};
 
 use crate::table_memory::{CacheFlush, TableMemory};
+
+mod ranges;
+pub use ranges::IndexRange;
 
 /// Entries one table frame holds (16 bytes each).
 pub const MAX_INTERRUPT_ENTRIES: u32 = (PAGE_SIZE / 16) as u32;
@@ -154,6 +160,8 @@ pub struct InterruptTable {
     /// IRTA.S: the table holds 2^(size_field + 1) entries.
     size_field: u8,
     extended: bool,
+    /// Indices reserved by devices ([`InterruptTable::reserve`]).
+    used: [u64; ranges::USED_WORDS],
 }
 
 impl InterruptTable {
@@ -181,6 +189,7 @@ impl InterruptTable {
             base,
             size_field: (entries.trailing_zeros() - 1) as u8,
             extended,
+            used: [0; ranges::USED_WORDS],
         })
     }
 

@@ -60,7 +60,7 @@ pub mod sim_device;
 pub use context::{ContextEntry, ContextError, RootTable, TranslationType};
 pub use fault::{fault_reason_text, is_interrupt_fault, DrainSummary, FaultRecord};
 pub use intremap::{
-    Destination, IntRemapError, InterruptTable, Irte, MsiMessage, SourceCheck,
+    Destination, IndexRange, IntRemapError, InterruptTable, Irte, MsiMessage, SourceCheck,
     MAX_INTERRUPT_ENTRIES,
 };
 pub use invalidation::{
