@@ -282,6 +282,12 @@ impl InterruptTable {
         self.replace(mem, index, 0)
     }
 
+    /// Every entry → blocked (quarantine); never allocates. The caller then invalidates the
+    /// table of each of the device's DeviceIDs (one command each).
+    pub fn block_all<M: PhysMem + ?Sized>(&self, mem: &M) -> Result<(), IntRemapError> {
+        (0..self.entries() as u16).try_for_each(|i| self.block(mem, i))
+    }
+
     fn replace<M: PhysMem + ?Sized>(
         &self,
         mem: &M,

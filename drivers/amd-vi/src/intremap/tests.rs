@@ -533,6 +533,36 @@ fn a_changed_irte_delivers_stale_until_its_table_is_invalidated() {
 }
 
 #[test]
+fn quarantine_blocks_every_entry_of_the_device_and_only_its_own() {
+    for efr in [EFR, EFR_GA] {
+        let mem = Rc::new(SimMemory::new());
+        let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
+        let mut r = rig(efr, &mut a, &mem);
+        let t = r.attach(&mut a, DEV, 8);
+        let other = r.attach(&mut a, OTHER, 8);
+        for i in 0..8 {
+            r.program(&t, DEV, i, 0x40 + i as u8, 1);
+            r.program(&other, OTHER, i, 0x80 + i as u8, 1);
+            assert_eq!(r.msi(DEV, i), delivered(0x40 + i as u8, 1, i));
+            assert_eq!(r.msi(OTHER, i), delivered(0x80 + i as u8, 1, i));
+        }
+        let frames = a.frames_in_use();
+        t.block_all(&*mem).unwrap();
+        r.unit
+            .invalidate_interrupt_tables(&*mem, &r.clock, &[DEV])
+            .unwrap();
+        assert_eq!(a.frames_in_use(), frames, "quarantine allocates nothing");
+        for i in 0..8 {
+            assert_eq!(
+                r.msi(DEV, i),
+                refused(DEV, Some(i), SimIrReason::NotRemapped)
+            );
+            assert_eq!(r.msi(OTHER, i), delivered(0x80 + i as u8, 1, i));
+        }
+    }
+}
+
+#[test]
 fn a_new_table_needs_the_dte_invalidated_before_the_entries() {
     let mem = Rc::new(SimMemory::new());
     let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
