@@ -57,6 +57,16 @@ impl Rig {
     }
 }
 
+/// Runs `body` on a fresh rig of each IRTE format (32-bit, then 128-bit).
+fn for_both_formats(body: impl Fn(&mut Rig, &mut SimFrameAllocator<'_>)) {
+    for efr in [EFR, EFR_GA] {
+        let mem = Rc::new(SimMemory::new());
+        let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
+        let mut r = rig(efr, &mut a, &mem);
+        body(&mut r, &mut a);
+    }
+}
+
 fn delivered(vector: u8, destination: u32, index: u16) -> Result<SimInterrupt, SimIrFault> {
     Ok(SimInterrupt {
         vector,
@@ -293,11 +303,8 @@ fn table_sizes_come_from_the_count_within_one_frame() {
 
 #[test]
 fn a_quarantine_table_blocks_and_logs_every_msi() {
-    for efr in [EFR, EFR_GA] {
-        let mem = Rc::new(SimMemory::new());
-        let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
-        let mut r = rig(efr, &mut a, &mem);
-        let t = r.attach(&mut a, DEV, 8);
+    for_both_formats(|r, a| {
+        let t = r.attach(a, DEV, 8);
         for index in 0..t.entries() as u16 {
             assert_eq!(
                 r.msi(DEV, index),
@@ -320,17 +327,14 @@ fn a_quarantine_table_blocks_and_logs_every_msi() {
             assert!(flags.interrupt() && flags.write(), "{flags:?}");
         }
         assert_eq!(r.sim.cached_interrupt_entries(), 0);
-    }
+    });
 }
 
 #[test]
 fn a_device_reaches_only_its_programmed_vector_and_destination() {
-    for efr in [EFR, EFR_GA] {
-        let mem = Rc::new(SimMemory::new());
-        let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
-        let mut r = rig(efr, &mut a, &mem);
-        let own = r.attach(&mut a, DEV, 8);
-        let _quarantined = r.attach(&mut a, OTHER, 8);
+    for_both_formats(|r, a| {
+        let own = r.attach(a, DEV, 8);
+        let _quarantined = r.attach(a, OTHER, 8);
         r.program(&own, DEV, 3, 0x41, 2);
         assert_eq!(r.msi(DEV, 3), delivered(0x41, 2, 3));
         // The same offset from another device goes through that device's own table.
@@ -354,7 +358,7 @@ fn a_device_reaches_only_its_programmed_vector_and_destination() {
         // Vector and destination bits in the message itself are ignored: data 10:0 is the
         // offset, the address carries nothing.
         assert_eq!(r.sim.msi(DEV, 0xFEE0_F00C, 3), delivered(0x41, 2, 3));
-    }
+    });
 }
 
 #[test]
@@ -491,16 +495,13 @@ fn a_dma_write_into_the_interrupt_window_is_an_interrupt_and_is_blocked() {
 
 #[test]
 fn a_changed_irte_delivers_stale_until_its_table_is_invalidated() {
-    for efr in [EFR, EFR_GA] {
-        let mem = Rc::new(SimMemory::new());
-        let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
-        let mut r = rig(efr, &mut a, &mem);
-        let t = r.attach(&mut a, DEV, 8);
-        let other = r.attach(&mut a, OTHER, 8);
+    for_both_formats(|r, a| {
+        let t = r.attach(a, DEV, 8);
+        let other = r.attach(a, OTHER, 8);
         r.program(&t, DEV, 1, 0x41, 2);
         assert_eq!(r.msi(DEV, 1), delivered(0x41, 2, 1));
         t.program(
-            &*mem,
+            &*r.mem,
             1,
             Irte {
                 vector: 0x52,
@@ -513,33 +514,30 @@ fn a_changed_irte_delivers_stale_until_its_table_is_invalidated() {
         r.program(&other, OTHER, 0, 0x60, 0);
         assert_eq!(r.msi(DEV, 1), delivered(0x41, 2, 1));
         r.unit
-            .invalidate_interrupt_tables(&*mem, &r.clock, &[DEV])
+            .invalidate_interrupt_tables(&*r.mem, &r.clock, &[DEV])
             .unwrap();
         assert_eq!(r.msi(DEV, 1), delivered(0x52, 1, 1));
-        t.block(&*mem, 1).unwrap();
+        t.block(&*r.mem, 1).unwrap();
         assert_eq!(
             r.msi(DEV, 1),
             delivered(0x52, 1, 1),
             "blocking owes one too"
         );
         r.unit
-            .invalidate_interrupt_tables(&*mem, &r.clock, &[DEV])
+            .invalidate_interrupt_tables(&*r.mem, &r.clock, &[DEV])
             .unwrap();
         assert_eq!(
             r.msi(DEV, 1),
             refused(DEV, Some(1), SimIrReason::NotRemapped)
         );
-    }
+    });
 }
 
 #[test]
 fn quarantine_blocks_every_entry_of_the_device_and_only_its_own() {
-    for efr in [EFR, EFR_GA] {
-        let mem = Rc::new(SimMemory::new());
-        let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
-        let mut r = rig(efr, &mut a, &mem);
-        let t = r.attach(&mut a, DEV, 8);
-        let other = r.attach(&mut a, OTHER, 8);
+    for_both_formats(|r, a| {
+        let t = r.attach(a, DEV, 8);
+        let other = r.attach(a, OTHER, 8);
         for i in 0..8 {
             r.program(&t, DEV, i, 0x40 + i as u8, 1);
             r.program(&other, OTHER, i, 0x80 + i as u8, 1);
@@ -547,9 +545,9 @@ fn quarantine_blocks_every_entry_of_the_device_and_only_its_own() {
             assert_eq!(r.msi(OTHER, i), delivered(0x80 + i as u8, 1, i));
         }
         let frames = a.frames_in_use();
-        t.block_all(&*mem).unwrap();
+        t.block_all(&*r.mem).unwrap();
         r.unit
-            .invalidate_interrupt_tables(&*mem, &r.clock, &[DEV])
+            .invalidate_interrupt_tables(&*r.mem, &r.clock, &[DEV])
             .unwrap();
         assert_eq!(a.frames_in_use(), frames, "quarantine allocates nothing");
         for i in 0..8 {
@@ -559,7 +557,7 @@ fn quarantine_blocks_every_entry_of_the_device_and_only_its_own() {
             );
             assert_eq!(r.msi(OTHER, i), delivered(0x80 + i as u8, 1, i));
         }
-    }
+    });
 }
 
 #[test]
