@@ -28,6 +28,7 @@ pub mod opcode {
     pub const COMPLETION_WAIT: u8 = 0x01;
     pub const INVALIDATE_DEVTAB_ENTRY: u8 = 0x02;
     pub const INVALIDATE_IOMMU_PAGES: u8 = 0x03;
+    pub const INVALIDATE_INTERRUPT_TABLE: u8 = 0x05;
     pub const INVALIDATE_IOMMU_ALL: u8 = 0x08;
 }
 
@@ -63,6 +64,8 @@ pub enum Command {
     InvalidateDevtabEntry { device_id: u16 },
     /// §2.4.3: drop cached translations (and, PDE = 1, page-directory entries) of a domain.
     InvalidateIommuPages { domain_id: u16, scope: PageScope },
+    /// §2.4.5: drop the cached interrupt remapping entries of DeviceID (bits 15:0).
+    InvalidateInterruptTable { device_id: u16 },
     /// §2.4.8: drop everything cached (only when EFR.IASup).
     InvalidateIommuAll,
 }
@@ -100,6 +103,9 @@ impl Command {
                     second,
                 ]
             }
+            Command::InvalidateInterruptTable { device_id } => {
+                [op(opcode::INVALIDATE_INTERRUPT_TABLE) | device_id as u64, 0]
+            }
             Command::InvalidateIommuAll => [op(opcode::INVALIDATE_IOMMU_ALL), 0],
         }
     }
@@ -128,6 +134,9 @@ impl Command {
                 } else {
                     PageScope::Page(q1 & !0xfff)
                 },
+            }),
+            opcode::INVALIDATE_INTERRUPT_TABLE => Some(Command::InvalidateInterruptTable {
+                device_id: q0 as u16,
             }),
             opcode::INVALIDATE_IOMMU_ALL => Some(Command::InvalidateIommuAll),
             _ => None,
@@ -389,8 +398,13 @@ mod tests {
             [(3 << 60) | (0x55 << 32), 0x7fff_ffff_ffff_f003]
         );
         assert_eq!(Command::InvalidateIommuAll.encode(), [8 << 60, 0]);
+        assert_eq!(
+            Command::InvalidateInterruptTable { device_id: 0x0818 }.encode(),
+            [(5 << 60) | 0x0818, 0]
+        );
         for c in [
             wait,
+            Command::InvalidateInterruptTable { device_id: 7 },
             Command::InvalidateIommuPages {
                 domain_id: 3,
                 scope: PageScope::Page(0x7000),

@@ -26,15 +26,16 @@ const EFR_NO_IA: u64 = 2 << 10;
 const DT: PhysAddr = PhysAddr(0x80_0000);
 const IOVA: u64 = 0x10_0000;
 
-struct Rig {
-    mem: Rc<SimMemory>,
-    sim: SimAmdVi,
-    unit: AmdViUnit<SimMmio>,
-    table: DeviceTable,
-    clock: StepClock,
+/// A unit brought up over a 256-entry device table (also used by `intremap::tests`).
+pub(crate) struct Rig {
+    pub(crate) mem: Rc<SimMemory>,
+    pub(crate) sim: SimAmdVi,
+    pub(crate) unit: AmdViUnit<SimMmio>,
+    pub(crate) table: DeviceTable,
+    pub(crate) clock: StepClock,
 }
 
-fn rig_with(efr: u64, alloc: &mut SimFrameAllocator<'_>, mem: &Rc<SimMemory>) -> Rig {
+pub(crate) fn rig_with(efr: u64, alloc: &mut SimFrameAllocator<'_>, mem: &Rc<SimMemory>) -> Rig {
     let sim = SimAmdVi::new(mem.clone(), efr);
     let table = DeviceTable::new(&**mem, DT, 0xff).unwrap();
     let clock = StepClock::default();

@@ -23,7 +23,13 @@
 //!    for a DomainID about to be reused, then ONE [`AmdViUnit::flush`]: DTE invalidations,
 //!    a COMPLETION_WAIT fence (the IOMMU may complete unfenced commands in any order, §2.4),
 //!    page invalidations, one polled wait. See [`switch`] for why the fence is needed.
-//! 4. Faults: [`AmdViUnit::drain_events`]; isolation proofs: [`walker::translate_programmed`]
+//! 4. Interrupt remapping, per device at add (may allocate): [`InterruptTable::new`] in
+//!    [`AmdViUnit::irte_format`], [`DeviceTable::set_interrupt_table`] for every DeviceID, then
+//!    [`AmdViUnit::after_interrupt_dte_change`]; later (never allocates)
+//!    [`InterruptTable::program`] / [`InterruptTable::block`] then
+//!    [`AmdViUnit::invalidate_interrupt_tables`]. The device's MSI gets
+//!    [`MsiMessage::remapped`].
+//! 5. Faults: [`AmdViUnit::drain_events`] (refused interrupts: IO_PAGE_FAULT with I = 1); isolation proofs: [`walker::translate_programmed`]
 //!    (independent of the builders), and in host tests `sim_device::SimAmdVi::dma`, which
 //!    caches like hardware.
 //!
@@ -37,6 +43,7 @@ extern crate alloc;
 pub mod command;
 pub mod device_table;
 pub mod event_log;
+pub mod intremap;
 pub mod levels;
 pub mod pagetable;
 pub mod poll;
@@ -57,6 +64,9 @@ mod isolation_tests;
 pub use command::{Command, CommandError, CommandQueue, CommandStats, PageScope};
 pub use device_table::{DeviceTable, DeviceTableEntry, DeviceTableError};
 pub use event_log::{DrainSummary, Event, EventFlags, EventLog, EventLogError};
+pub use intremap::{
+    IntRemapError, InterruptTable, Irte, IrteFormat, MsiMessage, MAX_INTERRUPT_ENTRIES,
+};
 pub use levels::Levels;
 pub use pagetable::{MapError, PageSize, PageTable, Perms, TranslationRoot};
 pub use poll::{Clock, TimedOut};

@@ -54,6 +54,9 @@ pub mod control {
     pub const COHERENT: u64 = 1 << 10;
     /// CmdBufEn: fetch and execute commands.
     pub const CMD_BUF_EN: u64 = 1 << 12;
+    /// GAEn: guest virtual APIC mode; interrupt remapping table entries are 128 bits (the
+    /// format QEMU and current hardware use), 32 bits while clear.
+    pub const GA_EN: u64 = 1 << 17;
 }
 
 /// Status register bits (§3.4.9). Bits 0..2 are write-1-to-clear; 3 and 4 are read-only.

@@ -20,6 +20,10 @@
 //!   (ILLEGAL_COMMAND_ERROR logged, CmdBufRun cleared, head left on the command),
 //!   [`SimAmdVi::set_firmware_enabled`](crate::sim_device::SimAmdVi::set_firmware_enabled) (a unit left running).
 //!
+//! - Interrupts ([`SimAmdVi::msi`](crate::sim_device::SimAmdVi::msi), `interrupts`): remapped through the DTE's table and an
+//!   interrupt entry cache that only INVALIDATE_INTERRUPT_TABLE / INVALIDATE_IOMMU_ALL drop;
+//!   refused ones logged as IO_PAGE_FAULT with I = 1.
+//!
 //! Commands are decoded here from the raw bits (spec §2.4 figures), not with
 //! [`Command::decode`], so an encoding bug in the driver cannot cancel out; DTEs and page
 //! tables are judged by the independent [`crate::walker`]. [`SimAmdVi::executed`](crate::sim_device::SimAmdVi::executed) lists
@@ -39,7 +43,10 @@ use lazaret_types::{Mmio, PhysAddr, PhysMem};
 
 use crate::command::Command;
 use crate::regs::{self, control, status, BASE_MASK, RING_POINTER_MASK};
+
+mod interrupts;
 use crate::walker::{self, check_dte, walk_with, Access, DteDecision, Fault};
+pub use interrupts::{is_interrupt_address, SimInterrupt, SimIrFault, SimIrReason};
 
 /// A DMA the simulated unit refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +66,13 @@ impl fmt::Display for SimDmaFault {
             self.device_id, self.iova, self.reason
         )
     }
+}
+
+/// What a device's write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimWrite {
+    Interrupt(Result<SimInterrupt, SimIrFault>),
+    Memory(Result<PhysAddr, SimDmaFault>),
 }
 
 const RUNNING: u64 = control::IOMMU_EN | control::CMD_BUF_EN | control::EVENT_LOG_EN;
@@ -123,8 +137,10 @@ struct State {
     event_head: u64,
     event_tail: u64,
     programmed_while_running: u32,
-    /// DeviceID → bits 127:0 of its DTE as read.
-    dte_cache: BTreeMap<u16, u128>,
+    /// DeviceID → bits 127:0 and 255:128 of its DTE as read (DMA and interrupts share it).
+    dte_cache: BTreeMap<u16, [u128; 2]>,
+    /// (DeviceID, IRTE offset) → the IRTE as read (remapped entries only).
+    irte_cache: BTreeMap<(u16, u16), u128>,
     /// (DomainID, 4 KiB page) → (physical page, permissions of the walk).
     iotlb: BTreeMap<(u16, u64), (u64, Access)>,
     /// (DomainID, level, IOVA >> prefix_shift(level)) → directory entry.
@@ -132,6 +148,8 @@ struct State {
     rng: u64,
     dma_during: Option<(u16, u64, bool)>,
     dma_log: Vec<Result<PhysAddr, SimDmaFault>>,
+    msi_during: Option<(u16, u64, u32)>,
+    msi_log: Vec<Result<SimInterrupt, SimIrFault>>,
     /// Shadow registers changed outside a register write: copied to the map at the next one.
     dirty: bool,
 }
@@ -243,17 +261,7 @@ impl State {
             self.log_fault(device_id, 0, iova, write, f);
             return Err(fault(f));
         }
-        let dte = match self.dte_cache.get(&device_id) {
-            Some(d) => *d,
-            None => {
-                let base = self.device_table_base & BASE_MASK;
-                let d = self
-                    .mem
-                    .read_u128(PhysAddr(base + u64::from(device_id) * 32));
-                self.dte_cache.insert(device_id, d);
-                d
-            }
-        };
+        let [dte, _] = self.dte(device_id);
         let did = (dte >> 64) as u16;
         let hats = walker::hats_levels(self.efr);
         let decision = check_dte(dte, device_id, hats, write).map_err(|f| {
@@ -305,11 +313,15 @@ impl State {
         }
     }
 
-    /// The probe DMA, if one is set, between two command effects.
+    /// The probe DMA and MSI, if set, between two command effects.
     fn probe(&mut self) {
         if let Some((device_id, iova, write)) = self.dma_during {
             let r = self.dma(device_id, iova, write);
             self.dma_log.push(r);
+        }
+        if let Some((device_id, address, data)) = self.msi_during {
+            let r = self.msi(device_id, address, data);
+            self.msi_log.push(r);
         }
     }
 
@@ -345,10 +357,12 @@ impl State {
             raw::INVALIDATE_IOMMU_PAGES => self.invalidate_pages(q0, q1),
             raw::INVALIDATE_IOMMU_ALL => {
                 self.dte_cache.clear();
+                self.irte_cache.clear();
                 self.iotlb.clear();
                 self.pde_cache.clear();
             }
-            raw::INVALIDATE_IOTLB_PAGES | raw::INVALIDATE_INTERRUPT_TABLE => {}
+            raw::INVALIDATE_INTERRUPT_TABLE => self.invalidate_interrupt_table(q0),
+            raw::INVALIDATE_IOTLB_PAGES => {}
             _ => return false,
         }
         if let Some(c) = Command::decode([q0, q1]) {
@@ -537,11 +551,14 @@ impl SimAmdVi {
             event_tail: 0,
             programmed_while_running: 0,
             dte_cache: BTreeMap::new(),
+            irte_cache: BTreeMap::new(),
             iotlb: BTreeMap::new(),
             pde_cache: BTreeMap::new(),
             rng: DEFAULT_SEED,
             dma_during: None,
             dma_log: Vec::new(),
+            msi_during: None,
+            msi_log: Vec::new(),
             dirty: false,
         }));
         let hook_state = state.clone();
@@ -576,6 +593,47 @@ impl SimAmdVi {
         let r = st.dma(device_id, iova, write);
         self.after_change(&mut st);
         r
+    }
+
+    /// An MSI: `device_id` writes `data` to `address` (0xFEEx_xxxx), delivered, passed or
+    /// refused as §2.2.5 says (see `interrupts`).
+    pub fn msi(&self, device_id: u16, address: u64, data: u32) -> Result<SimInterrupt, SimIrFault> {
+        let mut st = self.state.borrow_mut();
+        let r = st.msi(device_id, address, data);
+        self.after_change(&mut st);
+        r
+    }
+
+    /// A device's 32-bit write: into the interrupt range it is an interrupt request (QEMU and
+    /// hardware route it to the remapper, not the page tables), elsewhere a translated DMA
+    /// that stores `value`.
+    pub fn dma_write32(&self, device_id: u16, address: u64, value: u32) -> SimWrite {
+        if is_interrupt_address(address) {
+            return SimWrite::Interrupt(self.msi(device_id, address, value));
+        }
+        let r = self.dma(device_id, address, true);
+        if let Ok(pa) = r {
+            self.state
+                .borrow()
+                .mem
+                .write_bytes(pa, &value.to_le_bytes());
+        }
+        SimWrite::Memory(r)
+    }
+
+    /// Sends this MSI (device, address, data) before and after every command effect.
+    pub fn set_msi_during_invalidation(&self, msi: Option<(u16, u64, u32)>) {
+        self.state.borrow_mut().msi_during = msi;
+    }
+
+    /// Results of the MSIs sent during invalidation, oldest first (drained).
+    pub fn take_msis_during_invalidation(&self) -> Vec<Result<SimInterrupt, SimIrFault>> {
+        core::mem::take(&mut self.state.borrow_mut().msi_log)
+    }
+
+    /// Cached IRTEs.
+    pub fn cached_interrupt_entries(&self) -> usize {
+        self.state.borrow().irte_cache.len()
     }
 
     /// Commands executed so far, in the order they took effect.

@@ -13,6 +13,9 @@
 //! `amdvi_handle_control_write` gates both on it). Last, whatever the unit cached before is
 //! dropped: INVALIDATE_IOMMU_ALL when EFR.IASup, else every DTE and every DomainID, one wait.
 //!
+//! Control.GAEn is set with Coherent when EFR.GASup, so interrupt remapping tables use
+//! 128-bit entries ([`AmdViUnit::irte_format`]).
+//!
 //! Command errors stop the command processor ([`crate::command`]); every wait here detects
 //! that, restarts the ring (CmdBufEn off, head = tail = 0, CmdBufEn on — §3.4.7) and reports
 //! the refused command, so the next batch runs instead of timing out.
@@ -191,7 +194,13 @@ impl<R: Mmio> AmdViUnit<R> {
         let mut unit =
             Self::new(regs, mem, alloc, timeout_us).map_err(fail(BringUpStep::ProgramRings))?;
         unit.set_device_table(table);
-        unit.update_control(control::COHERENT, 0);
+        // GAEn with GASup: 128-bit IRTEs (see `crate::intremap`), set while IommuEn is off.
+        let ga = if unit.features.guest_apic() {
+            control::GA_EN
+        } else {
+            0
+        };
+        unit.update_control(control::COHERENT | ga, 0);
         unit.enable(clock).map_err(fail(BringUpStep::Enable))?;
         let mut everything = SwitchBatch::new();
         everything.invalidate_everything();
@@ -418,6 +427,8 @@ impl<R: Mmio> AmdViUnit<R> {
         self.regs
     }
 }
+
+mod interrupts;
 
 #[cfg(test)]
 mod tests {

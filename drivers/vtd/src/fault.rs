@@ -24,7 +24,15 @@ pub const fn fault_reason_text(code: u8) -> &'static str {
         0xB => "reserved bits set in the context entry",
         0xC => "reserved bits set in a second-level paging entry",
         0xD => "request blocked by the context entry's translation type",
-        0x20..=0x26 => "interrupt remapping fault",
+        // Interrupt remapping faults (§7.1.3, "Interrupt remapping fault conditions").
+        0x20 => "interrupt request with a reserved field set",
+        0x21 => "interrupt index beyond the interrupt remapping table",
+        0x22 => "interrupt remapping table entry not present (blocked)",
+        0x23 => "error accessing the interrupt remapping table",
+        0x24 => "reserved bits set in a present interrupt remapping table entry",
+        0x25 => "compatibility-format interrupt blocked",
+        0x26 => "interrupt source-ID verification failed",
+        0x27 => "error accessing a posted-interrupt descriptor",
         _ => "unknown fault reason",
     }
 }
@@ -56,10 +64,34 @@ impl FaultRecord {
     pub const fn reason_text(&self) -> &'static str {
         fault_reason_text(self.reason)
     }
+
+    /// For an interrupt remapping fault (reasons 0x20–0x27), the interrupt_index hardware
+    /// computed: FI bits 63:48 (§10.4.14); `None` for a DMA remapping fault.
+    pub const fn interrupt_index(&self) -> Option<u16> {
+        if is_interrupt_fault(self.reason) {
+            Some((self.address >> 48) as u16)
+        } else {
+            None
+        }
+    }
+}
+
+/// Reasons 0x20–0x27 are interrupt remapping faults (§7.1.3).
+pub const fn is_interrupt_fault(reason: u8) -> bool {
+    matches!(reason, 0x20..=0x27)
 }
 
 impl fmt::Display for FaultRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(index) = self.interrupt_index() {
+            return write!(
+                f,
+                "{} interrupt index {index}: fault {:#x} ({})",
+                self.source_id,
+                self.reason,
+                self.reason_text()
+            );
+        }
         write!(
             f,
             "{} DMA {} at {:#x}: fault {:#x} ({})",
@@ -147,6 +179,22 @@ mod tests {
         assert_eq!(r.reason_text(), "write to a page without write permission");
         assert_eq!(fault_reason_text(2), "context entry not present");
         assert!(r.to_string().contains("03:02.0 DMA write at 0x12345000"));
+    }
+
+    #[test]
+    fn interrupt_faults_carry_their_index() {
+        let (lo, hi) = record(0x0318, 0x0123_0000_0000_0000, 0x26, false);
+        let r = FaultRecord::decode(0, lo, hi);
+        assert_eq!(r.interrupt_index(), Some(0x123));
+        assert!(r
+            .to_string()
+            .contains("03:03.0 interrupt index 291: fault 0x26 (interrupt source-ID"));
+        let (lo, hi) = record(0x0318, 0x0123_0000_0000_0000, 0x5, false);
+        assert_eq!(FaultRecord::decode(0, lo, hi).interrupt_index(), None);
+        assert_eq!(
+            fault_reason_text(0x25),
+            "compatibility-format interrupt blocked"
+        );
     }
 
     #[test]

@@ -20,7 +20,11 @@
 //!    quarantine, [`RootTable::switch_context`] for each requester ID, recording each change
 //!    (and every domain ID to be reused) in a [`SwitchBatch`], then one [`VtdUnit::flush`]:
 //!    context-cache invalidations, a fence, IOTLB invalidations, one wait.
-//! 5. Faults: [`VtdUnit::drain_faults`]; isolation proofs: [`walker::translate_programmed`]
+//! 5. Interrupt remapping (after QI): [`InterruptTable::new`] once per unit,
+//!    [`VtdUnit::enable_interrupt_remapping`]; per device [`InterruptTable::program`] /
+//!    [`InterruptTable::block`] then [`VtdUnit::invalidate_interrupt_entries`]; the device's
+//!    MSI capability gets [`MsiMessage::remappable`].
+//! 6. Faults: [`VtdUnit::drain_faults`] (IR faults: [`FaultRecord::interrupt_index`]); isolation proofs: [`walker::translate_programmed`]
 //!    (from RTADDR under the unit's CAP/ECAP) or, with caches, `sim_device::SimVtd::dma`.
 //!
 //! Construct with [`VtdUnit::checked`] when the DRHD gives the register window's size.
@@ -37,6 +41,7 @@ extern crate alloc;
 
 pub mod context;
 pub mod fault;
+pub mod intremap;
 pub mod invalidation;
 pub mod levels;
 pub mod pagetable;
@@ -53,10 +58,14 @@ pub mod walker;
 pub mod sim_device;
 
 pub use context::{ContextEntry, ContextError, RootTable, TranslationType};
-pub use fault::{fault_reason_text, DrainSummary, FaultRecord};
+pub use fault::{fault_reason_text, is_interrupt_fault, DrainSummary, FaultRecord};
+pub use intremap::{
+    Destination, IndexRange, IntRemapError, InterruptTable, Irte, MsiMessage, SourceCheck,
+    MAX_INTERRUPT_ENTRIES,
+};
 pub use invalidation::{
-    ContextScope, Invalidation, InvalidationError, InvalidationStats, Invalidator, IotlbScope,
-    SwitchBatch,
+    ContextScope, InterruptScope, Invalidation, InvalidationError, InvalidationStats, Invalidator,
+    IotlbScope, SwitchBatch,
 };
 pub use levels::Levels;
 pub use pagetable::{MapError, PageSize, PageTable, Perms};

@@ -37,6 +37,8 @@ pub const IQT: usize = 0x88;
 pub const IQA: usize = 0x90;
 /// Invalidation completion status (§10.4.25).
 pub const ICS: usize = 0x9C;
+/// Interrupt remapping table address (§10.4.29): 63:12 base, 11 EIME, 3:0 S (2^(S+1) entries).
+pub const IRTA: usize = 0xB8;
 
 /// GCMD / GSTS bits (§10.4.4, §10.4.5): same positions in both registers.
 pub mod global {
@@ -82,11 +84,15 @@ pub mod fsts {
 }
 
 /// Bytes of register window the unit needs: the fixed registers this driver uses (through
-/// ICS), the fault recording registers (CAP.FRO + CAP.NFR × 16, §10.4.14) and the IOTLB
+/// ICS, or IRTA when ECAP.IR), the fault recording registers (CAP.FRO + CAP.NFR × 16, §10.4.14) and the IOTLB
 /// registers (ECAP.IRO + 16: IVA and IOTLB, §10.4.8). A DRHD whose window is smaller would make
 /// the driver touch MMIO outside the unit's mapping.
 pub fn required_register_bytes(cap: Capabilities, ecap: ExtCapabilities) -> u64 {
-    let fixed = ICS as u64 + 4;
+    let fixed = if ecap.interrupt_remapping() {
+        IRTA as u64 + 8
+    } else {
+        ICS as u64 + 4
+    };
     let faults = (cap.fault_record_offset() + cap.fault_records() * 16) as u64;
     let iotlb = ecap.iotlb_offset() as u64 + 16;
     fixed.max(faults).max(iotlb)
@@ -200,6 +206,16 @@ impl ExtCapabilities {
     /// Queued invalidation support (bit 1).
     pub const fn queued_invalidation(self) -> bool {
         bit(self.0, 1)
+    }
+
+    /// Interrupt remapping support (bit 3).
+    pub const fn interrupt_remapping(self) -> bool {
+        bit(self.0, 3)
+    }
+
+    /// Extended interrupt mode (bit 4): 32-bit x2APIC destinations in IRTEs (IRTA.EIME).
+    pub const fn extended_interrupt_mode(self) -> bool {
+        bit(self.0, 4)
     }
 
     /// Pass-through translation type support (bit 6).

@@ -38,8 +38,12 @@ pub enum UnitError {
         waited_us: u64,
     },
     Invalidation(InvalidationError),
-    /// ECAP.QI = 0.
+    /// ECAP.QI = 0, or (for interrupt remapping) queued invalidation not enabled yet.
     NoQueuedInvalidation,
+    /// ECAP.IR = 0.
+    NoInterruptRemapping,
+    /// An x2APIC-mode interrupt table (IRTA.EIME) on a unit without ECAP.EIM.
+    NoExtendedInterruptMode,
     /// The root table address is not 4 KiB aligned.
     UnalignedRootTable(PhysAddr),
     /// The DRHD's register window ends before registers CAP/ECAP place in it (fault
@@ -58,6 +62,10 @@ impl fmt::Display for UnitError {
             }
             UnitError::Invalidation(e) => write!(f, "VT-d invalidation: {e}"),
             UnitError::NoQueuedInvalidation => write!(f, "VT-d unit has no queued invalidation"),
+            UnitError::NoInterruptRemapping => write!(f, "VT-d unit has no interrupt remapping"),
+            UnitError::NoExtendedInterruptMode => {
+                write!(f, "VT-d unit has no x2APIC interrupt remapping (ECAP.EIM)")
+            }
             UnitError::UnalignedRootTable(a) => write!(f, "root table {a} not page aligned"),
             UnitError::RegisterWindowTooSmall {
                 window_bytes,
@@ -436,6 +444,8 @@ impl<R: Mmio> VtdUnit<R> {
         drain_faults(&self.regs, self.cap, sink)
     }
 }
+
+mod interrupts;
 
 #[cfg(test)]
 mod hole_tests;

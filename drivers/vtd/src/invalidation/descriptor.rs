@@ -60,10 +60,22 @@ impl IotlbScope {
     }
 }
 
+/// Interrupt entry cache invalidation granularity (§6.5.2.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptScope {
+    /// Every cached IRTE (required after GCMD.SIRTP).
+    Global,
+    /// 2^`index_mask` entries from `index` (aligned to that count): IIDX / IM.
+    Entries { index: u16, index_mask: u8 },
+}
+
 /// One invalidation request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Invalidation {
     Context(ContextScope),
+    /// Interrupt entry cache: queued invalidation only (IR implies QI; there is no register
+    /// interface for it).
+    InterruptEntry(InterruptScope),
     /// `drain_reads` / `drain_writes`: DR/DW, wait for in-flight DMA (only if CAP.DRD/DWD).
     Iotlb {
         scope: IotlbScope,
@@ -74,6 +86,7 @@ pub enum Invalidation {
 
 const TYPE_CONTEXT: u64 = 0x1;
 const TYPE_IOTLB: u64 = 0x2;
+const TYPE_INTERRUPT_ENTRY: u64 = 0x4;
 const TYPE_WAIT: u64 = 0x5;
 
 /// Register-command bits (§10.4.7, §10.4.8.1).
@@ -160,12 +173,23 @@ impl Invalidation {
                     | (iotlb_did(scope) << 16);
                 (lo as u128) | ((iotlb_address(scope) as u128) << 64)
             }
+            // §6.5.2.7: 4 G (0 global, 1 index-selective), 31:27 IM, 47:32 IIDX.
+            Invalidation::InterruptEntry(InterruptScope::Global) => TYPE_INTERRUPT_ENTRY as u128,
+            Invalidation::InterruptEntry(InterruptScope::Entries { index, index_mask }) => {
+                let lo = TYPE_INTERRUPT_ENTRY
+                    | (1 << 4)
+                    | ((*index_mask as u64 & 0x1f) << 27)
+                    | ((*index as u64) << 32);
+                lo as u128
+            }
         }
     }
 
-    /// The register-based command: `(CCMD value)` or `(IVA value, IOTLB value)`.
-    pub const fn register_command(&self) -> RegisterCommand {
-        match self {
+    /// The register-based command: `(CCMD value)` or `(IVA value, IOTLB value)`; `None` for
+    /// the interrupt entry cache, which has no register interface.
+    pub const fn register_command(&self) -> Option<RegisterCommand> {
+        Some(match self {
+            Invalidation::InterruptEntry(_) => return None,
             Invalidation::Context(s) => {
                 let (did, sid, fm) = context_fields(s);
                 RegisterCommand::Context(
@@ -184,7 +208,7 @@ impl Invalidation {
                     | ((*drain_writes as u64) << 48)
                     | (iotlb_did(scope) << 32),
             },
-        }
+        })
     }
 }
 
@@ -241,7 +265,9 @@ mod tests {
         assert_eq!(inv.descriptor(), 0x1_0310_0042_0031);
         assert_eq!(
             inv.register_command(),
-            RegisterCommand::Context(CCMD_ICC | (3 << 61) | (1 << 32) | (0x0310 << 16) | 0x42)
+            Some(RegisterCommand::Context(
+                CCMD_ICC | (3 << 61) | (1 << 32) | (0x0310 << 16) | 0x42
+            ))
         );
         assert_eq!(
             Invalidation::Context(ContextScope::Global).descriptor(),
@@ -266,11 +292,23 @@ mod tests {
         assert_eq!((d >> 64) as u64, 0x12_3400_0000 | (1 << 6) | 2);
         assert_eq!(
             inv.register_command(),
-            RegisterCommand::Iotlb {
+            Some(RegisterCommand::Iotlb {
                 iva: 0x12_3400_0000 | (1 << 6) | 2,
                 command: IOTLB_IVT | (3 << 60) | (1 << 49) | (7 << 32),
-            }
+            })
         );
+    }
+
+    #[test]
+    fn interrupt_entry_descriptor_layout() {
+        let global = Invalidation::InterruptEntry(InterruptScope::Global);
+        assert_eq!(global.descriptor(), 0x4);
+        assert_eq!(global.register_command(), None);
+        let one = Invalidation::InterruptEntry(InterruptScope::Entries {
+            index: 0x1234,
+            index_mask: 3,
+        });
+        assert_eq!(one.descriptor(), 0x1234_0000_0000 | (3 << 27) | 0x14);
     }
 
     #[test]

@@ -23,7 +23,8 @@ use core::fmt;
 use lazaret_types::{FrameAllocator, Mmio, PhysAddr, PhysMem};
 
 pub use descriptor::{
-    owner_switch, wait_descriptor, ContextScope, Invalidation, IotlbScope, RegisterCommand,
+    owner_switch, wait_descriptor, ContextScope, InterruptScope, Invalidation, IotlbScope,
+    RegisterCommand,
 };
 pub use queue::{InvalidationQueue, MAX_BATCH};
 pub use register::invalidate_by_register;
@@ -49,6 +50,8 @@ pub enum InvalidationError {
     BatchTooLarge {
         len: usize,
     },
+    /// An interrupt entry cache invalidation without queued invalidation (§6.5.2.7 only).
+    NeedsQueue,
 }
 
 impl fmt::Display for InvalidationError {
@@ -76,6 +79,10 @@ impl fmt::Display for InvalidationError {
             InvalidationError::BatchTooLarge { len } => {
                 write!(f, "batch of {len} invalidations exceeds {MAX_BATCH}")
             }
+            InvalidationError::NeedsQueue => write!(
+                f,
+                "interrupt entry cache invalidation needs queued invalidation"
+            ),
         }
     }
 }

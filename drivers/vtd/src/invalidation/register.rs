@@ -17,7 +17,10 @@ pub fn invalidate_by_register<R: Mmio + ?Sized>(
     clock: &(impl Clock + ?Sized),
     timeout_us: u64,
 ) -> Result<(), InvalidationError> {
-    let (register, busy, what) = match inv.register_command() {
+    let Some(command) = inv.register_command() else {
+        return Err(InvalidationError::NeedsQueue);
+    };
+    let (register, busy, what) = match command {
         RegisterCommand::Context(value) => {
             regs.write64(CCMD, value);
             (CCMD, CCMD_ICC, "context command (CCMD.ICC)")

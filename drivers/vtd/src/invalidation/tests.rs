@@ -144,11 +144,12 @@ fn register_based_invalidation_issues_and_polls_each_command() {
         .filter(|a| matches!(a, RegAccess::Write64(..)))
         .collect();
     let expect = |i: &Invalidation| match i.register_command() {
-        RegisterCommand::Context(v) => vec![RegAccess::Write64(CCMD, v)],
-        RegisterCommand::Iotlb { iva: 0, command } => {
+        None => vec![],
+        Some(RegisterCommand::Context(v)) => vec![RegAccess::Write64(CCMD, v)],
+        Some(RegisterCommand::Iotlb { iva: 0, command }) => {
             vec![RegAccess::Write64(IOTLB_OFFSET + 8, command)]
         }
-        RegisterCommand::Iotlb { iva, command } => vec![
+        Some(RegisterCommand::Iotlb { iva, command }) => vec![
             RegAccess::Write64(IOTLB_OFFSET, iva),
             RegAccess::Write64(IOTLB_OFFSET + 8, command),
         ],

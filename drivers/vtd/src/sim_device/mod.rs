@@ -5,6 +5,7 @@
 //! queue errors, and switches to make each part "dead" so time-outs can be tested.
 
 mod caches;
+mod interrupts;
 mod queue;
 
 use alloc::collections::BTreeMap;
@@ -17,10 +18,12 @@ use lazaret_types::sim::{SimMemory, SimRegisters};
 use lazaret_types::{Bdf, Mmio, PhysAddr, PhysMem};
 
 use crate::regs::{
-    fsts, global, Capabilities, CAP, CCMD, ECAP, FSTS, GCMD, GSTS, IQA, IQH, IQT, RTADDR,
+    fsts, global, Capabilities, CAP, CCMD, ECAP, FSTS, GCMD, GSTS, IQA, IQH, IQT, IRTA, RTADDR,
 };
 use crate::walker::{root_table_of, Fault, WalkerConfig};
 use caches::{Caches, Programmed, Request};
+use interrupts::InterruptEntryCache;
+pub use interrupts::{is_interrupt_address, SimInterrupt, SimIrFault};
 
 pub const FRO_OFFSET: usize = 0x200;
 pub const NFR: usize = 8;
@@ -42,8 +45,8 @@ pub const DEFAULT_CAP: u64 = 2
     | (1 << 39)
     | ((NFR as u64 - 1) << 40)
     | (9 << 48);
-/// Coherent, queued invalidation, pass-through.
-pub const DEFAULT_ECAP: u64 = 1 | 2 | (1 << 6) | ((IOTLB_OFFSET as u64 / 16) << 8);
+/// Coherent, queued invalidation, interrupt remapping (no x2APIC mode), pass-through.
+pub const DEFAULT_ECAP: u64 = 1 | 2 | (1 << 3) | (1 << 6) | ((IOTLB_OFFSET as u64 / 16) << 8);
 
 trait RegMap {
     fn val(&self, off: usize) -> u64;
@@ -118,10 +121,20 @@ impl fmt::Display for SimDmaFault {
     }
 }
 
+/// What a device's write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimWrite {
+    Interrupt(Result<SimInterrupt, SimIrFault>),
+    Memory(Result<PhysAddr, SimDmaFault>),
+}
+
 /// Hardware state that is not in a register.
 pub(crate) struct State {
     /// The root table pointer latched by the last GCMD.SRTP (not RTADDR as last written).
     latched_root: u64,
+    /// IRTA as latched by the last GCMD.SIRTP.
+    latched_irta: u64,
+    iec: InterruptEntryCache,
     /// IQA as accepted (a write while QIES is set is ignored).
     iqa: u64,
     iqa_writes_while_enabled: u32,
@@ -195,6 +208,8 @@ impl SimVtd {
         let consumed = Rc::new(RefCell::new(Vec::new()));
         let state = Rc::new(RefCell::new(State {
             latched_root: 0,
+            latched_irta: 0,
+            iec: InterruptEntryCache::default(),
             iqa: 0,
             iqa_writes_while_enabled: 0,
             next_fault_record: 0,
@@ -222,6 +237,38 @@ impl SimVtd {
     pub fn dma(&self, source_id: Bdf, iova: u64, write: bool) -> Result<PhysAddr, SimDmaFault> {
         let mut st = self.state.borrow_mut();
         dma_in(&mut &self.regs, &*self.mem, &mut st, source_id, iova, write)
+    }
+
+    /// An MSI: a 32-bit write of `data` to `address` (0xFEEx_xxxx) from `source_id`, delivered,
+    /// blocked or faulted as §5.1 says (see `interrupts`).
+    pub fn msi(&self, source_id: Bdf, address: u64, data: u32) -> Result<SimInterrupt, SimIrFault> {
+        let mut st = self.state.borrow_mut();
+        interrupts::msi(
+            &mut &self.regs,
+            &*self.mem,
+            &mut st,
+            source_id,
+            address,
+            data,
+        )
+    }
+
+    /// A device's 32-bit DMA write: to the interrupt address range it is an interrupt request
+    /// (never translated by DMA remapping, §3.14), elsewhere a translated DMA that writes `value`.
+    pub fn dma_write32(&self, source_id: Bdf, address: u64, value: u32) -> SimWrite {
+        if is_interrupt_address(address) {
+            return SimWrite::Interrupt(self.msi(source_id, address, value));
+        }
+        let result = self.dma(source_id, address, true);
+        if let Ok(pa) = result {
+            self.mem.write_bytes(pa, &value.to_le_bytes());
+        }
+        SimWrite::Memory(result)
+    }
+
+    /// IRTEs in the interrupt entry cache.
+    pub fn cached_interrupt_entries(&self) -> usize {
+        self.state.borrow().iec.len()
     }
 
     /// Seeds the PRNG that orders descriptor effects between fences.
@@ -374,6 +421,10 @@ fn hook(
             let persistent = global::TE | global::QIE | global::IRE | global::CFI | global::EAFL;
             if cmd & global::SRTP != 0 {
                 st.latched_root = r.val(RTADDR);
+            }
+            // SIRTP latches IRTA but leaves the interrupt entry cache alone (§10.4.4).
+            if cmd & global::SIRTP != 0 {
+                st.latched_irta = r.val(IRTA);
             }
             let was = r.val(GSTS) as u32;
             if cmd & global::QIE != 0 && was & global::QIE == 0 {

@@ -21,6 +21,7 @@ use core::cell::RefCell;
 use lazaret_types::{PhysAddr, PhysMem};
 
 use super::caches::Request;
+use super::interrupts;
 use super::{dma_in, set_shadow_fsts, shadow_fsts, QueueFault, RegMap, State};
 use crate::regs::{fsts, global, GSTS, IQA, IQH, IQT};
 
@@ -54,7 +55,10 @@ pub fn consume(r: &mut impl RegMap, mem: &impl PhysMem, log: &RefCell<Vec<u128>>
                 st.poisoned = Some((head, d));
             }
             let poisoned = st.poisoned == Some((head, d));
-            if poisoned || !(is_wait(d) || Request::from_descriptor(d).is_some()) {
+            let known = is_wait(d)
+                || Request::from_descriptor(d).is_some()
+                || interrupts::is_iec_descriptor(d);
+            if poisoned || !known {
                 invalid = true;
                 break;
             }
@@ -118,6 +122,9 @@ fn effect(r: &mut impl RegMap, mem: &impl PhysMem, st: &mut State, d: u128, wait
     }
     if let Some(request) = Request::from_descriptor(d) {
         st.caches.invalidate(request);
+    }
+    if interrupts::is_iec_descriptor(d) {
+        interrupts::iec_effect(st, d);
     }
     if st.inject == Some(QueueFault::CompletionError) {
         st.inject = None;
