@@ -40,6 +40,21 @@ fn arguments(s: &[u8]) -> impl Iterator<Item = &[u8]> {
     words
 }
 
+/// The string of a padding module (`lazaret-pad`, after any path word). GRUB EFI chained
+/// from UEFI iPXE loads modules into low memory that is cleared before we run; the network
+/// `grub.cfg` loads a padding module first to take that memory, and the loader drops it.
+pub fn is_padding(module_string: &[u8]) -> bool {
+    let mut words = module_string
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty());
+    let first = words.next();
+    let first = match first {
+        Some(w) if w.starts_with(b"/") || w.windows(3).any(|x| x == b"://") => words.next(),
+        other => other,
+    };
+    first == Some(&b"lazaret-pad"[..]) && words.next().is_none()
+}
+
 /// An image path or URI rather than an option.
 fn is_path(word: &[u8]) -> bool {
     !word.contains(&b'=') || word.starts_with(b"/") || word.windows(3).any(|w| w == b"://")
@@ -93,6 +108,17 @@ mod tests {
         ];
         let n = compose(&parts, &mut buf).expect("fits");
         assert_eq!(&buf[..n], b"acpi_rsdp=0x7fb7e014 acpi_rsdp=0xf0000");
+    }
+
+    #[test]
+    fn padding_is_named_alone_after_an_optional_path() {
+        assert!(is_padding(b"lazaret-pad"));
+        assert!(!is_padding(b"(tftp)/lazaret-pad lazaret-pad"));
+        assert!(is_padding(b"/boot/lazaret-pad lazaret-pad"));
+        assert!(is_padding(b"tftp://10.0.2.2/x lazaret-pad"));
+        assert!(!is_padding(b"lazaret-pad log=debug"));
+        assert!(!is_padding(b"guest lazaret-pad"));
+        assert!(!is_padding(b""));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! own memory, so the kernel has one reader and one module list for every boot path. The
 //! RSDP, which multiboot1 cannot carry, goes on the command line as `acpi_rsdp=` (the name
 //! Linux uses for the same purpose).
-use lazaret_rt::multiboot::{MultibootInfo, RegionKind, MAX_MODULES, MAX_REGIONS};
+use lazaret_rt::multiboot::{Module, MultibootInfo, RegionKind, MAX_MODULES, MAX_REGIONS};
 
 const FLAG_CMDLINE: u32 = 1 << 2;
 const FLAG_MODS: u32 = 1 << 3;
@@ -26,11 +26,13 @@ pub enum HandoffError {
 }
 
 /// Writes the multiboot1 form of `info` into `out`, which the kernel will find at physical
-/// address `base` (pointers inside are absolute).
+/// address `base` (pointers inside are absolute). Modules for which `skip` holds (padding,
+/// [`crate::cmdline::is_padding`]) are left out, so the kernel's module 0 is the kernel.
 pub fn encode_v1(
     info: &MultibootInfo,
     base: u64,
     out: &mut [u8; SIZE],
+    skip: impl Fn(&Module) -> bool,
 ) -> Result<(), HandoffError> {
     out.fill(0);
     let low = |a: u64| u32::try_from(a).map_err(|_| HandoffError::Above4GiB(a));
@@ -42,14 +44,16 @@ pub fn encode_v1(
         put(16, &low(c)?.to_le_bytes());
     }
     put(0, &flags.to_le_bytes());
-    put(20, &(info.modules().len() as u32).to_le_bytes());
+    let mut count = 0u32;
     put(24, &abs(MODULES_AT)?.to_le_bytes());
-    for (i, m) in info.modules().iter().enumerate() {
+    for (i, m) in info.modules().iter().filter(|m| !skip(m)).enumerate() {
+        count += 1;
         let at = MODULES_AT + i * MODULE_SIZE;
         put(at, &low(m.start)?.to_le_bytes());
         put(at + 4, &low(m.end)?.to_le_bytes());
         put(at + 8, &low(m.string)?.to_le_bytes());
     }
+    put(20, &count.to_le_bytes());
     put(
         44,
         &((info.regions().len() * MAP_ENTRY_SIZE) as u32).to_le_bytes(),
@@ -137,7 +141,7 @@ mod tests {
         let original =
             MultibootInfo::read_v2_from(&At(0x9000, multiboot2_sample()), 0x9000).expect("valid");
         let mut out = Box::new([0u8; SIZE]);
-        encode_v1(&original, 0x10_4000, &mut out).expect("fits below 4 GiB");
+        encode_v1(&original, 0x10_4000, &mut out, |_| false).expect("fits below 4 GiB");
         let seen =
             MultibootInfo::read_from(&At(0x10_4000, out.to_vec()), 0x10_4000).expect("valid v1");
         assert_eq!(seen.modules(), original.modules());
@@ -149,13 +153,24 @@ mod tests {
     }
 
     #[test]
+    fn padding_modules_are_left_out_and_the_rest_keep_their_order() {
+        let original =
+            MultibootInfo::read_v2_from(&At(0x9000, multiboot2_sample()), 0x9000).expect("valid");
+        let mut out = Box::new([0u8; SIZE]);
+        let first = original.modules()[0];
+        encode_v1(&original, 0x10_4000, &mut out, |m| *m == first).expect("fits");
+        let seen = MultibootInfo::read_from(&At(0x10_4000, out.to_vec()), 0x10_4000).expect("v1");
+        assert_eq!(seen.modules(), &original.modules()[1..]);
+    }
+
+    #[test]
     fn refuses_what_multiboot1_cannot_address() {
         // Multiboot2 module addresses are 32-bit already; the structure's own place is not.
         let original =
             MultibootInfo::read_v2_from(&At(0x9000, multiboot2_sample()), 0x9000).expect("valid");
         let mut out = Box::new([0u8; SIZE]);
         assert_eq!(
-            encode_v1(&original, 0x1_0000_0000, &mut out),
+            encode_v1(&original, 0x1_0000_0000, &mut out, |_| false),
             Err(HandoffError::Above4GiB(0x1_0000_0000 + MODULES_AT as u64))
         );
     }

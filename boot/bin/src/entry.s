@@ -70,9 +70,12 @@ _start32:
     jz no_long_mode
 
     # PML4[0] -> PDPT, PDPT[0..4] -> PD0..PD3, each PD entry a 2 MiB page (P|W|PS).
+    # PML4[1] -> the same PDPT: the first 4 GiB again at 512 GiB (PHYS_ALIAS in main.rs), so
+    # a module GRUB put at physical 0 can be read through a non-null pointer.
     mov $pdpt, %eax
     or $0x3, %eax
     mov %eax, pml4
+    mov %eax, pml4+8
     xor %ecx, %ecx
 1:  mov %ecx, %eax
     shl $12, %eax

@@ -25,6 +25,8 @@ lazaret_rt::freestanding_runtime!();
 core::arch::global_asm!(include_str!("entry.s"), options(att_syntax));
 
 const COM1: u16 = 0x3f8;
+/// Virtual address where entry.s maps the first 4 GiB a second time (PML4 entry 1).
+const PHYS_ALIAS: u64 = 1 << 39;
 
 /// hermit-entry's loader side uses `alloc`; it needs little, so a small static heap does.
 #[global_allocator]
@@ -121,10 +123,28 @@ fn load(con: &mut Console, magic: u32, info_addr: u32) -> Result<Never, LoadErro
             let _ = writeln!(con, "lazaret-boot: no RSDP from the boot loader (multiboot1); the kernel scans the BIOS area");
         }
     }
-    let module = *info.modules().first().ok_or(LoadError::NoModule)?;
+    let is_padding = |m: &multiboot::Module| {
+        // SAFETY: boot-loader strings are NUL-terminated and identity-mapped.
+        m.string != 0 && unsafe { multiboot::c_string(m.string) }.is_ok_and(cmdline::is_padding)
+    };
+    let module = *info
+        .modules()
+        .iter()
+        .find(|m| !is_padding(m))
+        .ok_or(LoadError::NoModule)?;
     let len = usize::try_from(module.end - module.start).map_err(|_| LoadError::NoModule)?;
-    // SAFETY: the boot loader placed module 0 at [start, end) and nothing writes it.
-    let elf = unsafe { core::slice::from_raw_parts(module.start as *const u8, len) };
+    let _ = writeln!(
+        con,
+        "lazaret-boot: kernel module {:#x}..{:#x} ({} KiB)",
+        module.start,
+        module.end,
+        len / 1024
+    );
+    // GRUB on UEFI may put a module at physical 0, where no Rust slice may start: read it
+    // through the loader's second identity map at PHYS_ALIAS (entry.s).
+    // SAFETY: the boot loader placed module 0 at [start, end) and nothing writes it; the
+    // alias maps the first 4 GiB, where multiboot modules live (32-bit addresses).
+    let elf = unsafe { core::slice::from_raw_parts((PHYS_ALIAS + module.start) as *const u8, len) };
     elf_check::check(elf).map_err(LoadError::Elf)?;
 
     // SAFETY: HEAP_SPACE is used by nothing but this allocator, initialised once here.
@@ -144,13 +164,10 @@ fn load(con: &mut Console, magic: u32, info_addr: u32) -> Result<Never, LoadErro
     // runs; the loader image it lives in stays below the kernel, which never hands it out.
     let handoff_buf = unsafe { &mut (*core::ptr::addr_of_mut!(HANDOFF)).0 };
     let handoff_addr = handoff_buf.as_ptr() as u64;
-    handoff::encode_v1(&info, handoff_addr, handoff_buf).map_err(LoadError::Handoff)?;
+    handoff::encode_v1(&info, handoff_addr, handoff_buf, is_padding).map_err(LoadError::Handoff)?;
     let _ = writeln!(
         con,
-        "lazaret-boot: kernel module {:#x}..{:#x} ({} KiB), loading at {:#x}..{:#x}",
-        module.start,
-        module.end,
-        len / 1024,
+        "lazaret-boot: loading the kernel at {:#x}..{:#x}",
         start,
         start + size
     );
