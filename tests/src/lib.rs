@@ -9,9 +9,11 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod boot_path;
 pub mod console;
 pub mod qemu;
 
+pub use boot_path::{BootPath, Firmware};
 pub use console::{Figure, ResultLine};
 pub use qemu::Qemu;
 
@@ -73,6 +75,9 @@ pub struct Config {
     pub memory_mib: u32,
     pub extra_args: Vec<String>,
     pub timeout: Duration,
+    /// How the firmware finds the image (`-kernel` unless a boot-path test says otherwise).
+    pub boot: BootPath,
+    pub firmware: Firmware,
 }
 
 impl Default for Config {
@@ -89,6 +94,8 @@ impl Default for Config {
             memory_mib: 512,
             extra_args: Vec::new(),
             timeout: Duration::from_secs(120),
+            boot: BootPath::Kernel,
+            firmware: Firmware::Bios,
         }
     }
 }
@@ -125,14 +132,17 @@ impl Config {
         .map(|s| s.to_string())
         .collect();
         a.extend(["-m".into(), format!("{}M", self.memory_mib)]);
-        a.extend(["-kernel".into(), images.loader.display().to_string()]);
+        a.extend(self.boot.args(self.firmware));
         // QEMU splits -initrd at commas; the kernel's options go in its module string.
         let module = match &self.module {
             Module::Kernel => Some(images.kernel.clone()),
             Module::Missing => None,
             Module::File(f) => Some(f.clone()),
         };
-        if let Some(path) = module {
+        if self.boot == BootPath::Kernel {
+            a.extend(["-kernel".into(), images.loader.display().to_string()]);
+        }
+        if let Some(path) = module.filter(|_| self.boot == BootPath::Kernel) {
             let arg = format!("{} {}", path.display(), self.cmdline.replace(',', " "));
             a.extend(["-initrd".into(), arg.trim_end().to_string()]);
         }
