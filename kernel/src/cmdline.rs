@@ -317,6 +317,7 @@ mod tests {
             "com5",
             "0x0",
             "3f8",
+            "com1,56000",
             "com1,7",
             "com1,230400",
             "com1,",
@@ -343,6 +344,14 @@ mod tests {
             }
         );
         assert_eq!(early_serial("log=info"), Serial::Auto);
+        // The last valid choice wins, as in parse().
+        assert_eq!(
+            early_serial("console=com2 console=com3,9600"),
+            Serial::Port {
+                base: 0x3e8,
+                baud: 9600
+            }
+        );
     }
 
     #[test]

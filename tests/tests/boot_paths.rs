@@ -144,3 +144,114 @@ fn uefi_ipxe_chains_grub_efi() {
         out.transcript()
     );
 }
+
+/// A second serial port (COM2, 0x2f8) that QEMU writes to a file, for the console tests.
+fn com2_file(name: &str) -> (std::path::PathBuf, Vec<String>) {
+    let file = lazaret_tests::target_dir()
+        .join("boot-tests")
+        .join(format!("{name}.com2"));
+    std::fs::create_dir_all(file.parent().expect("has a parent")).expect("test dir");
+    let _ = std::fs::remove_file(&file);
+    let args = vec!["-serial".into(), format!("file:{}", file.display())];
+    (file, args)
+}
+
+#[test]
+fn console_override_moves_the_kernel_to_com2() {
+    let (file, extra_args) = com2_file("console-override");
+    let config = Config {
+        extra_args,
+        ..Config::default().with_cmdline("console=com2")
+    };
+    let out = run(&config, false).expect("QEMU runs");
+    assert_eq!(out.status, Status::Success, "{}", out.transcript());
+    let com2 = std::fs::read_to_string(&file).expect("COM2 output");
+    assert!(
+        com2.contains("serial: 0x2f8 at 115200 baud (console=;"),
+        "{com2}"
+    );
+    assert!(com2.contains("LAZARET EXIT success"), "{com2}");
+    // COM1 has the loader's lines only: the kernel never wrote there.
+    assert!(out
+        .line("lazaret-boot: multiboot1 loader started")
+        .is_some());
+    assert!(out.line("LAZARET EXIT").is_none(), "{}", out.transcript());
+}
+
+/// The body of an SPCR table (after the 36-byte header QEMU's `-acpitable` writes) naming a
+/// 16550 at I/O port `port`, baud code 7 (115200): Microsoft SPCR specification, table 1.
+fn spcr_body(port: u16) -> Vec<u8> {
+    let mut b = vec![0u8; 80 - 36];
+    b[0] = 0; // +36 interface type: full 16550
+    b[4] = 1; // +40 GAS: system I/O
+    b[5] = 8; // register bit width
+    b[7] = 1; // access size: byte
+    b[8..10].copy_from_slice(&port.to_le_bytes()); // +44 address
+    b[16] = 1; // +52 interrupt type: dual-8259
+    b[17] = 3; // +53 IRQ
+    b[22] = 7; // +58 baud rate: 115200
+    b[24] = 1; // +60 stop bits
+    b[28..30].copy_from_slice(&0xffffu16.to_le_bytes()); // +64 PCI device ID: not PCI
+    b[30..32].copy_from_slice(&0xffffu16.to_le_bytes()); // +66 PCI vendor ID
+    b
+}
+
+#[test]
+fn console_follows_the_spcr_table() {
+    let (file, mut extra_args) = com2_file("spcr");
+    let body = file.with_extension("spcr");
+    std::fs::write(&body, spcr_body(0x2f8)).expect("SPCR body");
+    extra_args.extend([
+        "-acpitable".into(),
+        format!("sig=SPCR,rev=2,data={}", body.display()),
+    ]);
+    let config = Config {
+        extra_args,
+        ..Config::default()
+    };
+    let out = run(&config, false).expect("QEMU runs");
+    assert_eq!(out.status, Status::Success, "{}", out.transcript());
+    assert!(
+        out.line("serial: SPCR names 0x2f8 at 115200 baud; the console moves there")
+            .is_some(),
+        "{}",
+        out.transcript()
+    );
+    let com2 = std::fs::read_to_string(&file).expect("COM2 output");
+    assert!(com2.contains("per SPCR (moved from 0x3f8)"), "{com2}");
+    assert!(com2.contains("LAZARET EXIT success"), "{com2}");
+    assert!(out.line("LAZARET EXIT").is_none(), "{}", out.transcript());
+}
+
+#[test]
+fn console_override_wins_over_spcr() {
+    let (file, mut extra_args) = com2_file("spcr-override");
+    let body = file.with_extension("spcr");
+    std::fs::write(&body, spcr_body(0x2f8)).expect("SPCR body");
+    extra_args.extend([
+        "-acpitable".into(),
+        format!("sig=SPCR,rev=2,data={}", body.display()),
+    ]);
+    let config = Config {
+        extra_args,
+        ..Config::default().with_cmdline("console=com1")
+    };
+    let out = run(&config, false).expect("QEMU runs");
+    assert_eq!(out.status, Status::Success, "{}", out.transcript());
+    assert!(
+        out.line("LAZARET EXIT success").is_some(),
+        "{}",
+        out.transcript()
+    );
+    assert!(
+        out.line("acpi: RSDP at")
+            .is_some_and(|l| l.contains("SPCR")),
+        "the table is there: {}",
+        out.transcript()
+    );
+    assert!(
+        out.line("serial: SPCR").is_none(),
+        "but not followed: {}",
+        out.transcript()
+    );
+}
