@@ -7,6 +7,8 @@
 //! earlier ones in the kernel, so the module's string overrides the loader's, and both
 //! override what the loader found.
 
+use lazaret_rt::multiboot::without_image_path;
+
 /// Writes the composed command line into `out` and returns its length, or `None` when it
 /// does not fit (the caller reports that rather than truncating an option in half).
 pub fn compose(parts: &[&[u8]], out: &mut [u8]) -> Option<usize> {
@@ -30,11 +32,13 @@ pub fn compose(parts: &[&[u8]], out: &mut [u8]) -> Option<usize> {
 
 /// The whitespace-separated words of `s`, without a leading path word.
 fn arguments(s: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut words = s
+    let mut words = without_image_path(s)
         .split(|b| b.is_ascii_whitespace())
         .filter(|w| !w.is_empty())
         .peekable();
-    if words.peek().is_some_and(|first| is_path(first)) {
+    // A bare file name (QEMU `-initrd kernel`, iPXE `module kernel` over some servers) is no
+    // option either.
+    if words.peek().is_some_and(|first| !first.contains(&b'=')) {
         words.next();
     }
     words
@@ -44,20 +48,7 @@ fn arguments(s: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// from UEFI iPXE loads modules into low memory that is cleared before we run; the network
 /// `grub.cfg` loads a padding module first to take that memory, and the loader drops it.
 pub fn is_padding(module_string: &[u8]) -> bool {
-    let mut words = module_string
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|w| !w.is_empty());
-    let first = words.next();
-    let first = match first {
-        Some(w) if w.starts_with(b"/") || w.windows(3).any(|x| x == b"://") => words.next(),
-        other => other,
-    };
-    first == Some(&b"lazaret-pad"[..]) && words.next().is_none()
-}
-
-/// An image path or URI rather than an option.
-fn is_path(word: &[u8]) -> bool {
-    !word.contains(&b'=') || word.starts_with(b"/") || word.windows(3).any(|w| w == b"://")
+    without_image_path(module_string).trim_ascii_end() == b"lazaret-pad"
 }
 
 #[cfg(test)]

@@ -254,6 +254,25 @@ impl MultibootInfo {
     }
 }
 
+/// A module's string without the image path or URI a boot loader may put first: QEMU
+/// `-initrd` and iPXE do (`/srv/guest-tiny guest tiny`, `tftp://10.0.2.2/guest-tiny guest
+/// tiny`), GRUB's `module2` does not (`guest tiny`). A first word is such a path when it
+/// starts with `/` or contains `://`. The loader reads module 0's string through this, and
+/// guest modules' strings (`guest NAME key=value…`) are read the same way.
+pub fn without_image_path(s: &[u8]) -> &[u8] {
+    let s = s.trim_ascii_start();
+    let end = s
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .unwrap_or(s.len());
+    let first = &s[..end];
+    if first.starts_with(b"/") || first.windows(3).any(|w| w == b"://") {
+        s[end..].trim_ascii_start()
+    } else {
+        s
+    }
+}
+
 /// The NUL-terminated string at `addr`, without the NUL.
 ///
 /// # Safety
@@ -403,6 +422,18 @@ mod tests {
             MultibootInfo::read_from(&m, 0x100).err(),
             Some(MultibootError::BadModule { index: 0 })
         );
+    }
+
+    #[test]
+    fn module_strings_lose_a_leading_path_or_uri_only() {
+        assert_eq!(without_image_path(b"/srv/g guest tiny"), b"guest tiny");
+        assert_eq!(
+            without_image_path(b"  http://10.0.2.2:8080/g?v=1  guest tiny mem=2M"),
+            b"guest tiny mem=2M"
+        );
+        assert_eq!(without_image_path(b"guest tiny"), b"guest tiny");
+        assert_eq!(without_image_path(b"/only/a/path"), b"");
+        assert_eq!(without_image_path(b"guest /x"), b"guest /x");
     }
 
     #[test]
