@@ -22,6 +22,31 @@ use crate::{cmdline, platform, scenario};
 const HEAP_SIZE: u64 = 16 << 20;
 const COM1: u16 = 0x3f8;
 
+/// Lists modules 1.. (guest images, string `guest NAME key=value…`) as the kernel sees them,
+/// whatever the boot path: the loader's rebuilt list, leading image paths dropped.
+fn log_extra_modules(mb: &MultibootInfo) {
+    for (i, m) in mb.modules().iter().enumerate().skip(1) {
+        let raw = match m.string {
+            0 => Ok(&b""[..]),
+            // SAFETY: module strings are NUL-terminated boot-loader memory below the kernel,
+            // identity-mapped and never handed out.
+            addr => unsafe { lazaret_rt::multiboot::c_string(addr) },
+        };
+        let words = raw.map(lazaret_rt::multiboot::without_image_path);
+        let text = match words.as_deref().map(core::str::from_utf8) {
+            Ok(Ok(t)) => t,
+            Ok(Err(_)) => "<not UTF-8>",
+            Err(_) => "<no NUL within 4 KiB>",
+        };
+        info!(
+            "module {i}: {:#x}..{:#x} ({} KiB) \"{text}\"",
+            m.start,
+            m.end,
+            (m.end - m.start) / 1024
+        );
+    }
+}
+
 /// Moves the console to the UART the ACPI SPCR table names (the BMC's serial-over-LAN port on
 /// servers), when it is a 16550 in I/O space other than the current `(port, baud)`.
 fn follow_spcr(platform: &platform::acpi::Platform, (port, baud): (u16, u32)) {
@@ -131,6 +156,7 @@ pub fn start(
         info!("memory: {:#014x}-{:#014x} {:?}", r.base, r.end(), r.kind);
     }
     let module_size = mb.modules().first().map_or(0, |m| m.end - m.start);
+    log_extra_modules(&mb);
 
     // Everything below the kernel's end is the loader's, the firmware's or the modules'
     // (the loader puts the kernel above all of them).

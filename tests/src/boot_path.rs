@@ -107,7 +107,7 @@ pub fn boot_tools() -> Result<(), String> {
         .clone()
 }
 
-fn run_script(script: &str, args: &[&str]) -> Result<(), String> {
+fn run_script(script: &str, args: &[String]) -> Result<(), String> {
     build_images()?;
     let out = Command::new(workspace_root().join("scripts").join(script))
         .args(args)
@@ -125,21 +125,42 @@ fn run_script(script: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// A boot directory from `scripts/boot-dir` for the kernel command line `cmdline`, in
-/// `target/boot-tests/NAME` (GRUB menu time-out 0).
-pub fn boot_dir(name: &str, cmdline: &str) -> Result<PathBuf, String> {
+/// `-c cmdline -t 0` and one `-g` per guest (`NAME:FILE[:OPTS]`).
+fn image_args(cmdline: &str, guests: &[String]) -> Vec<String> {
+    let mut a = vec!["-c".into(), cmdline.into(), "-t".into(), "0".into()];
+    for g in guests {
+        a.extend(["-g".into(), g.clone()]);
+    }
+    a
+}
+
+/// A boot directory from `scripts/boot-dir` for the kernel command line `cmdline` and the
+/// guest modules `guests`, in `target/boot-tests/NAME` (GRUB menu time-out 0).
+pub fn boot_dir(name: &str, cmdline: &str, guests: &[String]) -> Result<PathBuf, String> {
     let dir = target_dir().join("boot-tests").join(name);
-    let d = dir.display().to_string();
-    run_script("boot-dir", &["-o", &d, "-c", cmdline, "-t", "0"])?;
+    let mut args = vec!["-o".to_string(), dir.display().to_string()];
+    args.extend(image_args(cmdline, guests));
+    run_script("boot-dir", &args)?;
     Ok(dir)
 }
 
-/// An ISO from `scripts/iso` for `cmdline`, as `target/boot-tests/NAME.iso`.
-pub fn iso(name: &str, cmdline: &str) -> Result<PathBuf, String> {
+/// An ISO from `scripts/iso` for `cmdline` and `guests`, as `target/boot-tests/NAME.iso`.
+pub fn iso(name: &str, cmdline: &str, guests: &[String]) -> Result<PathBuf, String> {
     let file = target_dir().join("boot-tests").join(format!("{name}.iso"));
-    let f = file.display().to_string();
-    run_script("iso", &["-o", &f, "-c", cmdline, "-t", "0"])?;
+    let mut args = vec!["-o".to_string(), file.display().to_string()];
+    args.extend(image_args(cmdline, guests));
+    run_script("iso", &args)?;
     Ok(file)
+}
+
+/// A small stand-in guest image (`target/boot-tests/tiny-guest.bin`, 4 KiB of a pattern) and
+/// its `-g` argument: `tiny:FILE:mem=2M`, so the module string is `guest tiny mem=2M`.
+pub fn tiny_guest() -> Result<String, String> {
+    let file = target_dir().join("boot-tests").join("tiny-guest.bin");
+    std::fs::create_dir_all(target_dir().join("boot-tests")).map_err(|e| e.to_string())?;
+    let bytes: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, bytes).map_err(|e| e.to_string())?;
+    Ok(format!("tiny:{}:mem=2M", file.display()))
 }
 
 /// A static file server on 127.0.0.1 (an ephemeral port) for iPXE's HTTP path: GET only,

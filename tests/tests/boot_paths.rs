@@ -4,7 +4,7 @@
 //! `scripts/boot-dir` / `scripts/iso` build, and prints its wall time (`boot-path NAME: …`,
 //! the closing figures of docs/test-boxes.md). A test skips, saying why, only when the
 //! boot-path packages cannot be installed.
-use lazaret_tests::boot_path::{boot_dir, boot_tools, iso, HttpServer};
+use lazaret_tests::boot_path::{boot_dir, boot_tools, iso, tiny_guest, HttpServer};
 use lazaret_tests::{on_every_qemu, run, BootPath, Config, Firmware, Outcome, Qemu, Status};
 
 /// What every path must show: the loader's protocol, where the kernel got the RSDP, the
@@ -33,6 +33,21 @@ fn check(name: &str, out: &Outcome, protocol: &str, rsdp_from: &str) {
         "{name}: no passing boot check: {t}"
     );
     assert!(out.line("LAZARET EXIT success").is_some(), "{name}: {t}");
+    if name != "qemu-kernel" {
+        // The guest module arrives as module 1 with its string, the path or URI dropped
+        // and any padding gone, whatever the boot path.
+        assert!(
+            out.line("module 1: ")
+                .is_some_and(|l| l.ends_with("(4 KiB) \"guest tiny mem=2M\"")),
+            "{name}: guest module: {t}"
+        );
+        assert!(out.line("module 2: ").is_none(), "{name}: {t}");
+    }
+}
+
+/// The one guest module every scripted path carries.
+fn guests() -> Vec<String> {
+    vec![tiny_guest().expect("guest image")]
 }
 
 /// Boots `boot` on `firmware` with the demo machine (Intel IOMMU, three edu) on `qemu`.
@@ -63,7 +78,7 @@ on_every_qemu! {
 
     fn bios_ipxe_tftp(qemu) {
         need_boot_tools!();
-        let dir = boot_dir(&format!("bios-tftp-{qemu:?}"), "log=info").expect("boot directory");
+        let dir = boot_dir(&format!("bios-tftp-{qemu:?}"), "log=info", &guests()).expect("boot directory");
         let out = boot(
             qemu,
             Firmware::Bios,
@@ -82,7 +97,7 @@ on_every_qemu! {
 
     fn bios_ipxe_http(qemu) {
         need_boot_tools!();
-        let dir = boot_dir(&format!("bios-http-{qemu:?}"), "log=info").expect("boot directory");
+        let dir = boot_dir(&format!("bios-http-{qemu:?}"), "log=info", &guests()).expect("boot directory");
         let server = HttpServer::serve(&dir).expect("HTTP server on 127.0.0.1");
         let out = boot(
             qemu,
@@ -102,21 +117,21 @@ on_every_qemu! {
         );
         assert_eq!(
             server.requests(),
-            ["/boot.ipxe", "/lazaret-boot", "/lazaret-kernel"],
+            ["/boot.ipxe", "/lazaret-boot", "/lazaret-kernel", "/guest-tiny"],
             "everything came over HTTP"
         );
     }
 
     fn grub_iso_bios(qemu) {
         need_boot_tools!();
-        let image = iso(&format!("grub-bios-{qemu:?}"), "log=info").expect("ISO");
+        let image = iso(&format!("grub-bios-{qemu:?}"), "log=info", &guests()).expect("ISO");
         let out = boot(qemu, Firmware::Bios, BootPath::Cdrom(image));
         check("grub-iso-bios", &out, "multiboot2", "acpi_rsdp=");
     }
 
     fn grub_iso_uefi(qemu) {
         need_boot_tools!();
-        let image = iso(&format!("grub-uefi-{qemu:?}"), "log=info").expect("ISO");
+        let image = iso(&format!("grub-uefi-{qemu:?}"), "log=info", &guests()).expect("ISO");
         let out = boot(qemu, Firmware::Uefi, BootPath::Cdrom(image));
         // OVMF has no RSDP in the BIOS area: it can only have come from GRUB's ACPI tag.
         check("grub-iso-uefi", &out, "multiboot2", "acpi_rsdp=");
@@ -124,7 +139,7 @@ on_every_qemu! {
 
     fn uefi_ipxe_chains_grub_efi(qemu) {
         need_boot_tools!();
-        let dir = boot_dir(&format!("uefi-ipxe-{qemu:?}"), "log=info").expect("boot directory");
+        let dir = boot_dir(&format!("uefi-ipxe-{qemu:?}"), "log=info", &guests()).expect("boot directory");
         let out = boot(
             qemu,
             Firmware::Uefi,
