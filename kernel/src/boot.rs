@@ -8,6 +8,7 @@ use log::{info, warn};
 
 use crate::arch::paging;
 use crate::arch::{gdt, idt, tsc};
+use crate::cmdline::Serial;
 use crate::console::{self, figure};
 use crate::hypervisor::{Hypervisor, Passthrough};
 use crate::iommu::discover::KernelVtd;
@@ -19,6 +20,64 @@ use crate::passthrough::iommu::Inspect;
 use crate::{cmdline, platform, scenario};
 
 const HEAP_SIZE: u64 = 16 << 20;
+const COM1: u16 = 0x3f8;
+
+/// Lists modules 1.. (guest images, string `guest NAME key=value…`) as the kernel sees them,
+/// whatever the boot path: the loader's rebuilt list, leading image paths dropped.
+fn log_extra_modules(mb: &MultibootInfo) {
+    for (i, m) in mb.modules().iter().enumerate().skip(1) {
+        let raw = match m.string {
+            0 => Ok(&b""[..]),
+            // SAFETY: module strings are NUL-terminated boot-loader memory below the kernel,
+            // identity-mapped and never handed out.
+            addr => unsafe { lazaret_rt::multiboot::c_string(addr) },
+        };
+        let words = raw.map(lazaret_rt::multiboot::without_image_path);
+        let text = match words.as_deref().map(core::str::from_utf8) {
+            Ok(Ok(t)) => t,
+            Ok(Err(_)) => "<not UTF-8>",
+            Err(_) => "<no NUL within 4 KiB>",
+        };
+        info!(
+            "module {i}: {:#x}..{:#x} ({} KiB) \"{text}\"",
+            m.start,
+            m.end,
+            (m.end - m.start) / 1024
+        );
+    }
+}
+
+/// Moves the console to the UART the ACPI SPCR table names (the BMC's serial-over-LAN port on
+/// servers), when it is a 16550 in I/O space other than the current `(port, baud)`.
+fn follow_spcr(platform: &platform::acpi::Platform, (port, baud): (u16, u32)) {
+    let Some(table) = platform.raw_table(b"SPCR") else {
+        info!("serial: no SPCR table; staying on {port:#x} at {baud} baud");
+        return;
+    };
+    let spcr = match acpi_iommu::Spcr::parse(table) {
+        Ok(s) => s,
+        Err(e) => return warn!("serial: SPCR unusable ({e}); staying on {port:#x}"),
+    };
+    let new_baud = spcr.baud.unwrap_or(Serial::DEFAULT_BAUD);
+    match spcr.address {
+        acpi_iommu::UartAddress::Port(p) if spcr.is_16550() => {
+            if (p, new_baud) == (port, baud) {
+                return info!("serial: SPCR names this port ({p:#x} at {baud} baud)");
+            }
+            info!("serial: SPCR names {p:#x} at {new_baud} baud; the console moves there");
+            if console::init(p, new_baud) {
+                info!("serial: console on {p:#x} at {new_baud} baud per SPCR (moved from {port:#x})");
+            } else {
+                console::init(port, baud);
+                warn!("serial: no 16550 answered at {p:#x} (SPCR); staying on {port:#x}");
+            }
+        }
+        other => warn!(
+            "serial: SPCR names a UART Lazaret cannot drive ({other:?}, interface type {:#x}); staying on {port:#x}",
+            spcr.interface_type
+        ),
+    }
+}
 
 fn fatal(what: &str, why: &dyn core::fmt::Display) -> ! {
     log::error!("{what}: {why}");
@@ -34,11 +93,27 @@ pub fn start(
 ) -> ! {
     tsc::set_entry(entry_tsc);
     let boot_info = BootInfo::from(*raw);
-    let port = boot_info
+    let platform_info = match boot_info.platform_info {
+        PlatformInfo::Multiboot {
+            command_line,
+            multiboot_info_addr,
+        } => Some((command_line.unwrap_or(""), multiboot_info_addr.get())),
+        _ => None,
+    };
+    let command_line = platform_info.map_or("", |(c, _)| c);
+    let loader_port = boot_info
         .hardware_info
         .serial_port_base
-        .map_or(0x3f8, |p| p.get());
-    let serial = console::init(port);
+        .map_or(COM1, |p| p.get());
+    let (port, baud, chosen_by) = match cmdline::early_serial(command_line) {
+        Serial::Port { base, baud } => (base, baud, "console="),
+        Serial::Auto => (
+            loader_port,
+            Serial::DEFAULT_BAUD,
+            "default until ACPI SPCR is read",
+        ),
+    };
+    let serial = console::init(port, baud);
     let (ticks_per_ms, pit_ok) = tsc::calibrate();
     console::init_logger(log::LevelFilter::Info);
     info!("Lazaret {} on CPU {cpu_id}", env!("CARGO_PKG_VERSION"));
@@ -49,7 +124,7 @@ pub fn start(
         cr4.contains(x86::controlregs::Cr4::CR4_ENABLE_SSE) as u8
     );
     info!(
-        "serial: COM1 at {port:#x} ({})",
+        "serial: {port:#x} at {baud} baud ({chosen_by}; {})",
         if serial { "16550 answered" } else { "no UART" }
     );
     if pit_ok {
@@ -66,24 +141,22 @@ pub fn start(
     idt::init();
     info!("cpu: GDT, TSS and IDT loaded; 256 vectors, each on an IST stack");
 
-    let (command_line, mbi) = match boot_info.platform_info {
-        PlatformInfo::Multiboot {
-            command_line,
-            multiboot_info_addr,
-        } => (command_line.unwrap_or(""), multiboot_info_addr.get()),
-        _ => fatal(
+    let Some((command_line, mbi)) = platform_info else {
+        fatal(
             "boot",
             &"the loader did not use the multiboot platform; no memory map",
-        ),
+        )
     };
-    // SAFETY: the loader passed the firmware's multiboot information, which lies below the
-    // kernel image and is identity-mapped by the loader's tables we still run on.
+    // SAFETY: the loader passed the multiboot1 information it rebuilt (lazaret-boot
+    // `handoff`), which lies in its image below the kernel and, like the firmware memory it
+    // points to, is identity-mapped by the loader's tables we still run on.
     let mb = unsafe { MultibootInfo::read(mbi) }.unwrap_or_else(|e| fatal("memory map", &e));
     let kernel = KernelLayout::current();
     for r in mb.regions() {
         info!("memory: {:#014x}-{:#014x} {:?}", r.base, r.end(), r.kind);
     }
     let module_size = mb.modules().first().map_or(0, |m| m.end - m.start);
+    log_extra_modules(&mb);
 
     // Everything below the kernel's end is the loader's, the firmware's or the modules'
     // (the loader puts the kernel above all of them).
@@ -149,18 +222,22 @@ pub fn start(
     );
     figure("kernel-module-size", module_size / 1024, "KiB");
 
-    let platform = match platform::acpi::discover() {
+    let platform = match platform::acpi::discover(options.acpi_rsdp) {
         Ok(p) => p,
         Err(e) => fatal("acpi", &e),
     };
     info!(
-        "acpi: RSDP at {:#x} rev {} OEM {:?}; {} CPU(s); tables: {}",
+        "acpi: RSDP at {:#x} from {} rev {} OEM {:?}; {} CPU(s); tables: {}",
         platform.rsdp,
+        platform.rsdp_source,
         platform.revision,
         acpi_iommu::reader::Ascii(&platform.oem_id),
         platform.cpus.len(),
         TableList(&platform.tables)
     );
+    if options.console == Serial::Auto {
+        follow_spcr(&platform, (port, baud));
+    }
     for w in &platform.ecam {
         info!(
             "acpi: ECAM segment {} buses {:#04x}-{:#04x} at {:#x}",

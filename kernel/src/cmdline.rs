@@ -1,4 +1,5 @@
-//! The kernel command line: `key=value` options separated by spaces.
+//! The kernel command line: `key=value` options separated by spaces (the options and their
+//! values are listed in `docs/test-boxes.md`).
 //!
 //! A later option overrides an earlier one. Unknown keys, bad values and words that are not
 //! `key=value` each give one warning naming the option and keep the default: a typo on a
@@ -103,11 +104,74 @@ impl Scenario {
     }
 }
 
+/// Which serial port the console uses (`console=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serial {
+    /// The port the ACPI SPCR table names, else COM1 at 115200 baud.
+    Auto,
+    /// This I/O port at this baud rate, whatever SPCR says.
+    Port { base: u16, baud: u32 },
+}
+
+impl Serial {
+    pub const NAMES: &'static str = "auto|com1..com4|0xPORT, optionally ,BAUD";
+    pub const DEFAULT_BAUD: u32 = 115_200;
+
+    /// `auto`, `com2`, `com1,9600`, `0x2f8,57600`.
+    pub fn parse(s: &str) -> Option<Serial> {
+        if s == "auto" {
+            return Some(Serial::Auto);
+        }
+        let (port, baud) = match s.split_once(',') {
+            Some((p, b)) => (p, b.parse::<u32>().ok().filter(|b| valid_baud(*b))?),
+            None => (s, Serial::DEFAULT_BAUD),
+        };
+        // The PC's conventional COM port addresses.
+        let base = match port {
+            "com1" => 0x3f8,
+            "com2" => 0x2f8,
+            "com3" => 0x3e8,
+            "com4" => 0x2e8,
+            _ => u16::from_str_radix(port.strip_prefix("0x")?, 16)
+                .ok()
+                .filter(|p| *p != 0)?,
+        };
+        Some(Serial::Port { base, baud })
+    }
+}
+
+/// A 16550 at 1.8432 MHz reaches `115200 / divisor` exactly.
+pub fn valid_baud(baud: u32) -> bool {
+    (50..=115_200).contains(&baud) && 115_200 % baud == 0
+}
+
+impl fmt::Display for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Serial::Auto => f.write_str("auto"),
+            Serial::Port { base, baud } => write!(f, "{base:#x},{baud}"),
+        }
+    }
+}
+
+/// The console choice alone, read before the heap exists (so no warnings: [`parse`] gives
+/// them later). The last valid `console=` wins, as in [`parse`].
+pub fn early_serial(line: &str) -> Serial {
+    line.split_ascii_whitespace()
+        .filter_map(|w| w.strip_prefix("console="))
+        .filter_map(Serial::parse)
+        .next_back()
+        .unwrap_or(Serial::Auto)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     pub log: LevelFilter,
     pub quarantine: QuarantineMode,
     pub scenario: Scenario,
+    pub console: Serial,
+    /// Physical address of the ACPI RSDP (the loader's multiboot2 tag, or the user's).
+    pub acpi_rsdp: Option<u64>,
 }
 
 impl Default for Options {
@@ -116,6 +180,8 @@ impl Default for Options {
             log: LevelFilter::Info,
             quarantine: QuarantineMode::Scratch,
             scenario: Scenario::Boot,
+            console: Serial::Auto,
+            acpi_rsdp: None,
         }
     }
 }
@@ -130,7 +196,7 @@ impl fmt::Display for Warning {
     }
 }
 
-pub const KEYS: &str = "log, quarantine, scenario";
+pub const KEYS: &str = "log, quarantine, scenario, console, acpi_rsdp";
 
 pub fn parse(line: &str) -> (Options, Vec<Warning>) {
     let mut options = Options::default();
@@ -167,6 +233,24 @@ pub fn parse(line: &str) -> (Options, Vec<Warning>) {
                     options.scenario.name()
                 )),
             },
+            "console" => match Serial::parse(value) {
+                Some(c) => options.console = c,
+                None => warn(format_args!(
+                    "ignoring console={value}: expected {}; keeping {}",
+                    Serial::NAMES,
+                    options.console
+                )),
+            },
+            "acpi_rsdp" => match value
+                .strip_prefix("0x")
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .filter(|a| *a != 0)
+            {
+                Some(a) => options.acpi_rsdp = Some(a),
+                None => warn(format_args!(
+                    "ignoring acpi_rsdp={value}: expected a hex address (0x...)"
+                )),
+            },
             _ => warn(format_args!(
                 "ignoring unknown option '{key}' (known: {KEYS})"
             )),
@@ -201,7 +285,8 @@ mod tests {
             Options {
                 log: LevelFilter::Debug,
                 quarantine: QuarantineMode::Basic,
-                scenario: Scenario::Panic
+                scenario: Scenario::Panic,
+                ..Options::default()
             }
         );
         assert_eq!(parse("log=TRACE").0.log, LevelFilter::Trace);
@@ -227,5 +312,72 @@ mod tests {
         assert!(w[2].0.contains("log=loud"));
         assert!(w[3].0.contains("scenario=nope") && w[3].0.contains("keeping boot"));
         assert!(w[4].0.contains("'stray'"));
+    }
+
+    #[test]
+    fn console_override_names_ports_and_bauds() {
+        assert_eq!(Serial::parse("auto"), Some(Serial::Auto));
+        assert_eq!(
+            Serial::parse("com2"),
+            Some(Serial::Port {
+                base: 0x2f8,
+                baud: 115_200
+            })
+        );
+        assert_eq!(
+            Serial::parse("0x3e8,9600"),
+            Some(Serial::Port {
+                base: 0x3e8,
+                baud: 9600
+            })
+        );
+        for bad in [
+            "com5",
+            "0x0",
+            "3f8",
+            "com1,56000",
+            "com1,7",
+            "com1,230400",
+            "com1,",
+            "0xzz",
+        ] {
+            assert_eq!(Serial::parse(bad), None, "{bad}");
+        }
+        let (o, w) = parse("console=com4,57600 console=bogus");
+        assert_eq!(
+            o.console,
+            Serial::Port {
+                base: 0x2e8,
+                baud: 57600
+            }
+        );
+        assert_eq!(w.len(), 1);
+        assert!(w[0].0.contains("console=bogus") && w[0].0.contains("keeping 0x2e8,57600"));
+        // Before the heap: same choice, the invalid word skipped.
+        assert_eq!(
+            early_serial("/k console=com4,57600 console=bogus log=info"),
+            Serial::Port {
+                base: 0x2e8,
+                baud: 57600
+            }
+        );
+        assert_eq!(early_serial("log=info"), Serial::Auto);
+        // The last valid choice wins, as in parse().
+        assert_eq!(
+            early_serial("console=com2 console=com3,9600"),
+            Serial::Port {
+                base: 0x3e8,
+                baud: 9600
+            }
+        );
+    }
+
+    #[test]
+    fn acpi_rsdp_is_a_hex_address_and_the_last_one_wins() {
+        let (o, w) = parse("acpi_rsdp=0x7fb7e014 acpi_rsdp=0xf0490");
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(o.acpi_rsdp, Some(0xf0490));
+        let (o, w) = parse("acpi_rsdp=123 acpi_rsdp=0x0");
+        assert_eq!((o.acpi_rsdp, w.len()), (None, 2));
     }
 }

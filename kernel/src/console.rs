@@ -1,27 +1,42 @@
-//! The serial console (COM1 through `uart_16550`) and the `log` backend that writes to it.
+//! The serial console (a 16550 through `uart_16550`) and the `log` backend that writes to it.
+//!
+//! The port is COM1 at 115200 baud until ACPI is read; then the SPCR table's port and baud
+//! rate when firmware names one, unless `console=` chose a port (`boot.rs`).
 //!
 //! Log lines carry milliseconds since kernel entry, from the TSC. Structured lines that tests
 //! and CI read (`RESULT …`, `FIGURE …`) are printed bare by [`result`] and [`figure`], so
 //! they always start a line.
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU16, Ordering};
 
 use spinning_top::Spinlock;
 use uart_16550::backend::PioBackend;
-use uart_16550::{Config, Uart16550Tty};
+use uart_16550::{BaudRate, Config, Uart16550Tty};
 
 use crate::arch::tsc;
 
 type Tty = Uart16550Tty<PioBackend>;
 
 static CONSOLE: Spinlock<Option<Tty>> = Spinlock::new(None);
+/// The console's port, for [`emergency_print`], which cannot take the lock.
+static PORT: AtomicU16 = AtomicU16::new(0x3f8);
 
-/// Brings up the UART at `port`; `false` when no UART answers there (output is then dropped).
-pub fn init(port: u16) -> bool {
-    // SAFETY: `port` is the serial port the loader reported; nothing else in the kernel
-    // drives it, and from here on all output goes through CONSOLE's lock.
-    let tty = unsafe { Tty::new_port(port, Config::default()) }.ok();
+/// Brings up the UART at `port` with `baud` (a rate `cmdline::valid_baud` accepts); `false`
+/// when no UART answers there (output is then dropped). Called again to move the console.
+pub fn init(port: u16, baud: u32) -> bool {
+    let config = Config {
+        baud_rate: BaudRate::Custom(baud),
+        ..Config::default()
+    };
+    // SAFETY: `port` is the serial port the loader reported, the SPCR table names or the
+    // user chose; nothing else in the kernel drives it, and from here on all output goes
+    // through CONSOLE's lock.
+    let tty = unsafe { Tty::new_port(port, config) }.ok();
     let present = tty.is_some();
     *CONSOLE.lock() = tty;
+    if present {
+        PORT.store(port, Ordering::Relaxed);
+    }
     present
 }
 
@@ -32,12 +47,12 @@ pub fn print(args: fmt::Arguments) {
     }
 }
 
-/// Writes to COM1 without the console lock: for the panic and exception paths, which may
-/// have interrupted a holder of the lock.
+/// Writes to the console's port without the console lock: for the panic and exception paths,
+/// which may have interrupted a holder of the lock.
 pub fn emergency_print(args: fmt::Arguments) {
-    // SAFETY: COM1 is the kernel's own serial port; on these terminal paths interleaving with
+    // SAFETY: the port is the kernel's own console; on these terminal paths interleaving with
     // an interrupted writer is acceptable, deadlocking on its lock is not.
-    if let Ok(mut uart) = unsafe { uart_16550::Uart16550::new_port(0x3f8) } {
+    if let Ok(mut uart) = unsafe { uart_16550::Uart16550::new_port(PORT.load(Ordering::Relaxed)) } {
         struct W<'a>(&'a mut uart_16550::Uart16550<PioBackend>);
         impl Write for W<'_> {
             fn write_str(&mut self, s: &str) -> fmt::Result {

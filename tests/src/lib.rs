@@ -9,10 +9,12 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod boot_path;
 pub mod console;
 pub mod qemu;
 pub mod xen;
 
+pub use boot_path::{BootPath, Firmware};
 pub use console::{Figure, ResultLine};
 pub use qemu::Qemu;
 
@@ -76,6 +78,9 @@ pub struct Config {
     pub timeout: Duration,
     /// Guest images after the kernel, each an extra multiboot module `guest NAME ARGS`.
     pub guests: Vec<GuestModule>,
+    /// How the firmware finds the image (`-kernel` unless a boot-path test says otherwise).
+    pub boot: BootPath,
+    pub firmware: Firmware,
 }
 
 /// One guest payload module: its name and its command line (`variant=... other=...`).
@@ -100,6 +105,8 @@ impl Default for Config {
             extra_args: Vec::new(),
             timeout: Duration::from_secs(120),
             guests: Vec::new(),
+            boot: BootPath::Kernel,
+            firmware: Firmware::Bios,
         }
     }
 }
@@ -159,7 +166,10 @@ impl Config {
         .map(|s| s.to_string())
         .collect();
         a.extend(["-m".into(), format!("{}M", self.memory_mib)]);
-        a.extend(["-kernel".into(), images.loader.display().to_string()]);
+        a.extend(self.boot.args(self.firmware));
+        if self.boot == BootPath::Kernel {
+            a.extend(["-kernel".into(), images.loader.display().to_string()]);
+        }
         // QEMU takes one -initrd and splits it at commas into modules, so commas inside a
         // module string become spaces; the kernel's options go in its module string.
         let module = match &self.module {
@@ -179,7 +189,7 @@ impl Config {
             let args = format!("guest {} {}", g.name, g.args);
             modules.push(module_string(&images.guest, &args));
         }
-        if !modules.is_empty() {
+        if !modules.is_empty() && self.boot == BootPath::Kernel {
             a.extend(["-initrd".into(), modules.join(",")]);
         }
         if let Some(dev) = self.iommu.device(self.qemu) {

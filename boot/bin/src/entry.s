@@ -1,6 +1,12 @@
-# Multiboot1 entry: 32-bit protected mode, paging off, EAX = magic, EBX = boot info.
+# Multiboot1 and multiboot2 entry: 32-bit protected mode, paging off, EAX = magic, EBX =
+# boot info (both protocols enter the same way; loader_main tells them apart by the magic).
 # Builds identity page tables for the first 4 GiB (2 MiB pages), enables SSE (the prebuilt
 # `core` uses it), enters long mode and calls loader_main(magic, info).
+#
+# Two headers: multiboot1 (QEMU -kernel, BIOS iPXE; within the first 8 KiB) and multiboot2
+# (GRUB's `multiboot2` on BIOS and UEFI, the only path that hands over the ACPI RSDP; within
+# the first 32 KiB, 8-aligned). Both describe the same load range and entry point, so the
+# same ELF64 file boots unchanged under each.
 
 .set MB_MAGIC, 0x1BADB002
 .set MB_FLAGS, (1 << 0) | (1 << 1) | (1 << 16)   # page-align modules, memory map, a.out kludge
@@ -16,6 +22,32 @@ mb_header:
     .long __load_end       # load_end_addr
     .long __bss_end        # bss_end_addr
     .long _start32         # entry_addr
+
+# Multiboot2 Specification 2.0 §3.1: magic, architecture 0 (i386 protected mode), length,
+# checksum; then 8-aligned tags: address (2), entry address (3), end (0). GRUB on UEFI exits
+# boot services before entering us because no EFI tag asks otherwise.
+.set MB2_MAGIC, 0xE85250D6
+.balign 8
+mb2_header:
+    .long MB2_MAGIC
+    .long 0
+    .long mb2_header_end - mb2_header
+    .long -(MB2_MAGIC + (mb2_header_end - mb2_header))
+.balign 8
+    .short 2, 0            # address tag, required
+    .long 24
+    .long mb2_header       # header_addr
+    .long __load_start     # load_addr
+    .long __load_end       # load_end_addr
+    .long __bss_end        # bss_end_addr
+.balign 8
+    .short 3, 0            # entry address tag, required
+    .long 12
+    .long _start32
+.balign 8
+    .short 0, 0            # end tag
+    .long 8
+mb2_header_end:
 
 .section .text.boot32, "ax"
 .code32
@@ -38,9 +70,12 @@ _start32:
     jz no_long_mode
 
     # PML4[0] -> PDPT, PDPT[0..4] -> PD0..PD3, each PD entry a 2 MiB page (P|W|PS).
+    # PML4[1] -> the same PDPT: the first 4 GiB again at 512 GiB (PHYS_ALIAS in main.rs), so
+    # a module GRUB put at physical 0 can be read through a non-null pointer.
     mov $pdpt, %eax
     or $0x3, %eax
     mov %eax, pml4
+    mov %eax, pml4+8
     xor %ecx, %ecx
 1:  mov %ecx, %eax
     shl $12, %eax

@@ -1,7 +1,10 @@
 //! Reader for the multiboot1 boot information (Multiboot Specification 0.6.96, §3.3).
 //!
-//! The loader reads it to find the kernel module, the command lines and the memory map; the
-//! kernel reads the memory map again through hermit-entry's `PlatformInfo::Multiboot`. The
+//! The loader reads it (or the multiboot2 information, [`crate::multiboot2`], into the same
+//! [`MultibootInfo`]) to find the kernel module, the command lines and the memory map. The
+//! kernel always receives multiboot1 information, rebuilt by the loader whatever the boot
+//! path, and reads the memory map and modules again through hermit-entry's
+//! `PlatformInfo::Multiboot`: one module interface for every boot path. The
 //! structure comes from firmware (QEMU, iPXE, GRUB), so every count and length is bounded and
 //! checked: a bad structure is an error, never a wild read loop.
 use core::fmt;
@@ -37,13 +40,22 @@ pub enum MultibootError {
     StringTooLong {
         addr: u64,
     },
+    /// A multiboot2 tag whose size is below its header or runs past `total_size`.
+    BadTag {
+        offset: u32,
+        size: u32,
+    },
+    /// The multiboot2 `total_size` is below the 16 bytes of header and end tag, or absurd.
+    BadTotalSize(u32),
+    /// GRUB left EFI boot services running (tag 18): the memory map is not final.
+    BootServicesActive,
 }
 
 impl fmt::Display for MultibootError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             MultibootError::BadMagic(m) => {
-                write!(f, "not entered by a multiboot1 loader (EAX={m:#x}, expected {BOOTLOADER_MAGIC:#x})")
+                write!(f, "not entered by a multiboot loader (EAX={m:#x}, expected {BOOTLOADER_MAGIC:#x} or multiboot2's {:#x})", crate::multiboot2::BOOTLOADER_MAGIC)
             }
             MultibootError::NullInfo => f.write_str("multiboot info pointer is null"),
             MultibootError::NoMemoryMap => {
@@ -61,6 +73,15 @@ impl fmt::Display for MultibootError {
                     "string at {addr:#x} has no NUL within {MAX_CMDLINE} bytes"
                 )
             }
+            MultibootError::BadTag { offset, size } => {
+                write!(f, "multiboot2 tag at +{offset} has size {size}, outside the information")
+            }
+            MultibootError::BadTotalSize(n) => {
+                write!(f, "multiboot2 information claims {n} bytes")
+            }
+            MultibootError::BootServicesActive => {
+                f.write_str("EFI boot services were left running (multiboot2 tag 18); the loader needs them exited")
+            }
         }
     }
 }
@@ -76,7 +97,8 @@ pub enum RegionKind {
 }
 
 impl RegionKind {
-    fn from_raw(t: u32) -> RegionKind {
+    /// Multiboot1 and multiboot2 number the kinds alike (mb2 §3.6.8).
+    pub(crate) fn from_raw(t: u32) -> RegionKind {
         match t {
             1 => RegionKind::Available,
             3 => RegionKind::AcpiReclaimable,
@@ -113,15 +135,48 @@ pub struct Module {
 pub struct MultibootInfo {
     /// Physical address of the loader's own NUL-terminated command line.
     pub cmdline: Option<u64>,
-    modules: [Module; MAX_MODULES],
-    module_count: usize,
-    regions: [MemoryRegion; MAX_REGIONS],
-    region_count: usize,
+    pub(crate) modules: [Module; MAX_MODULES],
+    pub(crate) module_count: usize,
+    pub(crate) regions: [MemoryRegion; MAX_REGIONS],
+    pub(crate) region_count: usize,
     /// Entries past [`MAX_REGIONS`] that were dropped.
     pub regions_dropped: usize,
+    /// Physical address of a copy of the ACPI RSDP (multiboot2 tags 14/15); multiboot1 has
+    /// none, and the kernel then scans the BIOS area.
+    pub rsdp: Option<u64>,
 }
 
 impl MultibootInfo {
+    pub(crate) fn empty() -> MultibootInfo {
+        MultibootInfo {
+            cmdline: None,
+            modules: [Module {
+                start: 0,
+                end: 0,
+                string: 0,
+            }; MAX_MODULES],
+            module_count: 0,
+            regions: [MemoryRegion {
+                base: 0,
+                len: 0,
+                kind: RegionKind::Reserved,
+            }; MAX_REGIONS],
+            region_count: 0,
+            regions_dropped: 0,
+            rsdp: None,
+        }
+    }
+
+    /// Keeps a memory-map entry, or counts it as dropped past [`MAX_REGIONS`].
+    pub(crate) fn push_region(&mut self, region: MemoryRegion) {
+        if self.region_count < MAX_REGIONS {
+            self.regions[self.region_count] = region;
+            self.region_count += 1;
+        } else {
+            self.regions_dropped += 1;
+        }
+    }
+
     pub fn modules(&self) -> &[Module] {
         &self.modules[..self.module_count]
     }
@@ -155,22 +210,7 @@ impl MultibootInfo {
             return Err(MultibootError::NullInfo);
         }
         let flags = mem.u32(addr);
-        let mut info = MultibootInfo {
-            cmdline: None,
-            modules: [Module {
-                start: 0,
-                end: 0,
-                string: 0,
-            }; MAX_MODULES],
-            module_count: 0,
-            regions: [MemoryRegion {
-                base: 0,
-                len: 0,
-                kind: RegionKind::Reserved,
-            }; MAX_REGIONS],
-            region_count: 0,
-            regions_dropped: 0,
-        };
+        let mut info = MultibootInfo::empty();
         if flags & FLAG_CMDLINE != 0 {
             let p = mem.u32(addr + 16) as u64;
             info.cmdline = (p != 0).then_some(p);
@@ -203,20 +243,33 @@ impl MultibootInfo {
             if size < 20 {
                 return Err(MultibootError::BadMapEntry { offset, size });
             }
-            if info.region_count < MAX_REGIONS {
-                let region = MemoryRegion {
-                    base: mem.u64(e + 4),
-                    len: mem.u64(e + 12),
-                    kind: RegionKind::from_raw(mem.u32(e + 20)),
-                };
-                info.regions[info.region_count] = region;
-                info.region_count += 1;
-            } else {
-                info.regions_dropped += 1;
-            }
+            info.push_region(MemoryRegion {
+                base: mem.u64(e + 4),
+                len: mem.u64(e + 12),
+                kind: RegionKind::from_raw(mem.u32(e + 20)),
+            });
             offset = offset.saturating_add(size).saturating_add(4);
         }
         Ok(info)
+    }
+}
+
+/// A module's string without the image path or URI a boot loader may put first: QEMU
+/// `-initrd` and iPXE do (`/srv/guest-tiny guest tiny`, `tftp://10.0.2.2/guest-tiny guest
+/// tiny`), GRUB's `module2` does not (`guest tiny`). A first word is such a path when it
+/// starts with `/` or contains `://`. The loader reads module 0's string through this, and
+/// guest modules' strings (`guest NAME key=value…`) are read the same way.
+pub fn without_image_path(s: &[u8]) -> &[u8] {
+    let s = s.trim_ascii_start();
+    let end = s
+        .iter()
+        .position(u8::is_ascii_whitespace)
+        .unwrap_or(s.len());
+    let first = &s[..end];
+    if first.starts_with(b"/") || first.windows(3).any(|w| w == b"://") {
+        s[end..].trim_ascii_start()
+    } else {
+        s
     }
 }
 
@@ -256,25 +309,28 @@ impl BootMemory for IdentityMapped {
     }
 }
 
+/// Simulated low memory for host tests: addresses are offsets into the buffer.
+#[cfg(test)]
+pub(crate) struct Buffer(pub(crate) Vec<u8>);
+
+#[cfg(test)]
+impl BootMemory for Buffer {
+    fn u32(&self, addr: u64) -> u32 {
+        let a = addr as usize;
+        u32::from_le_bytes(self.0[a..a + 4].try_into().expect("4 bytes"))
+    }
+}
+
+#[cfg(test)]
+impl Buffer {
+    pub(crate) fn put(&mut self, addr: usize, bytes: &[u8]) {
+        self.0[addr..addr + bytes.len()].copy_from_slice(bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Simulated low memory: addresses are offsets into the buffer.
-    struct Buffer(Vec<u8>);
-
-    impl BootMemory for Buffer {
-        fn u32(&self, addr: u64) -> u32 {
-            let a = addr as usize;
-            u32::from_le_bytes(self.0[a..a + 4].try_into().expect("4 bytes"))
-        }
-    }
-
-    impl Buffer {
-        fn put(&mut self, addr: usize, bytes: &[u8]) {
-            self.0[addr..addr + bytes.len()].copy_from_slice(bytes);
-        }
-    }
 
     fn entry(size: u32, base: u64, len: u64, kind: u32) -> Vec<u8> {
         let mut e = size.to_le_bytes().to_vec();
@@ -366,6 +422,18 @@ mod tests {
             MultibootInfo::read_from(&m, 0x100).err(),
             Some(MultibootError::BadModule { index: 0 })
         );
+    }
+
+    #[test]
+    fn module_strings_lose_a_leading_path_or_uri_only() {
+        assert_eq!(without_image_path(b"/srv/g guest tiny"), b"guest tiny");
+        assert_eq!(
+            without_image_path(b"  http://10.0.2.2:8080/g?v=1  guest tiny mem=2M"),
+            b"guest tiny mem=2M"
+        );
+        assert_eq!(without_image_path(b"guest tiny"), b"guest tiny");
+        assert_eq!(without_image_path(b"/only/a/path"), b"");
+        assert_eq!(without_image_path(b"guest /x"), b"guest /x");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! DMAR and IVRS, the ACPI tables through which firmware describes IOMMUs.
+//! DMAR and IVRS, the ACPI tables through which firmware describes IOMMUs, and SPCR, which
+//! names the serial console.
 //!
 //! The `acpi` crate knows neither, and firmware gets both wrong often enough that nothing in a
 //! table is trusted: every length and offset is checked against the bytes actually present
@@ -10,6 +11,7 @@ pub mod dmar;
 pub mod ivrs;
 pub mod reader;
 pub mod sdt;
+pub mod spcr;
 
 pub use dmar::{
     covering_unit, DeviceScope, Dmar, Drhd, RemappingStructure, ResolvedScope, ResolvedUnit, Rmrr,
@@ -18,4 +20,5 @@ pub use dmar::{
 pub use ivrs::{Ivhd, Ivmd, Ivrs};
 pub use reader::ParseError;
 pub use sdt::SdtHeader;
+pub use spcr::{Spcr, UartAddress};
 pub mod defects;

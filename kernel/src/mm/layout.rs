@@ -43,18 +43,18 @@ impl KernelLayout {
 /// read-only (the kernel never uses it, and a write through a null pointer must fault); the
 /// kernel's text RX, rodata R, data RW.
 pub fn page_map(regions: &[MemoryRegion], kernel: &KernelLayout) -> Vec<(Range, Kind)> {
-    let mut map: Vec<(Range, Kind)> = regions
-        .iter()
-        .filter_map(|r| {
-            let kind = match r.kind {
-                RegionKind::Available => Kind::Ram,
-                RegionKind::AcpiReclaimable | RegionKind::AcpiNvs => Kind::ReadOnly,
-                _ if r.base < FOUR_GIB => Kind::Firmware,
-                _ => return None,
-            };
-            Some((Range::new(r.base, r.end()), kind))
-        })
-        .collect();
+    // Below 4 GiB, what the map does not name is firmware's too: BIOS iPXE's multiboot map
+    // lists only usable RAM, leaving the ACPI tables in unnamed ranges.
+    let mut map: Vec<(Range, Kind)> = Vec::from([(Range::new(0, FOUR_GIB), Kind::Firmware)]);
+    map.extend(regions.iter().filter_map(|r| {
+        let kind = match r.kind {
+            RegionKind::Available => Kind::Ram,
+            RegionKind::AcpiReclaimable | RegionKind::AcpiNvs => Kind::ReadOnly,
+            _ if r.base < FOUR_GIB => Kind::Firmware,
+            _ => return None,
+        };
+        Some((Range::new(r.base, r.end()), kind))
+    }));
     map.push((Range::new(0, 1 << 20), Kind::Firmware));
     map.push((Range::new(kernel.start, kernel.text_end), Kind::Text));
     map.push((
@@ -100,7 +100,12 @@ mod tests {
             end: 0x29_0000,
         };
         let map = page_map(&regions, &k);
-        assert_eq!(map[0], (Range::new(0, 0x9fc00), Kind::Ram));
+        assert_eq!(
+            map[0],
+            (Range::new(0, 0x1_0000_0000), Kind::Firmware),
+            "first, so every named range wins over it"
+        );
+        assert_eq!(map[1], (Range::new(0, 0x9fc00), Kind::Ram));
         assert!(map.contains(&(Range::new(0xfffc_0000, 0x1_0000_0000), Kind::Firmware)));
         assert!(
             !map.iter().any(|(r, _)| r.start == 0xfd_0000_0000),

@@ -1,7 +1,12 @@
-//! ACPI through the `acpi` crate (5.2, no allocator): the RSDP (BIOS scan), MADT for the
-//! CPUs and MCFG for ECAM; plus raw table bytes by signature, which DMAR and IVRS (unknown to
-//! the crate) are parsed from by `acpi-iommu`. Tables come from firmware: every length is
+//! ACPI through the `acpi` crate (5.2, no allocator): the RSDP, MADT for the CPUs and MCFG
+//! for ECAM; plus raw table bytes by signature, which DMAR, IVRS and SPCR (unknown to the
+//! crate) are parsed from by `acpi-iommu`. Tables come from firmware: every length is
 //! checked and a malformed table is reported and skipped, never trusted.
+//!
+//! The RSDP comes from `acpi_rsdp=` on the command line, which the loader puts there from
+//! the multiboot2 ACPI tag (GRUB, BIOS and UEFI) and a user may override. Only without it
+//! (multiboot1: QEMU `-kernel`, BIOS iPXE) is the BIOS area scanned; under UEFI there is no
+//! RSDP there (OVMF puts none).
 use alloc::vec::Vec;
 use core::ptr::NonNull;
 
@@ -10,6 +15,7 @@ use acpi::mcfg::Mcfg;
 use acpi::rsdp::Rsdp;
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 use acpi_iommu::SdtHeader;
+use core::fmt;
 
 /// Physical memory is identity-mapped (arch::paging), so mapping a region is naming it.
 #[derive(Clone, Copy, Debug)]
@@ -38,9 +44,28 @@ pub struct EcamWindow {
     pub bus_end: u8,
 }
 
+/// Where the RSDP was found, for the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RsdpSource {
+    /// `acpi_rsdp=` (the loader's multiboot2 ACPI tag, or the user).
+    CommandLine,
+    /// The legacy BIOS-area scan (multiboot1 boots on BIOS machines).
+    BiosScan,
+}
+
+impl fmt::Display for RsdpSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RsdpSource::CommandLine => "acpi_rsdp= (from the boot loader or the user)",
+            RsdpSource::BiosScan => "BIOS-area scan",
+        })
+    }
+}
+
 /// What the kernel learnt from ACPI.
 pub struct Platform {
     pub rsdp: u64,
+    pub rsdp_source: RsdpSource,
     pub revision: u8,
     pub oem_id: [u8; 6],
     pub cpus: Vec<u32>,
@@ -52,15 +77,18 @@ pub struct Platform {
 #[derive(Debug)]
 pub enum AcpiError {
     NoRsdp,
+    /// `acpi_rsdp=` names memory that is unmapped or holds no valid RSDP.
+    BadGivenRsdp(u64, &'static str),
     Tables(acpi::AcpiError),
 }
 
-impl core::fmt::Display for AcpiError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+impl fmt::Display for AcpiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AcpiError::NoRsdp => {
-                f.write_str("no RSDP found in the BIOS areas (EBDA, 0xE0000-0xFFFFF)")
-            }
+            AcpiError::NoRsdp => f.write_str(
+                "no RSDP: the boot loader gave none (boot through GRUB's multiboot2 on UEFI) and the BIOS areas (EBDA, 0xE0000-0xFFFFF) hold none",
+            ),
+            AcpiError::BadGivenRsdp(a, why) => write!(f, "acpi_rsdp={a:#x}: {why}"),
             AcpiError::Tables(e) => write!(f, "RSDT/XSDT unusable: {e:?}"),
         }
     }
@@ -69,11 +97,39 @@ impl core::fmt::Display for AcpiError {
 /// Upper bound on any table we read: bigger is taken as a corrupt length.
 const MAX_TABLE: usize = 1 << 20;
 
-pub fn discover() -> Result<Platform, AcpiError> {
-    // SAFETY: the BIOS areas the scan reads are identity-mapped (arch::paging maps the
-    // first MiB), and a found RSDP is checksum-validated by the crate.
-    let rsdp =
-        unsafe { Rsdp::search_for_on_bios(IdentityMapped) }.map_err(|_| AcpiError::NoRsdp)?;
+/// The RSDP at `given` (checked mapped and valid before the crate reads it), else the BIOS
+/// scan.
+fn find_rsdp(
+    given: Option<u64>,
+) -> Result<(PhysicalMapping<IdentityMapped, Rsdp>, RsdpSource), AcpiError> {
+    let Some(addr) = given else {
+        // SAFETY: the BIOS areas the scan reads are identity-mapped (arch::paging maps the
+        // first MiB), and a found RSDP is checksum-validated by the crate.
+        let rsdp =
+            unsafe { Rsdp::search_for_on_bios(IdentityMapped) }.map_err(|_| AcpiError::NoRsdp)?;
+        return Ok((rsdp, RsdpSource::BiosScan));
+    };
+    let bad = |why| AcpiError::BadGivenRsdp(addr, why);
+    // ACPI 6.5 §5.2.5.3: 20 bytes in revision 0, `length` (36) from revision 2; the crate's
+    // validation reads `length` bytes, so bound it first.
+    let v1 = firmware_bytes(addr, 20).ok_or(bad("unmapped"))?;
+    if v1[15] >= 2 {
+        let len = firmware_bytes(addr, 24)
+            .map(|b| u32::from_le_bytes([b[20], b[21], b[22], b[23]]))
+            .ok_or(bad("unmapped"))?;
+        if !(36..=4096).contains(&len) || firmware_bytes(addr, len as usize).is_none() {
+            return Err(bad("implausible RSDP length"));
+        }
+    }
+    // SAFETY: identity-mapped, and the bytes validate() reads were checked mapped above.
+    let rsdp = unsafe { IdentityMapped.map_physical_region::<Rsdp>(addr as usize, 36) };
+    rsdp.validate()
+        .map_err(|_| bad("no valid RSDP there (signature or checksum)"))?;
+    Ok((rsdp, RsdpSource::CommandLine))
+}
+
+pub fn discover(given_rsdp: Option<u64>) -> Result<Platform, AcpiError> {
+    let (rsdp, rsdp_source) = find_rsdp(given_rsdp)?;
     let rsdp_addr = rsdp.physical_start() as u64;
     let revision = rsdp.revision();
     // The XSDT field exists only from ACPI 2.0 (revision 2) on.
@@ -119,6 +175,7 @@ pub fn discover() -> Result<Platform, AcpiError> {
     };
     Ok(Platform {
         rsdp: rsdp_addr,
+        rsdp_source,
         revision,
         oem_id,
         cpus,

@@ -14,7 +14,7 @@ fn is_iommu(f: &lazaret_pci::PciFunction) -> bool {
 }
 
 pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
-    let firmware_iommu = crate::platform::acpi::discover().map(|p| {
+    let firmware_iommu = crate::platform::acpi::discover(hv.options.acpi_rsdp).map(|p| {
         p.tables
             .iter()
             .any(|(sig, _, _)| sig == b"DMAR" || sig == b"IVRS")
