@@ -30,10 +30,8 @@ pub fn collect(modules: &[Module]) -> Vec<GuestImage> {
                 log::info!("module {i} (\"{line}\") is not a guest image; ignored");
                 continue;
             }
-            Err(e) => {
-                log::warn!("module {i} (\"{line}\"): {e}; ignored");
-                continue;
-            }
+            // A guest module with a bad string is kept: the scenario refuses it with its reason.
+            Err(e) => log::warn!("module {i} (\"{line}\"): {e}"),
         }
         let Some(len) = m
             .end

@@ -155,7 +155,25 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
 
     phase(5, "Tear-down and the tally");
     for g in running {
+        // Where its data was: after destroy the freed frame must hold none of it.
+        let data = destination_hpa(hv, &g);
+        let name = String::from(g.spec.name.as_str());
         tallies.push(finish(hv, &mut svm, g, &FaultReport::default(), checks));
+        if let Some(hpa) = data {
+            let wiped = read_page(hpa).iter().all(|b| *b == 0);
+            checks.check(
+                "guest-memory-scrubbed",
+                wiped,
+                format_args!(
+                    "the frame that held guest {name}'s buffer ({hpa}) {} after it was freed",
+                    if wiped {
+                        "reads as zeros"
+                    } else {
+                        "STILL HOLDS its data"
+                    }
+                ),
+            );
+        }
     }
     let mut t = Table::new(&["guest", "device", "ending", "faults", "VM exits"]);
     for x in &tallies {
