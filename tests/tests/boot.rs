@@ -176,10 +176,22 @@ fn the_demo_runner_tells_the_whole_story_and_exits_zero() {
     let console = String::from_utf8_lossy(&out.stdout);
     let summary = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{console}\n{summary}");
-    assert!(console.contains("scenario demo: start"), "{console}");
+    for phase in [
+        "== 1. The platform",
+        "== 3. Guests",
+        "== 4. A rogue guest",
+        "== 5. Tear-down",
+    ] {
+        assert!(console.contains(phase), "no '{phase}': {console}");
+    }
     assert!(
-        console.contains("RESULT scratch-dma pass") && console.contains("RESULT assign-dma pass"),
+        console.contains("RESULT guest-dma pass")
+            && console.contains("RESULT rogue-dma-stopped pass"),
         "{console}"
+    );
+    assert!(
+        !console.contains("\x1b["),
+        "no colour when stdout is a pipe: {console}"
     );
     assert!(summary.contains("demo: success"), "{summary}");
 }
