@@ -12,11 +12,16 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use lazaret_types::{FrameAllocator, PhysAddr, PhysMem};
+use lazaret_types::{FrameAllocator, PhysAddr};
+
+use lazaret_paging::PageTables;
 
 use super::checks::Checks;
+use crate::domain::{build_nested_tables, GuestMemory};
+use crate::guest::memory_io;
 use crate::hypervisor::Hypervisor;
 use crate::mm::direct_map::DIRECT_MAP;
+use crate::mm::frames::Frames;
 use crate::passthrough::iommu::Inspect;
 use crate::vcpu::svm::Svm;
 use crate::vcpu::{EntryState, Exit, ExitKind, Vcpu, Virtualization};
@@ -107,81 +112,43 @@ const CR0_CODE: [u8; 13] = [
     0xF4, // hlt (never reached)
 ];
 
-/// The scenario's own guest memory and nested page tables (4 KiB pages, U at every level:
-/// TCG walks NPT as user accesses). The lead swaps this for `lazaret-paging` and the domain's
-/// memory map.
+/// The smoke guest's memory (from the domain memory map) and its nested page tables (from
+/// `lazaret-paging`, as every guest's). Its own page tables are written by hand in [`load`]:
+/// they map one page past its memory on purpose.
 struct SmokeGuest {
-    pages: Vec<PhysAddr>,
-    npt_tables: Vec<PhysAddr>,
+    memory: GuestMemory,
+    npt: Option<PageTables>,
 }
 
-const NPT_FLAGS: u64 = 0x7; // present, writable, user
 const GUEST_PT_FLAGS: u64 = 0x3; // present, writable
 
 impl SmokeGuest {
-    fn new(frames: &mut dyn FrameAllocator) -> Option<SmokeGuest> {
-        let mut g = SmokeGuest {
-            pages: Vec::new(),
-            npt_tables: Vec::new(),
-        };
-        for _ in 0..GUEST_MEMORY / PAGE {
-            match frames.alloc_frame() {
-                Some(f) => g.pages.push(f),
-                None => {
-                    g.free(frames);
-                    return None;
-                }
+    fn new(frames: &mut Frames) -> Option<SmokeGuest> {
+        let mut memory = GuestMemory::allocate(frames, (GUEST_MEMORY / PAGE) as usize)?;
+        match build_nested_tables(&DIRECT_MAP, frames, &memory, &[], false) {
+            Ok(npt) => Some(SmokeGuest {
+                memory,
+                npt: Some(npt),
+            }),
+            Err(_) => {
+                memory.free(frames);
+                None
             }
         }
-        for _ in 0..4 {
-            match frames.alloc_frame() {
-                Some(f) => g.npt_tables.push(f),
-                None => {
-                    g.free(frames);
-                    return None;
-                }
-            }
-        }
-        let [pml4, pdpt, pd, pt] = [0, 1, 2, 3].map(|i| g.npt_tables[i].as_u64());
-        DIRECT_MAP.write_u64(PhysAddr(pml4), pdpt | NPT_FLAGS);
-        DIRECT_MAP.write_u64(PhysAddr(pdpt), pd | NPT_FLAGS);
-        DIRECT_MAP.write_u64(PhysAddr(pd), pt | NPT_FLAGS);
-        for (i, page) in g.pages.iter().enumerate() {
-            DIRECT_MAP.write_u64(PhysAddr(pt + 8 * i as u64), page.as_u64() | NPT_FLAGS);
-        }
-        Some(g)
     }
 
     fn npt_root(&self) -> PhysAddr {
-        self.npt_tables[0]
+        self.npt.as_ref().map_or(PhysAddr(0), |t| t.root())
     }
 
-    fn host_address(&self, gpa: u64) -> Option<PhysAddr> {
-        let page = self.pages.get(usize::try_from(gpa / PAGE).ok()?)?;
-        Some(PhysAddr(page.as_u64() + gpa % PAGE))
-    }
-
-    /// Writes within one page.
     fn write(&self, gpa: u64, bytes: &[u8]) {
-        if let Some(h) = self.host_address(gpa) {
-            DIRECT_MAP.write_bytes(h, bytes);
-        }
+        let _ = memory_io::write(&DIRECT_MAP, &self.memory, gpa, bytes);
     }
 
-    /// Reads `len` bytes at `gpa` if they lie inside guest memory (page by page).
+    /// Reads `len` bytes at `gpa` if they lie inside guest memory.
     fn read(&self, gpa: u64, len: u64) -> Option<Vec<u8>> {
-        if gpa.checked_add(len)? > GUEST_MEMORY {
-            return None;
-        }
-        let mut out = Vec::new();
-        let mut at = gpa;
-        while at < gpa + len {
-            let chunk = (PAGE - at % PAGE).min(gpa + len - at);
-            let mut buf = alloc::vec![0u8; chunk as usize];
-            DIRECT_MAP.read_bytes(self.host_address(at)?, &mut buf);
-            out.extend(buf);
-            at += chunk;
-        }
+        let mut out = alloc::vec![0u8; usize::try_from(len).ok()?];
+        memory_io::read(&DIRECT_MAP, &self.memory, gpa, &mut out).ok()?;
         Some(out)
     }
 
@@ -217,11 +184,11 @@ impl SmokeGuest {
         self.write(CR0_CODE_GPA, &CR0_CODE);
     }
 
-    fn free(self, frames: &mut dyn FrameAllocator) {
-        self.pages
-            .into_iter()
-            .chain(self.npt_tables)
-            .for_each(|f| frames.free_frame(f));
+    fn free(mut self, frames: &mut Frames) {
+        if let Some(t) = self.npt.take() {
+            t.free(frames);
+        }
+        self.memory.free(frames);
     }
 }
 
