@@ -69,7 +69,9 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     };
     let target_page = target.align_down();
 
+    let t0 = crate::arch::tsc::now();
     let assigned = passthrough::assign(&mut g, &mut hv.frames, dom, d.sbdf);
+    switch_time("assign", t0);
     let timed_out = assigned.as_ref().is_ok_and(|c| c.timed_out.is_some());
     checks.check(
         "assign",
@@ -156,7 +158,9 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
 
     let mut g = lock.lock();
     let allocations = hv.frames.allocations();
+    let t0 = crate::arch::tsc::now();
     let deassigned = passthrough::deassign(&mut g, dom, d.sbdf);
+    switch_time("deassign", t0);
     let during_deassign = hv.frames.allocations() - allocations;
     figure(
         "frames-allocated-during-deassign",
@@ -250,4 +254,16 @@ impl fmt::Display for Moved<'_> {
         }
         Ok(())
     }
+}
+
+/// `FIGURE <what>-time`: one owner switch (entry exchange, invalidations, the bounded wait)
+/// in microseconds of TSC time.
+fn switch_time(what: &str, since: u64) {
+    let ticks = crate::arch::tsc::now().saturating_sub(since);
+    let ns = ticks.saturating_mul(1_000_000) / crate::arch::tsc::ticks_per_ms().max(1);
+    figure(
+        &alloc::format!("{what}-time"),
+        format_args!("{}.{:03}", ns / 1000, ns % 1000),
+        "us",
+    );
 }
