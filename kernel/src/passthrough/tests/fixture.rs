@@ -21,21 +21,21 @@ use crate::passthrough::{self, DeviceLock, DevicesGuard};
 
 pub type Unit<'a> = VtdIommu<'a, SimMemory, Regs<'a>, StepClock>;
 
-/// The simulated unit's registers. What the simulator does in reaction to a write — consume
-/// the queue, update its caches, log descriptors — is the hardware, not the code under test,
-/// so it is left out of heap-allocation counts; everything the core and the driver do is
-/// counted.
+/// The simulated unit's registers. What the simulator does in reaction to an access —
+/// consume the queue, update its caches, log the access — is the hardware, not the code
+/// under test, so it is left out of heap-allocation counts; everything the core and the
+/// driver do is counted.
 pub struct Regs<'a>(pub SimRef<'a>);
 
 impl Mmio for Regs<'_> {
     fn read32(&self, o: usize) -> u32 {
-        self.0.read32(o)
+        crate::mm::heap::counting::uncounted(|| self.0.read32(o))
     }
     fn write32(&self, o: usize, v: u32) {
         crate::mm::heap::counting::uncounted(|| self.0.write32(o, v))
     }
     fn read64(&self, o: usize) -> u64 {
-        self.0.read64(o)
+        crate::mm::heap::counting::uncounted(|| self.0.read64(o))
     }
     fn write64(&self, o: usize, v: u64) {
         crate::mm::heap::counting::uncounted(|| self.0.write64(o, v))
