@@ -9,9 +9,11 @@
 //! page a device was given when added, and the frames a guest was given when created. From
 //! then on it predicts owners, landings and results by itself.
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
 use lazaret_kernel::cmdline::QuarantineMode;
 use lazaret_kernel::domain::DomainId;
+use lazaret_kernel::passthrough::iommu::ReservedRange;
 use lazaret_kernel::passthrough::{self, DeviceKind, DeviceLock};
 use lazaret_types::sim::SimFrameAllocator;
 use lazaret_types::{Bdf, FrameAllocator, PhysAddr, PhysMem, PAGE_SIZE};
@@ -20,6 +22,22 @@ use proptest::prelude::*;
 use super::{device, heap_allocations_during, iovas, new_alloc, sbdf, Vendor};
 
 type Guard<'g, U> = passthrough::lock::DevicesGuard<'g, U>;
+
+/// `super::device(i)`'s requester IDs and reserved ranges, index `i` (0 unused).
+fn cast() -> &'static [(Vec<Bdf>, Vec<ReservedRange>)] {
+    static CAST: OnceLock<Vec<(Vec<Bdf>, Vec<ReservedRange>)>> = OnceLock::new();
+    CAST.get_or_init(|| {
+        (0..=5)
+            .map(|i| match i {
+                0 => (Vec::new(), Vec::new()),
+                i => {
+                    let (_, rids, reserved) = device(i);
+                    (rids, reserved)
+                }
+            })
+            .collect()
+    })
+}
 
 /// Requester IDs no device of the cast ever has: another function on bus 0, one on a bus with
 /// no device, and one beyond a 256-entry AMD device table.
@@ -116,8 +134,9 @@ impl Model {
         }
     }
 
-    fn rids(i: u8) -> Vec<Bdf> {
-        device(i).1
+    /// Device `i`'s requester IDs (the cast, built once: the checks ask thousands of times).
+    fn rids(i: u8) -> &'static [Bdf] {
+        &cast()[usize::from(i)].0
     }
 
     /// The registered device whose quarantine entry a requester ID shared by several devices
@@ -201,8 +220,8 @@ impl Model {
     }
 
     fn in_reserved(i: u8, iova: u64) -> bool {
-        device(i)
-            .2
+        cast()[usize::from(i)]
+            .1
             .iter()
             .any(|r| (r.start..=r.end).contains(&iova))
     }
@@ -246,7 +265,7 @@ impl Model {
 
     /// Every requester ID the checks DMA from.
     pub fn all_rids() -> Vec<Bdf> {
-        let mut v: Vec<Bdf> = (1..=5).flat_map(Self::rids).collect();
+        let mut v: Vec<Bdf> = (1..=5).flat_map(|i| Self::rids(i).to_vec()).collect();
         v.extend(never_added());
         v.sort();
         v.dedup();

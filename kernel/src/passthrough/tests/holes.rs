@@ -96,6 +96,7 @@ fn a_timed_out_deassign_is_reported_and_the_guest_is_flushed_before_it_is_freed(
     sim.set_dead(DEAD_QUEUE);
     let back = passthrough::deassign(&mut g, dom, d.sbdf).unwrap();
     assert!(back.timed_out.is_some(), "{back:?}");
+    assert!(!back.clean(), "a timed-out switch is not clean");
     assert!(back.failed.is_none(), "a time-out is not a failed write");
     sim.set_dead(0);
     let report = passthrough::destroy_domain(&mut g, &mut alloc, dom).unwrap();
