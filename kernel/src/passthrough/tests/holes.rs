@@ -50,6 +50,16 @@ fn a_destroy_whose_flush_times_out_parks_the_guest_until_a_flush_succeeds() {
     let report = passthrough::destroy_domain(&mut g, &mut alloc, dom).unwrap();
     assert!(report.parked, "{report:?}");
     assert_eq!(report.devices, 1);
+    assert_eq!(
+        g.state().stats().parked_domains,
+        1,
+        "counted for the figures"
+    );
+    assert_eq!(
+        passthrough::reclaim_parked(&mut g, &mut alloc),
+        0,
+        "still unflushable: kept, and the retry loop ends"
+    );
     assert_eq!(g.state().parked_domains().collect::<Vec<_>>(), [dom]);
     assert!(
         frames.iter().all(|f| alloc.is_allocated(*f)),

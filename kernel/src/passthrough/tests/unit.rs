@@ -396,3 +396,106 @@ fn a_reserved_range_leaves_the_guest_with_its_device() {
     assert!(reach(&g, plain.rids[0], HIGH_RMRR.start).is_err());
     assert_eq!(reach(&g, rmrr.rids[0], HIGH_RMRR.start), identity);
 }
+
+/// A reserved range that starts and ends inside pages (firmware may report one) maps exactly
+/// the pages it touches into the guest, and takes exactly those away again.
+#[test]
+fn an_unaligned_reserved_range_maps_and_unmaps_exactly_its_pages() {
+    use crate::passthrough::iommu::ReservedRange;
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let plain = cast(0);
+    let odd = Dev {
+        sbdf: sbdf(0, 7, 0),
+        rids: alloc::vec![bdf(0, 7, 0)],
+        reserved: alloc::vec![ReservedRange::read_write(0x1_0000_1800, 0x1_0000_2fff)],
+    };
+    add(&mut g, &mut alloc, &plain).unwrap();
+    add(&mut g, &mut alloc, &odd).unwrap();
+    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 2).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, plain.sbdf).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, odd.sbdf).unwrap();
+    let through_plain = |g: &Guard<'_, '_>, iova: u64| reach(g, plain.rids[0], iova).ok();
+    for page in [0x1_0000_1000, 0x1_0000_2000] {
+        assert_eq!(through_plain(&g, page + 0x10), Some(PhysAddr(page + 0x10)));
+    }
+    for outside in [0x1_0000_0000, 0x1_0000_3000] {
+        assert_eq!(
+            through_plain(&g, outside),
+            None,
+            "{outside:#x} is no RMRR page"
+        );
+    }
+    passthrough::deassign(&mut g, dom, odd.sbdf).unwrap();
+    for page in [0x1_0000_1000, 0x1_0000_2000] {
+        assert_eq!(
+            through_plain(&g, page),
+            None,
+            "{page:#x} left with its device"
+        );
+    }
+    // A neighbour's range in the page below stays when the unaligned one leaves.
+    let neighbour = Dev {
+        sbdf: sbdf(0, 8, 0),
+        rids: alloc::vec![bdf(0, 8, 0)],
+        reserved: alloc::vec![ReservedRange::read_write(0x1_0000_0000, 0x1_0000_07ff)],
+    };
+    add(&mut g, &mut alloc, &neighbour).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, neighbour.sbdf).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, odd.sbdf).unwrap();
+    passthrough::deassign(&mut g, dom, odd.sbdf).unwrap();
+    assert_eq!(
+        through_plain(&g, 0x1_0000_0000),
+        Some(PhysAddr(0x1_0000_0000)),
+        "the neighbour's page was taken too"
+    );
+}
+
+/// Assign maps the group's reserved ranges into the guest before the switch; when the
+/// switch fails, they come out again.
+#[test]
+fn a_failed_assign_takes_its_reserved_range_back_out_of_the_guest() {
+    use lazaret_vtd::regs::RTADDR;
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let (plain, rmrr) = (cast(0), cast(1));
+    add(&mut g, &mut alloc, &plain).unwrap();
+    add(&mut g, &mut alloc, &rmrr).unwrap();
+    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 2).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, plain.sbdf).unwrap();
+    // A reserved bit of the RMRR device's context entry (VT-d §9.3, bits 127:88) set behind
+    // the core's back: its atomic exchange fails.
+    let rid = rmrr.rids[0];
+    let root = sim.regs.get(RTADDR) & !0xfff;
+    let table = sim.mem.read_u64(PhysAddr(root + u64::from(rid.bus()) * 16)) & !0xfff;
+    let high = PhysAddr(table + u64::from(rid.devfn()) * 16 + 8);
+    sim.mem.write_u64(high, sim.mem.read_u64(high) | 1 << 63);
+    assert!(passthrough::assign(&mut g, &mut alloc, dom, rmrr.sbdf).is_err());
+    assert!(
+        reach(&g, plain.rids[0], HIGH_RMRR.start).is_err(),
+        "the guest's other device still reaches the failed device's RMRR"
+    );
+}
+
+/// A reserved range that starts exactly where the guest's memory ends does not overlap it.
+#[test]
+fn a_reserved_range_right_above_guest_memory_is_accepted() {
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let low = cast(5);
+    add(&mut g, &mut alloc, &low).unwrap();
+    let pages = (LOW_RMRR.start / PAGE_SIZE) as usize;
+    let fits = passthrough::create_domain(&mut g, &mut alloc, "fits", pages).unwrap();
+    let over = passthrough::create_domain(&mut g, &mut alloc, "over", pages + 1).unwrap();
+    assert!(matches!(
+        passthrough::assign(&mut g, &mut alloc, over, low.sbdf),
+        Err(PassthroughError::ReservedInGuestMemory { .. })
+    ));
+    passthrough::assign(&mut g, &mut alloc, fits, low.sbdf).unwrap();
+}
