@@ -395,9 +395,9 @@ macro_rules! vendor_tests {
             #![proptest_config(common::config())]
             #[test]
             fn isolation_holds_through_the_caches_after_every_step(
-                (mode, seed, probe, ops) in common::cached::case()
+                (mode, seed, ops) in common::cached::case()
             ) {
-                common::cached::run::<$vendor>(mode, seed, probe, ops, true)?;
+                common::cached::run::<$vendor>(mode, seed, ops, true)?;
             }
         }
         #[test]

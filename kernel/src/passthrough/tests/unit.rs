@@ -499,3 +499,34 @@ fn a_reserved_range_right_above_guest_memory_is_accepted() {
     ));
     passthrough::assign(&mut g, &mut alloc, fits, low.sbdf).unwrap();
 }
+
+/// When a device leaves, its reserved range leaves the guest's tables *and* the IOTLB entries
+/// the guest's other devices refilled while the switch was being invalidated (the switch's
+/// own domain flush comes before the unmap, so only the unmap's invalidation removes them).
+#[test]
+fn a_departing_devices_reserved_range_leaves_the_other_devices_caches_too() {
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let (plain, rmrr) = (cast(0), cast(1));
+    add(&mut g, &mut alloc, &plain).unwrap();
+    add(&mut g, &mut alloc, &rmrr).unwrap();
+    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 2).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, plain.sbdf).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, rmrr.sbdf).unwrap();
+    let other = (plain.rids[0], HIGH_RMRR.start, true);
+    assert_eq!(
+        sim.dma(other.0, other.1, other.2),
+        Ok(PhysAddr(HIGH_RMRR.start))
+    );
+    sim.set_dma_during_invalidation(Some(other));
+    passthrough::deassign(&mut g, dom, rmrr.sbdf).unwrap();
+    sim.set_dma_during_invalidation(None);
+    let refills = sim.take_dma_during_invalidation();
+    assert!(refills.contains(&Ok(PhysAddr(HIGH_RMRR.start))), "{refills:?}");
+    assert!(
+        sim.dma(other.0, other.1, other.2).is_err(),
+        "the guest's other device still reaches the departed device's RMRR through the IOTLB"
+    );
+}
