@@ -524,9 +524,38 @@ fn a_departing_devices_reserved_range_leaves_the_other_devices_caches_too() {
     passthrough::deassign(&mut g, dom, rmrr.sbdf).unwrap();
     sim.set_dma_during_invalidation(None);
     let refills = sim.take_dma_during_invalidation();
-    assert!(refills.contains(&Ok(PhysAddr(HIGH_RMRR.start))), "{refills:?}");
+    assert!(
+        refills.contains(&Ok(PhysAddr(HIGH_RMRR.start))),
+        "{refills:?}"
+    );
     assert!(
         sim.dma(other.0, other.1, other.2).is_err(),
         "the guest's other device still reaches the departed device's RMRR through the IOTLB"
     );
+}
+
+/// An alias group holds at most `MAX_GROUP` devices: the switch moves a group as one, on the
+/// stack, so a device that would make it larger is refused when added, never left behind.
+#[test]
+fn an_alias_group_never_grows_past_its_limit() {
+    use crate::passthrough::registry::MAX_GROUP;
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let alias = bdf(0x10, 0, 0);
+    let member = |n: usize| Dev {
+        sbdf: sbdf(0x11, n as u8, 0),
+        rids: alloc::vec![bdf(0x11, n as u8, 0), alias],
+        reserved: alloc::vec![],
+    };
+    for n in 0..MAX_GROUP {
+        add(&mut g, &mut alloc, &member(n)).unwrap();
+    }
+    let one_too_many = member(MAX_GROUP);
+    assert_eq!(
+        add(&mut g, &mut alloc, &one_too_many).map(drop),
+        Err(PassthroughError::GroupTooLarge(one_too_many.sbdf))
+    );
+    assert_eq!(g.state().group_of(member(0).sbdf).len(), MAX_GROUP);
 }
