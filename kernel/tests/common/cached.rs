@@ -555,3 +555,28 @@ pub fn many_owner_switches<V: Vendor>(switches: u64) -> u64 {
     // the property test covers it.
     run::<V>(QuarantineMode::Scratch, 0x1234_5678, ops, false).expect("isolation")
 }
+
+/// The check is not vacuous: a model that expects device 2's DMA in device 1's scratch page
+/// is refused by the cached DMA.
+pub fn the_cached_check_catches_a_wrong_landing<V: Vendor>() {
+    let sim = V::sim();
+    let mut alloc = new_alloc(V::mem(&sim));
+    let lock = DeviceLock::new(V::iommu(&sim, &mut alloc), QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let mut m = Model::new(QuarantineMode::Scratch);
+    for i in [1, 2] {
+        let (s, rids, rr) = device(i);
+        passthrough::add_device(&mut g, &mut alloc, s, DeviceKind::PcieEndpoint, rids, rr)
+            .expect("add");
+        assert!(m.add(i));
+        m.scratch
+            .insert(i, g.state().scratch_page(s).expect("scratch"));
+    }
+    check::<V>(&sim, &g, &m, false).expect("the model agrees");
+    m.scratch.insert(2, m.scratch[&1]);
+    let e = format!(
+        "{:?}",
+        check::<V>(&sim, &g, &m, false).expect_err("refused")
+    );
+    assert!(e.contains("(a) cached DMA"), "{e}");
+}

@@ -401,6 +401,10 @@ macro_rules! vendor_tests {
             }
         }
         #[test]
+        fn the_cached_check_catches_a_wrong_landing() {
+            common::cached::the_cached_check_catches_a_wrong_landing::<$vendor>();
+        }
+        #[test]
         fn ten_thousand_owner_switches_with_cached_dma_checked_between_every_two() {
             let made = common::cached::many_owner_switches::<$vendor>(10_000);
             println!("{}: {made} owner switches, every requester ID's DMA checked after each step", stringify!($vendor));
