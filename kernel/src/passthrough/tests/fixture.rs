@@ -207,6 +207,16 @@ pub fn context_entry(sim: &SimVtd, rid: Bdf) -> ContextEntry {
     )
 }
 
+/// Makes `rid`'s context entry one the core never wrote: sets a reserved bit of its high
+/// quadword (VT-d §9.3, bits 127:88 are reserved) that no decoded entry reproduces, so the
+/// core's atomic exchange finds an unexpected value and the switch fails.
+pub fn corrupt_context_entry(sim: &SimVtd, rid: Bdf) {
+    let root = sim.regs.get(RTADDR) & !0xfff;
+    let table = sim.mem.read_u64(PhysAddr(root + u64::from(rid.bus()) * 16)) & !0xfff;
+    let high = PhysAddr(table + u64::from(rid.devfn()) * 16 + 8);
+    sim.mem.write_u64(high, sim.mem.read_u64(high) | 1 << 63);
+}
+
 /// Whether the 4 KiB page at `page` holds only zeros.
 pub fn page_is_zero(mem: &SimMemory, page: PhysAddr) -> bool {
     let mut buf = [0u8; PAGE_SIZE as usize];

@@ -3,8 +3,7 @@
 //! before it is handed out again; a switch that fails half-way blocks and marks the device.
 use alloc::vec::Vec;
 
-use lazaret_types::{Bdf, FrameAllocator, PhysAddr, PhysMem};
-use lazaret_vtd::regs::RTADDR;
+use lazaret_types::{FrameAllocator, PhysAddr};
 use lazaret_vtd::sim_device::{SimVtd, DEAD_QUEUE};
 use lazaret_vtd::ContextEntry;
 
@@ -151,18 +150,8 @@ fn a_switch_that_fails_half_way_blocks_and_marks_the_device() {
     let d = cast(2);
     add(&mut g, &mut alloc, &d).unwrap();
     let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 2).unwrap();
-    // Something other than the core wrote the second entry: a reserved bit of the high
-    // quadword (VT-d §9.3, bits 127:88 are reserved) that no decoded entry reproduces, so the
-    // atomic exchange finds an unexpected value.
-    let second: Bdf = d.rids[1];
-    let root = sim.regs.get(RTADDR) & !0xfff;
-    let table = sim
-        .mem
-        .read_u64(PhysAddr(root + u64::from(second.bus()) * 16))
-        & !0xfff;
-    let at = PhysAddr(table + u64::from(second.devfn()) * 16);
-    let high = PhysAddr(at.0 + 8);
-    sim.mem.write_u64(high, sim.mem.read_u64(high) | 1 << 63);
+    // Something other than the core wrote the second entry.
+    corrupt_context_entry(&sim, d.rids[1]);
 
     let err = passthrough::assign(&mut g, &mut alloc, dom, d.sbdf).unwrap_err();
     assert!(matches!(err, PassthroughError::Iommu(_)), "{err}");

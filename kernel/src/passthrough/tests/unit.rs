@@ -25,6 +25,19 @@ fn iovas() -> Vec<u64> {
     v
 }
 
+/// Devices 0 (plain) and 1 (high RMRR) added, a two-page guest, device 0 assigned to it.
+fn plain_and_rmrr_devices_in_a_guest(
+    g: &mut Guard<'_, '_>,
+    alloc: &mut lazaret_types::sim::SimFrameAllocator<'_>,
+) -> (Dev, Dev, crate::domain::DomainId) {
+    let (plain, rmrr) = (cast(0), cast(1));
+    add(g, alloc, &plain).unwrap();
+    add(g, alloc, &rmrr).unwrap();
+    let dom = passthrough::create_domain(g, alloc, "guest", 2).unwrap();
+    passthrough::assign(g, alloc, dom, plain.sbdf).unwrap();
+    (plain, rmrr, dom)
+}
+
 fn in_reserved(d: &Dev, iova: u64) -> bool {
     d.reserved.iter().any(|r| (r.start..=r.end).contains(&iova))
 }
@@ -382,11 +395,7 @@ fn a_reserved_range_leaves_the_guest_with_its_device() {
     let mut alloc = new_alloc(&sim);
     let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
     let mut g = lock.lock();
-    let (plain, rmrr) = (cast(0), cast(1));
-    add(&mut g, &mut alloc, &plain).unwrap();
-    add(&mut g, &mut alloc, &rmrr).unwrap();
-    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 2).unwrap();
-    passthrough::assign(&mut g, &mut alloc, dom, plain.sbdf).unwrap();
+    let (plain, rmrr, dom) = plain_and_rmrr_devices_in_a_guest(&mut g, &mut alloc);
     passthrough::assign(&mut g, &mut alloc, dom, rmrr.sbdf).unwrap();
     // The guest's tables are shared by its devices: the RMRR is visible to both...
     let identity = Ok(PhysAddr(HIGH_RMRR.start));
@@ -457,23 +466,12 @@ fn an_unaligned_reserved_range_maps_and_unmaps_exactly_its_pages() {
 /// switch fails, they come out again.
 #[test]
 fn a_failed_assign_takes_its_reserved_range_back_out_of_the_guest() {
-    use lazaret_vtd::regs::RTADDR;
     let sim = SimVtd::new();
     let mut alloc = new_alloc(&sim);
     let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
     let mut g = lock.lock();
-    let (plain, rmrr) = (cast(0), cast(1));
-    add(&mut g, &mut alloc, &plain).unwrap();
-    add(&mut g, &mut alloc, &rmrr).unwrap();
-    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 2).unwrap();
-    passthrough::assign(&mut g, &mut alloc, dom, plain.sbdf).unwrap();
-    // A reserved bit of the RMRR device's context entry (VT-d §9.3, bits 127:88) set behind
-    // the core's back: its atomic exchange fails.
-    let rid = rmrr.rids[0];
-    let root = sim.regs.get(RTADDR) & !0xfff;
-    let table = sim.mem.read_u64(PhysAddr(root + u64::from(rid.bus()) * 16)) & !0xfff;
-    let high = PhysAddr(table + u64::from(rid.devfn()) * 16 + 8);
-    sim.mem.write_u64(high, sim.mem.read_u64(high) | 1 << 63);
+    let (plain, rmrr, dom) = plain_and_rmrr_devices_in_a_guest(&mut g, &mut alloc);
+    corrupt_context_entry(&sim, rmrr.rids[0]);
     assert!(passthrough::assign(&mut g, &mut alloc, dom, rmrr.sbdf).is_err());
     assert!(
         reach(&g, plain.rids[0], HIGH_RMRR.start).is_err(),
@@ -509,11 +507,7 @@ fn a_departing_devices_reserved_range_leaves_the_other_devices_caches_too() {
     let mut alloc = new_alloc(&sim);
     let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
     let mut g = lock.lock();
-    let (plain, rmrr) = (cast(0), cast(1));
-    add(&mut g, &mut alloc, &plain).unwrap();
-    add(&mut g, &mut alloc, &rmrr).unwrap();
-    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 2).unwrap();
-    passthrough::assign(&mut g, &mut alloc, dom, plain.sbdf).unwrap();
+    let (plain, rmrr, dom) = plain_and_rmrr_devices_in_a_guest(&mut g, &mut alloc);
     passthrough::assign(&mut g, &mut alloc, dom, rmrr.sbdf).unwrap();
     let other = (plain.rids[0], HIGH_RMRR.start, true);
     assert_eq!(
