@@ -242,3 +242,32 @@ fn deassign_and_destroy_allocate_no_frames() {
         "frames were allocated"
     );
 }
+
+/// A switch whose invalidation the unit refused (IQE) leaves what the device may cache of
+/// its old context until the queue recovers; once the guest is destroyed and its memory
+/// freed, the device's DMA lands in its scratch page, not in the freed frame. (The AMD-Vi
+/// twin in `kernel/tests/passthrough_amd.rs` is an open hole.)
+#[test]
+fn a_refused_invalidation_does_not_leave_a_destroyed_guests_memory_reachable() {
+    use lazaret_vtd::sim_device::QueueFault;
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let d = cast(0);
+    add(&mut g, &mut alloc, &d).unwrap();
+    let scratch = g.state().scratch_page(d.sbdf).unwrap();
+    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 2).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, d.sbdf).unwrap();
+    assert_ne!(sim.dma(d.rids[0], 0, true), Ok(scratch), "in the guest");
+    sim.inject_queue_fault(QueueFault::InvalidDescriptor);
+    let back = passthrough::deassign(&mut g, dom, d.sbdf).unwrap();
+    assert!(!back.clean(), "{back:?}");
+    let report = passthrough::destroy_domain(&mut g, &mut alloc, dom).unwrap();
+    assert!(!report.parked, "the retiring flush completed: {report:?}");
+    assert_eq!(
+        sim.dma(d.rids[0], 0, true),
+        Ok(scratch),
+        "the device reaches the freed guest frame through its cached context"
+    );
+}
