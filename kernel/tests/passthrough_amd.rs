@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use common::{device, new_alloc, sbdf, Vendor, RMRR, SAMPLES};
+use common::{device, new_alloc, sbdf, Uncounted, Vendor, RMRR, SAMPLES};
 use lazaret_amd_vi::sim_device::SimAmdVi;
 use lazaret_amd_vi::{AmdViUnit, DeviceTable};
 use lazaret_kernel::cmdline::QuarantineMode;
@@ -16,7 +16,7 @@ use lazaret_kernel::passthrough::iommu::IommuError;
 use lazaret_kernel::passthrough::{self, DeviceLock};
 use lazaret_types::poll::StepClock;
 use lazaret_types::sim::{SimFrameAllocator, SimMemory, SimRegisters};
-use lazaret_types::{FrameAllocator, PhysAddr, PhysMem};
+use lazaret_types::{Bdf, FrameAllocator, PhysAddr, PhysMem};
 
 /// HATS = 10b (6 levels), as QEMU's amd-iommu reports.
 const EFR: u64 = 2 << 10;
@@ -27,12 +27,12 @@ struct Sim {
     mem: Rc<SimMemory>,
     /// Moves into the one `AmdViUnit` built from this simulation.
     regs: RefCell<Option<SimRegisters>>,
-    _unit: SimAmdVi,
+    unit: SimAmdVi,
 }
 
 impl Vendor for Amd {
     type Sim = Sim;
-    type Unit<'a> = AmdViIommu<'a, SimMemory, SimRegisters, StepClock>;
+    type Unit<'a> = AmdViIommu<'a, SimMemory, Uncounted<SimRegisters>, StepClock>;
 
     fn sim() -> Sim {
         let mem = Rc::new(SimMemory::new());
@@ -41,7 +41,7 @@ impl Vendor for Amd {
         Sim {
             mem,
             regs: RefCell::new(Some(regs)),
-            _unit: unit,
+            unit,
         }
     }
 
@@ -56,7 +56,7 @@ impl Vendor for Amd {
             .borrow_mut()
             .take()
             .expect("one IOMMU per simulated unit");
-        let hw = AmdViUnit::new(regs, mem, alloc, 1000).expect("unit");
+        let hw = AmdViUnit::new(Uncounted(regs), mem, alloc, 1000).expect("unit");
         let table = DeviceTable::new(mem, PhysAddr(0x80_0000), 0xff).expect("device table");
         hw.set_device_table(&table);
         hw.enable(&StepClock::default()).expect("enable");
@@ -68,6 +68,29 @@ impl Vendor for Amd {
             base: PhysAddr(0xfed8_0000),
         };
         AmdViIommu::new(mem, StepClock::default(), vec![setup], coverage).expect("bring-up")
+    }
+
+    fn dma(sim: &Sim, rid: Bdf, iova: u64, write: bool) -> Result<PhysAddr, String> {
+        let dma = || sim.unit.dma(rid.requester_id(), iova, write);
+        // The unit's event log write on a refused DMA is the hardware's, not counted.
+        common::heap_count::uncounted(dma).map_err(|f| f.to_string())
+    }
+
+    fn set_seed(sim: &Sim, seed: u64) {
+        sim.unit.set_seed(seed);
+    }
+
+    fn set_dma_during_invalidation(sim: &Sim, dma: Option<(Bdf, u64, bool)>) {
+        let dma = dma.map(|(rid, iova, write)| (rid.requester_id(), iova, write));
+        sim.unit.set_dma_during_invalidation(dma);
+    }
+
+    fn take_dmas_during_invalidation(sim: &Sim) -> Vec<Result<PhysAddr, String>> {
+        let landed = sim.unit.take_dmas_during_invalidation();
+        landed
+            .into_iter()
+            .map(|r| r.map_err(|f| f.to_string()))
+            .collect()
     }
 }
 
@@ -146,4 +169,38 @@ fn an_alias_beyond_the_device_table_is_refused_before_any_entry_is_written() {
         "nothing changed"
     );
     assert!(g.state().device(s).is_none(), "not registered");
+}
+
+/// A switch whose commands the unit refused (ILLEGAL_COMMAND: the unit discards what was
+/// queued) leaves what the device may cache of its old DTE; the next flush invalidates
+/// everything, so once the guest is destroyed and its memory freed the device's DMA lands in
+/// its scratch page, not in the freed frame.
+#[test]
+fn a_refused_invalidation_does_not_leave_a_destroyed_guests_memory_reachable() {
+    let sim = Amd::sim();
+    let mut alloc = new_alloc(Amd::mem(&sim));
+    let lock = DeviceLock::new(Amd::iommu(&sim, &mut alloc), QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let (s, rids, rr) = device(1);
+    passthrough::add_device(&mut g, &mut alloc, s, DeviceKind::PcieEndpoint, rids, rr)
+        .expect("add");
+    let dom = passthrough::create_domain(&mut g, &mut alloc, "g", 4).expect("domain");
+    passthrough::assign(&mut g, &mut alloc, dom, s).expect("assign");
+    let frame = Amd::dma(&sim, s.bdf, 0, true).expect("the guest's page");
+    sim.unit.inject_illegal_command();
+    let back = passthrough::deassign(&mut g, dom, s).expect("deassign");
+    assert!(!back.clean(), "{back:?}");
+    let report = passthrough::destroy_domain(&mut g, &mut alloc, dom).expect("destroy");
+    assert!(!report.parked, "the retiring flush completed: {report:?}");
+    let landed = Amd::dma(&sim, s.bdf, 0, true);
+    assert_ne!(
+        landed,
+        Ok(frame),
+        "the device still reaches the freed guest frame through its cached DTE / IOTLB"
+    );
+    assert_eq!(
+        landed.ok(),
+        g.state().scratch_page(s),
+        "back in its scratch page"
+    );
 }

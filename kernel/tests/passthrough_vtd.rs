@@ -6,11 +6,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::Vendor;
+use common::{Uncounted, Vendor};
 use lazaret_kernel::iommu::vtd::{UnitConfig, VtdIommu};
 use lazaret_types::poll::StepClock;
 use lazaret_types::sim::{SimFrameAllocator, SimMemory};
-use lazaret_types::PhysAddr;
+use lazaret_types::{Bdf, PhysAddr};
 use lazaret_vtd::sim_device::{SimRef, SimVtd};
 use lazaret_vtd::Coherent;
 
@@ -18,7 +18,7 @@ struct Vtd;
 
 impl Vendor for Vtd {
     type Sim = SimVtd;
-    type Unit<'a> = VtdIommu<'a, SimMemory, SimRef<'a>, StepClock>;
+    type Unit<'a> = VtdIommu<'a, SimMemory, Uncounted<SimRef<'a>>, StepClock>;
 
     fn sim() -> SimVtd {
         SimVtd::new()
@@ -30,7 +30,7 @@ impl Vendor for Vtd {
 
     fn iommu<'a>(sim: &'a SimVtd, alloc: &mut SimFrameAllocator<'a>) -> Self::Unit<'a> {
         let unit = UnitConfig {
-            regs: sim.mmio(),
+            regs: Uncounted(sim.mmio()),
             segment: 0,
             register_base: PhysAddr(0xfed9_0000),
             window_bytes: 0x1000,
@@ -45,6 +45,26 @@ impl Vendor for Vtd {
             alloc,
         )
         .expect("bring-up")
+    }
+
+    fn dma(sim: &SimVtd, rid: Bdf, iova: u64, write: bool) -> Result<PhysAddr, String> {
+        sim.dma(rid, iova, write).map_err(|f| f.to_string())
+    }
+
+    fn set_seed(sim: &SimVtd, seed: u64) {
+        sim.set_seed(seed);
+    }
+
+    fn set_dma_during_invalidation(sim: &SimVtd, dma: Option<(Bdf, u64, bool)>) {
+        sim.set_dma_during_invalidation(dma);
+    }
+
+    fn take_dmas_during_invalidation(sim: &SimVtd) -> Vec<Result<PhysAddr, String>> {
+        let landed = sim.take_dma_during_invalidation();
+        landed
+            .into_iter()
+            .map(|r| r.map_err(|f| f.to_string()))
+            .collect()
     }
 }
 

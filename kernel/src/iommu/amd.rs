@@ -39,6 +39,10 @@ struct Unit<R: Mmio> {
     hw: AmdViUnit<R>,
     table: DeviceTable,
     segment: u16,
+    /// A flush failed: the unit may have dropped what it owed (after ILLEGAL_COMMAND the
+    /// queued commands are discarded), so the next flush invalidates every DTE and DomainID
+    /// before the core frees anything those caches could reach.
+    unconfirmed: bool,
 }
 
 /// Brings one IOMMU up with the driver's sequence (a unit firmware left running is stopped
@@ -92,6 +96,7 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'m, M, R, C> {
                 hw: s.hw,
                 table: s.table,
                 segment: s.segment,
+                unconfirmed: false,
             })
             .collect();
         Ok(AmdViIommu {
@@ -293,8 +298,19 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
         self.unit(unit)?;
         let u = &mut self.units[unit];
         let before = u.hw.command_stats();
-        u.hw.flush(mem, batch, clock)
-            .map_err(|e| IommuError::TimedOut(format!("{e}")))?;
+        // A clone of a heapless batch: no allocation (deassign and destroy flush here).
+        let everything;
+        let batch = if u.unconfirmed {
+            let mut owed = batch.clone();
+            owed.invalidate_everything();
+            everything = owed;
+            &everything
+        } else {
+            batch
+        };
+        let flushed = u.hw.flush(mem, batch, clock);
+        u.unconfirmed = flushed.is_err();
+        flushed.map_err(|e| IommuError::TimedOut(format!("{e}")))?;
         let after = u.hw.command_stats();
         Ok(FlushCost {
             descriptors: after.commands - before.commands,

@@ -1,15 +1,17 @@
 //! The passthrough core's host tests, generic over the IOMMU vendor: each vendor's test
 //! file supplies a simulated unit and instantiates these with `vendor_tests!`.
 #![allow(dead_code)]
+pub mod cached;
+
 use lazaret_kernel::passthrough::DeviceKind;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use lazaret_kernel::cmdline::QuarantineMode;
 use lazaret_kernel::domain::DomainId;
 use lazaret_kernel::passthrough::iommu::{Inspect, ReservedRange};
 use lazaret_kernel::passthrough::{self, DeviceLock, PassthroughError};
 use lazaret_types::sim::{SimFrameAllocator, SimMemory};
-use lazaret_types::{Bdf, FrameAllocator, PhysAddr, PhysMem, Sbdf, PAGE_SIZE};
+use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, Sbdf};
 use proptest::prelude::*;
 
 /// A simulated IOMMU of one vendor.
@@ -20,8 +22,44 @@ pub trait Vendor {
         Self: 'a;
     fn sim() -> Self::Sim;
     fn mem(sim: &Self::Sim) -> &SimMemory;
-    /// Brings the simulated unit up with devices 00:01.0-00:05.0 covered.
+    /// Brings the simulated unit up with devices 00:01.0-00:05.0 covered; its registers
+    /// behind [`Uncounted`].
     fn iommu<'a>(sim: &'a Self::Sim, alloc: &mut SimFrameAllocator<'a>) -> Self::Unit<'a>;
+    /// A DMA as the simulated unit performs it now, through its caches.
+    fn dma(sim: &Self::Sim, rid: Bdf, iova: u64, write: bool) -> Result<PhysAddr, String>;
+    /// Seeds the order in which invalidations between two fences take effect.
+    fn set_seed(sim: &Self::Sim, seed: u64);
+    /// A DMA the unit makes between every two invalidation effects.
+    fn set_dma_during_invalidation(sim: &Self::Sim, dma: Option<(Bdf, u64, bool)>);
+    /// Where those DMAs landed since the last call.
+    fn take_dmas_during_invalidation(sim: &Self::Sim) -> Vec<Result<PhysAddr, String>>;
+}
+
+pub mod heap_count {
+    lazaret_types::counting_allocator!();
+}
+#[global_allocator]
+static COUNTING: heap_count::CountingAllocator = heap_count::CountingAllocator;
+pub use heap_count::heap_allocations_during;
+
+/// A simulated unit's registers with the simulator's reaction to each access (its caches,
+/// its queue, its access log) left out of heap-allocation counts: that is the hardware, not
+/// the code under test.
+pub struct Uncounted<R>(pub R);
+
+impl<R: Mmio> Mmio for Uncounted<R> {
+    fn read32(&self, o: usize) -> u32 {
+        heap_count::uncounted(|| self.0.read32(o))
+    }
+    fn write32(&self, o: usize, v: u32) {
+        heap_count::uncounted(|| self.0.write32(o, v))
+    }
+    fn read64(&self, o: usize) -> u64 {
+        heap_count::uncounted(|| self.0.read64(o))
+    }
+    fn write64(&self, o: usize, v: u64) {
+        heap_count::uncounted(|| self.0.write64(o, v))
+    }
 }
 
 type Guard<'g, U> = passthrough::lock::DevicesGuard<'g, U>;
@@ -287,219 +325,14 @@ pub fn every_allocation_failure_in_create_and_assign_rolls_back_without_leaks<V:
     );
 }
 
-/// Device `i` and the registered devices of its alias group (4 and 5 share 00:1e.0).
-fn group_in(owners: &BTreeMap<Sbdf, DomainId>, i: u8) -> Vec<Sbdf> {
-    let mut group = vec![sbdf(i)];
-    if matches!(i, 4 | 5) && owners.contains_key(&sbdf(9 - i)) {
-        group.push(sbdf(9 - i));
-    }
-    group
-}
-
-/// The model the property test checks the core against.
-#[derive(Clone, Debug)]
-pub enum Op {
-    Add(u8),
-    Create(usize),
-    Assign(u8, usize),
-    Deassign(u8, usize),
-    Destroy(usize),
-    Dma(u8, usize),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        (1u8..=5).prop_map(Op::Add),
-        (1usize..=6).prop_map(Op::Create),
-        (1u8..=5, 0usize..4).prop_map(|(d, g)| Op::Assign(d, g)),
-        (1u8..=5, 0usize..4).prop_map(|(d, g)| Op::Deassign(d, g)),
-        (0usize..4).prop_map(Op::Destroy),
-        (1u8..=5, 0usize..SAMPLES.len()).prop_map(|(d, i)| Op::Dma(d, i)),
-    ]
-}
-
-pub fn ops() -> impl Strategy<Value = Vec<Op>> {
-    proptest::collection::vec(op(), 1..60)
-}
-
+/// The property tests' configuration: failing cases are persisted under
+/// `kernel/tests/proptest-regressions/` (issue 8 §6: seeds that fail are kept) and replayed
+/// first on the next run.
 pub fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 256,
-        failure_persistence: None,
+        cases: 128,
         ..ProptestConfig::default()
     }
-}
-
-/// After every step of `ops`: each requester ID reaches only its owner's frames, its own
-/// scratch page (or, for a shared alias, a group member's) or its reserved ranges; no frame
-/// is writable by two owners; deassign and destroy allocate nothing; a device entering
-/// quarantine finds its scratch page zeroed; owners agree with a model.
-pub fn isolation_holds_after_every_step<V: Vendor>(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    {
-        let sim = V::sim();
-        let mem: &SimMemory = V::mem(&sim);
-        let mut alloc = new_alloc(mem);
-        let lock = DeviceLock::new(V::iommu(&sim, &mut alloc), QuarantineMode::Scratch);
-        let mut g = lock.lock();
-        let dom_io = g.state().dom_io();
-        let mut domains: Vec<DomainId> = Vec::new();
-        let mut owners: BTreeMap<Sbdf, DomainId> = BTreeMap::new();
-        for op in ops {
-            let attempts = alloc.allocation_attempts();
-            let mut entered_quarantine = Vec::new();
-            match op {
-                Op::Add(i) => {
-                    let (s, rids, rr) = device(i);
-                    // Joining an alias group whose other member is assigned is refused.
-                    let sharer_assigned = matches!(i, 4 | 5)
-                        && owners.get(&sbdf(9 - i)).is_some_and(|o| *o != dom_io);
-                    let r = passthrough::add_device(
-                        &mut g,
-                        &mut alloc,
-                        s,
-                        DeviceKind::PcieEndpoint,
-                        rids,
-                        rr,
-                    );
-                    prop_assert_eq!(
-                        r.is_ok(),
-                        !owners.contains_key(&s) && !sharer_assigned,
-                        "{:?}",
-                        r
-                    );
-                    if r.is_ok() {
-                        owners.insert(s, dom_io);
-                    }
-                }
-                Op::Create(pages) => {
-                    let d =
-                        passthrough::create_domain(&mut g, &mut alloc, "g", pages).expect("memory");
-                    domains.push(d);
-                }
-                Op::Assign(i, k) => {
-                    let (Some(d), s) = (domains.get(k).copied(), sbdf(i)) else {
-                        continue;
-                    };
-                    // Devices 4 and 5 share an alias: the group moves as one, and only
-                    // when all of it is quarantined.
-                    let group = group_in(&owners, i);
-                    let expect_ok = g.state().domains().is_guest(d)
-                        && owners.contains_key(&s)
-                        && group.iter().all(|m| owners.get(m) == Some(&dom_io));
-                    let r = passthrough::assign(&mut g, &mut alloc, d, s);
-                    prop_assert_eq!(r.is_ok(), expect_ok, "{:?}", r);
-                    if r.is_ok() {
-                        for m in group {
-                            owners.insert(m, d);
-                        }
-                    }
-                }
-                Op::Deassign(i, k) => {
-                    let (Some(d), s) = (domains.get(k).copied(), sbdf(i)) else {
-                        continue;
-                    };
-                    let r = passthrough::deassign(&mut g, d, s);
-                    prop_assert_eq!(r.is_ok(), owners.get(&s) == Some(&d));
-                    prop_assert_eq!(alloc.allocation_attempts(), attempts, "deassign allocated");
-                    if r.is_ok() {
-                        for m in group_in(&owners, i) {
-                            owners.insert(m, dom_io);
-                            entered_quarantine.push(m);
-                        }
-                    }
-                }
-                Op::Destroy(k) => {
-                    let Some(d) = domains.get(k).copied() else {
-                        continue;
-                    };
-                    let alive = g.state().domains().is_guest(d);
-                    let r = passthrough::destroy_domain(&mut g, &mut alloc, d);
-                    prop_assert_eq!(r.is_ok(), alive);
-                    prop_assert_eq!(alloc.allocation_attempts(), attempts, "destroy allocated");
-                    for (s, o) in owners.iter_mut().filter(|(_, o)| **o == d) {
-                        *o = dom_io;
-                        entered_quarantine.push(*s);
-                    }
-                }
-                Op::Dma(i, n) => {
-                    // The device writes a marker wherever its DMA lands.
-                    if let Ok(pa) = g.state().translate(sbdf(i), SAMPLES[n], true) {
-                        mem.write_u64(pa, 0xdead_beef_0000_0000 | u64::from(i));
-                    }
-                }
-            }
-            // Model agreement.
-            for (s, o) in &owners {
-                prop_assert_eq!(g.state().owner_of(*s).expect("registered"), *o);
-            }
-            // A device that just entered quarantine finds its scratch page zeroed.
-            for s in entered_quarantine {
-                let page = g.state().scratch_page(s).expect("scratch");
-                let mut buf = vec![0u8; PAGE_SIZE as usize];
-                mem.read_bytes(page, &mut buf);
-                prop_assert!(buf.iter().all(|b| *b == 0), "{} scratch not zeroed", s);
-            }
-            // Each requester ID reaches only its owner's frames, its own scratch page, or its
-            // RMRR; no frame is writable by devices of two different owners.
-            let mut writers: BTreeMap<u64, DomainId> = BTreeMap::new();
-            for d in g.state().devices() {
-                let guest = g.state().domains().get(d.owner());
-                for rid in d.requester_ids() {
-                    // A requester ID several devices share (a bridge alias) is one context
-                    // entry: it may land in the scratch page of any of them. They can only
-                    // leave quarantine together (assign refuses SharedAlias).
-                    let sharers: Vec<Option<PhysAddr>> = g
-                        .state()
-                        .devices()
-                        .filter(|o| o.requester_ids().contains(rid))
-                        .map(|o| g.state().scratch_page(o.sbdf()))
-                        .collect();
-                    for iova in iovas() {
-                        let Ok(pa) = g.state().translate(Sbdf::new(0, *rid), iova, true) else {
-                            continue;
-                        };
-                        // RMRRs live in the owner's tables: in a guest, every device of that
-                        // guest reaches the RMRRs of the guest's devices.
-                        let in_rmrr = pa.as_u64() == iova
-                            && g.state()
-                                .devices()
-                                .filter(|o| {
-                                    o.sbdf() == d.sbdf()
-                                        || (o.owner() == d.owner() && d.owner() != dom_io)
-                                })
-                                .any(|o| {
-                                    o.reserved()
-                                        .iter()
-                                        .any(|r| (r.start..=r.end).contains(&iova))
-                                });
-                        let ok = if d.owner() == dom_io {
-                            in_rmrr || sharers.contains(&Some(pa))
-                        } else {
-                            in_rmrr || guest.and_then(|gd| gd.memory.host_address(iova)) == Some(pa)
-                        };
-                        prop_assert!(
-                            ok,
-                            "{} rid {} iova {:#x} reaches {} (owner {:?})",
-                            d.sbdf(),
-                            rid,
-                            iova,
-                            pa,
-                            d.owner()
-                        );
-                        let frame = pa.as_u64() & !(PAGE_SIZE - 1);
-                        if let Some(other) = writers.insert(frame, d.owner()) {
-                            prop_assert!(
-                                other == d.owner() || in_rmrr,
-                                "frame {:#x} writable by two owners",
-                                frame
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// One owner switch costs `commands` invalidation requests (the wait included on AMD-Vi,
@@ -561,9 +394,21 @@ macro_rules! vendor_tests {
         proptest::proptest! {
             #![proptest_config(common::config())]
             #[test]
-            fn isolation_holds_after_every_step(ops in common::ops()) {
-                common::isolation_holds_after_every_step::<$vendor>(ops)?;
+            fn isolation_holds_through_the_caches_after_every_step(
+                (mode, seed, ops) in common::cached::case()
+            ) {
+                common::cached::run::<$vendor>(mode, seed, ops, true)?;
             }
+        }
+        #[test]
+        fn the_cached_check_catches_a_wrong_landing() {
+            common::cached::the_cached_check_catches_a_wrong_landing::<$vendor>();
+        }
+        #[test]
+        fn ten_thousand_owner_switches_with_cached_dma_checked_between_every_two() {
+            let made = common::cached::many_owner_switches::<$vendor>(10_000);
+            println!("{}: {made} owner switches, every requester ID's DMA checked after each step", stringify!($vendor));
+            assert!(made >= 10_000, "only {made} switches");
         }
     };
 }

@@ -21,21 +21,21 @@ use crate::passthrough::{self, DeviceLock, DevicesGuard};
 
 pub type Unit<'a> = VtdIommu<'a, SimMemory, Regs<'a>, StepClock>;
 
-/// The simulated unit's registers. What the simulator does in reaction to a write — consume
-/// the queue, update its caches, log descriptors — is the hardware, not the code under test,
-/// so it is left out of heap-allocation counts; everything the core and the driver do is
-/// counted.
+/// The simulated unit's registers. What the simulator does in reaction to an access —
+/// consume the queue, update its caches, log the access — is the hardware, not the code
+/// under test, so it is left out of heap-allocation counts; everything the core and the
+/// driver do is counted.
 pub struct Regs<'a>(pub SimRef<'a>);
 
 impl Mmio for Regs<'_> {
     fn read32(&self, o: usize) -> u32 {
-        self.0.read32(o)
+        crate::mm::heap::counting::uncounted(|| self.0.read32(o))
     }
     fn write32(&self, o: usize, v: u32) {
         crate::mm::heap::counting::uncounted(|| self.0.write32(o, v))
     }
     fn read64(&self, o: usize) -> u64 {
-        self.0.read64(o)
+        crate::mm::heap::counting::uncounted(|| self.0.read64(o))
     }
     fn write64(&self, o: usize, v: u64) {
         crate::mm::heap::counting::uncounted(|| self.0.write64(o, v))
@@ -205,6 +205,16 @@ pub fn context_entry(sim: &SimVtd, rid: Bdf) -> ContextEntry {
         sim.mem
             .read_u128(PhysAddr(table + u64::from(rid.devfn()) * 16)),
     )
+}
+
+/// Makes `rid`'s context entry one the core never wrote: sets a reserved bit of its high
+/// quadword (VT-d §9.3, bits 127:88 are reserved) that no decoded entry reproduces, so the
+/// core's atomic exchange finds an unexpected value and the switch fails.
+pub fn corrupt_context_entry(sim: &SimVtd, rid: Bdf) {
+    let root = sim.regs.get(RTADDR) & !0xfff;
+    let table = sim.mem.read_u64(PhysAddr(root + u64::from(rid.bus()) * 16)) & !0xfff;
+    let high = PhysAddr(table + u64::from(rid.devfn()) * 16 + 8);
+    sim.mem.write_u64(high, sim.mem.read_u64(high) | 1 << 63);
 }
 
 /// Whether the 4 KiB page at `page` holds only zeros.

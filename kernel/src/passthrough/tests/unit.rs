@@ -25,6 +25,19 @@ fn iovas() -> Vec<u64> {
     v
 }
 
+/// Devices 0 (plain) and 1 (high RMRR) added, a two-page guest, device 0 assigned to it.
+fn plain_and_rmrr_devices_in_a_guest(
+    g: &mut Guard<'_, '_>,
+    alloc: &mut lazaret_types::sim::SimFrameAllocator<'_>,
+) -> (Dev, Dev, crate::domain::DomainId) {
+    let (plain, rmrr) = (cast(0), cast(1));
+    add(g, alloc, &plain).unwrap();
+    add(g, alloc, &rmrr).unwrap();
+    let dom = passthrough::create_domain(g, alloc, "guest", 2).unwrap();
+    passthrough::assign(g, alloc, dom, plain.sbdf).unwrap();
+    (plain, rmrr, dom)
+}
+
 fn in_reserved(d: &Dev, iova: u64) -> bool {
     d.reserved.iter().any(|r| (r.start..=r.end).contains(&iova))
 }
@@ -382,11 +395,7 @@ fn a_reserved_range_leaves_the_guest_with_its_device() {
     let mut alloc = new_alloc(&sim);
     let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
     let mut g = lock.lock();
-    let (plain, rmrr) = (cast(0), cast(1));
-    add(&mut g, &mut alloc, &plain).unwrap();
-    add(&mut g, &mut alloc, &rmrr).unwrap();
-    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 2).unwrap();
-    passthrough::assign(&mut g, &mut alloc, dom, plain.sbdf).unwrap();
+    let (plain, rmrr, dom) = plain_and_rmrr_devices_in_a_guest(&mut g, &mut alloc);
     passthrough::assign(&mut g, &mut alloc, dom, rmrr.sbdf).unwrap();
     // The guest's tables are shared by its devices: the RMRR is visible to both...
     let identity = Ok(PhysAddr(HIGH_RMRR.start));
@@ -395,4 +404,152 @@ fn a_reserved_range_leaves_the_guest_with_its_device() {
     // ...and leaves with the device that needs it; the device keeps it in quarantine.
     assert!(reach(&g, plain.rids[0], HIGH_RMRR.start).is_err());
     assert_eq!(reach(&g, rmrr.rids[0], HIGH_RMRR.start), identity);
+}
+
+/// A reserved range that starts and ends inside pages (firmware may report one) maps exactly
+/// the pages it touches into the guest, and takes exactly those away again.
+#[test]
+fn an_unaligned_reserved_range_maps_and_unmaps_exactly_its_pages() {
+    use crate::passthrough::iommu::ReservedRange;
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let plain = cast(0);
+    let odd = Dev {
+        sbdf: sbdf(0, 7, 0),
+        rids: alloc::vec![bdf(0, 7, 0)],
+        reserved: alloc::vec![ReservedRange::read_write(0x1_0000_1800, 0x1_0000_2fff)],
+    };
+    add(&mut g, &mut alloc, &plain).unwrap();
+    add(&mut g, &mut alloc, &odd).unwrap();
+    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 2).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, plain.sbdf).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, odd.sbdf).unwrap();
+    let through_plain = |g: &Guard<'_, '_>, iova: u64| reach(g, plain.rids[0], iova).ok();
+    for page in [0x1_0000_1000, 0x1_0000_2000] {
+        assert_eq!(through_plain(&g, page + 0x10), Some(PhysAddr(page + 0x10)));
+    }
+    for outside in [0x1_0000_0000, 0x1_0000_3000] {
+        assert_eq!(
+            through_plain(&g, outside),
+            None,
+            "{outside:#x} is no RMRR page"
+        );
+    }
+    passthrough::deassign(&mut g, dom, odd.sbdf).unwrap();
+    for page in [0x1_0000_1000, 0x1_0000_2000] {
+        assert_eq!(
+            through_plain(&g, page),
+            None,
+            "{page:#x} left with its device"
+        );
+    }
+    // A neighbour's range in the page below stays when the unaligned one leaves.
+    let neighbour = Dev {
+        sbdf: sbdf(0, 8, 0),
+        rids: alloc::vec![bdf(0, 8, 0)],
+        reserved: alloc::vec![ReservedRange::read_write(0x1_0000_0000, 0x1_0000_07ff)],
+    };
+    add(&mut g, &mut alloc, &neighbour).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, neighbour.sbdf).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, odd.sbdf).unwrap();
+    passthrough::deassign(&mut g, dom, odd.sbdf).unwrap();
+    assert_eq!(
+        through_plain(&g, 0x1_0000_0000),
+        Some(PhysAddr(0x1_0000_0000)),
+        "the neighbour's page was taken too"
+    );
+}
+
+/// Assign maps the group's reserved ranges into the guest before the switch; when the
+/// switch fails, they come out again.
+#[test]
+fn a_failed_assign_takes_its_reserved_range_back_out_of_the_guest() {
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let (plain, rmrr, dom) = plain_and_rmrr_devices_in_a_guest(&mut g, &mut alloc);
+    corrupt_context_entry(&sim, rmrr.rids[0]);
+    assert!(passthrough::assign(&mut g, &mut alloc, dom, rmrr.sbdf).is_err());
+    assert!(
+        reach(&g, plain.rids[0], HIGH_RMRR.start).is_err(),
+        "the guest's other device still reaches the failed device's RMRR"
+    );
+}
+
+/// A reserved range that starts exactly where the guest's memory ends does not overlap it.
+#[test]
+fn a_reserved_range_right_above_guest_memory_is_accepted() {
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let low = cast(5);
+    add(&mut g, &mut alloc, &low).unwrap();
+    let pages = (LOW_RMRR.start / PAGE_SIZE) as usize;
+    let fits = passthrough::create_domain(&mut g, &mut alloc, "fits", pages).unwrap();
+    let over = passthrough::create_domain(&mut g, &mut alloc, "over", pages + 1).unwrap();
+    assert!(matches!(
+        passthrough::assign(&mut g, &mut alloc, over, low.sbdf),
+        Err(PassthroughError::ReservedInGuestMemory { .. })
+    ));
+    passthrough::assign(&mut g, &mut alloc, fits, low.sbdf).unwrap();
+}
+
+/// When a device leaves, its reserved range leaves the guest's tables *and* the IOTLB entries
+/// the guest's other devices refilled while the switch was being invalidated (the switch's
+/// own domain flush comes before the unmap, so only the unmap's invalidation removes them).
+#[test]
+fn a_departing_devices_reserved_range_leaves_the_other_devices_caches_too() {
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let (plain, rmrr, dom) = plain_and_rmrr_devices_in_a_guest(&mut g, &mut alloc);
+    passthrough::assign(&mut g, &mut alloc, dom, rmrr.sbdf).unwrap();
+    let other = (plain.rids[0], HIGH_RMRR.start, true);
+    assert_eq!(
+        sim.dma(other.0, other.1, other.2),
+        Ok(PhysAddr(HIGH_RMRR.start))
+    );
+    sim.set_dma_during_invalidation(Some(other));
+    passthrough::deassign(&mut g, dom, rmrr.sbdf).unwrap();
+    sim.set_dma_during_invalidation(None);
+    let refills = sim.take_dma_during_invalidation();
+    assert!(
+        refills.contains(&Ok(PhysAddr(HIGH_RMRR.start))),
+        "{refills:?}"
+    );
+    assert!(
+        sim.dma(other.0, other.1, other.2).is_err(),
+        "the guest's other device still reaches the departed device's RMRR through the IOTLB"
+    );
+}
+
+/// An alias group holds at most `MAX_GROUP` devices: the switch moves a group as one, on the
+/// stack, so a device that would make it larger is refused when added, never left behind.
+#[test]
+fn an_alias_group_never_grows_past_its_limit() {
+    use crate::passthrough::registry::MAX_GROUP;
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let alias = bdf(0x10, 0, 0);
+    let member = |n: usize| Dev {
+        sbdf: sbdf(0x11, n as u8, 0),
+        rids: alloc::vec![bdf(0x11, n as u8, 0), alias],
+        reserved: alloc::vec![],
+    };
+    for n in 0..MAX_GROUP {
+        add(&mut g, &mut alloc, &member(n)).unwrap();
+    }
+    let one_too_many = member(MAX_GROUP);
+    assert_eq!(
+        add(&mut g, &mut alloc, &one_too_many).map(drop),
+        Err(PassthroughError::GroupTooLarge(one_too_many.sbdf))
+    );
+    assert_eq!(g.state().group_of(member(0).sbdf).len(), MAX_GROUP);
 }
