@@ -136,14 +136,22 @@ impl Model {
         &cast()[usize::from(i)].0
     }
 
-    /// The registered device whose quarantine entry a requester ID shared by several devices
-    /// (a bridge alias) follows. Today: the first registered (the alias's holder). Adapt this
-    /// one function when the rule becomes "the group's leader".
+    /// The registered device whose quarantine entry a requester ID follows: its own device,
+    /// or, for an ID several registered devices share (a bridge alias), their alias group's
+    /// leader — its lowest-SBDF member.
     pub fn quarantine_holder(&self, rid: Bdf) -> Option<u8> {
-        self.order
+        let mut holders = self
+            .order
             .iter()
             .copied()
-            .find(|i| Self::rids(*i).contains(&rid))
+            .filter(|i| Self::rids(*i).contains(&rid));
+        let first = holders.next()?;
+        if holders.next().is_none() {
+            return Some(first);
+        }
+        self.group(first)
+            .into_iter()
+            .min_by_key(|j| super::sbdf(*j))
     }
 
     /// `i` and every registered device sharing a requester ID with it, transitively.

@@ -129,14 +129,21 @@ impl Model {
         "ok"
     }
 
-    /// The registered device whose quarantine entry a requester ID follows: for an ID
-    /// several devices share (a bridge alias), today the first registered. Adapt this one
-    /// function when the rule becomes "the group's leader".
+    /// The registered device whose quarantine entry a requester ID follows: its own device,
+    /// or, for an ID several registered devices share (a bridge alias), their alias group's
+    /// leader — its lowest-SBDF member (the README's rule: devices the IOMMU cannot tell
+    /// apart are isolated as one).
     fn quarantine_holder(&self, rid: Bdf) -> Option<usize> {
-        self.order
+        let mut holders = self
+            .order
             .iter()
             .copied()
-            .find(|i| cast(*i).rids.contains(&rid))
+            .filter(|i| cast(*i).rids.contains(&rid));
+        let first = holders.next()?;
+        if holders.next().is_none() {
+            return Some(first);
+        }
+        self.group(first).first().copied()
     }
 
     /// `i` and every registered device sharing a requester ID with it, transitively, in
