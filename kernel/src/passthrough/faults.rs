@@ -89,10 +89,11 @@ pub fn drain_faults<V: Vendor>(
     report.overflowed = s.vendor.drain_faults(&mut |f| faults.push(f));
     for f in faults {
         report.faults += 1;
-        let device = s
-            .devices
-            .values_mut()
-            .find(|d| d.sbdf.segment == f.segment && d.requester_ids.contains(&f.requester));
+        // The device that sent it (the group leader for a shared alias ID).
+        let sender = s
+            .device_by_requester(f.segment, f.requester)
+            .map(|d| d.sbdf);
+        let device = sender.and_then(|sbdf| s.devices.get_mut(&sbdf));
         let (owner, sbdf) = match device {
             Some(d) => {
                 let score = d.faults.record(now_ms);

@@ -186,7 +186,6 @@ pub fn create_domain<V: Vendor>(
     s.guests[slot] = Some(Guest {
         tables: Spinlock::new(tables),
         dids,
-        stale: false,
         parked: false,
     });
     Ok(id)
@@ -288,7 +287,7 @@ fn move_to_guest<V: Vendor>(
         }
     }
     if from != s.domains.dom_io {
-        release_reserved(s, from, &group, &report);
+        release_reserved(s, from, &group);
     }
     Ok(report)
 }
@@ -358,9 +357,9 @@ fn unmap_pages<V: Vendor>(s: &mut State<V>, domain: DomainId, pages: &[u64]) {
     };
     let mut tables = guest.tables.lock();
     for p in pages {
-        if s.vendor.unmap(&mut tables, &guest.dids, *p).is_err() {
-            guest.stale = true;
-        }
+        // An unmap whose invalidation did not complete leaves a page the guest may still
+        // reach through a cache: destroy flushes every domain ID before it frees anything.
+        let _ = s.vendor.unmap(&mut tables, &guest.dids, *p);
     }
 }
 
@@ -405,19 +404,14 @@ fn take_back<V: Vendor>(
             d.owner = dom_io;
         }
     }
-    release_reserved(s, domain, &group, &report);
+    release_reserved(s, domain, &group);
     report
 }
 
 /// After `group` left guest `domain`: its reserved ranges leave the guest's tables (unless
-/// another of its devices still needs them), and an unclean switch marks the guest stale.
-/// Never allocates.
-fn release_reserved<V: Vendor>(
-    s: &mut State<V>,
-    domain: DomainId,
-    group: &Group,
-    report: &SwitchReport,
-) {
+/// another of its devices still needs them). Never allocates; an invalidation that does not
+/// complete is covered by destroy, which flushes every domain ID before it frees anything.
+fn release_reserved<V: Vendor>(s: &mut State<V>, domain: DomainId, group: &Group) {
     let State {
         vendor,
         devices,
@@ -430,9 +424,6 @@ fn release_reserved<V: Vendor>(
     else {
         return;
     };
-    if !report.clean() {
-        guest.stale = true;
-    }
     let mut tables = guest.tables.lock();
     for r in group
         .iter()
@@ -447,9 +438,7 @@ fn release_reserved<V: Vendor>(
         }
         let mut page = r.start & !(PAGE_SIZE - 1);
         while page <= r.end {
-            if vendor.unmap(&mut tables, &guest.dids, page).is_err() {
-                guest.stale = true;
-            }
+            let _ = vendor.unmap(&mut tables, &guest.dids, page);
             page += PAGE_SIZE;
         }
     }

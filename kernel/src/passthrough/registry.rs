@@ -120,9 +120,6 @@ impl<Q> Device<Q> {
 pub struct Guest<T> {
     pub(super) tables: Spinlock<T>,
     pub(super) dids: Vec<u16>,
-    /// An invalidation of this guest's translations did not complete: a cache may still
-    /// reach its frames, so they are not freed until a flush of its domain IDs succeeds.
-    pub(super) stale: bool,
     /// Destroyed, but parked: its tables, frames and domain IDs are kept until a flush
     /// succeeds (`reclaim_parked`).
     pub(super) parked: bool,
@@ -203,10 +200,17 @@ impl<V: Vendor> State<V> {
     /// The device whose quarantine entry `rid` in `segment` reaches: its only emitter, or
     /// the leader of the alias group that shares it.
     pub fn device_by_requester(&self, segment: u16, rid: Bdf) -> Option<&Device<V::Quarantine>> {
-        let first = self
+        let mut holders = self
             .devices
             .values()
-            .find(|d| d.sbdf.segment == segment && d.requester_ids.contains(&rid))?;
+            .filter(|d| d.sbdf.segment == segment && d.requester_ids.contains(&rid));
+        let first = holders.next()?;
+        if holders.next().is_none() {
+            // Only one device emits it: the DMA is that device's.
+            return Some(first);
+        }
+        // Shared within an alias group: the IOMMU cannot tell who sent it; the leader
+        // answers for the group (its quarantine entry is the one the ID uses).
         let group = self.group_of(first.sbdf);
         self.leader(&group).and_then(|l| self.devices.get(&l))
     }

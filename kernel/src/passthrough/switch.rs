@@ -6,7 +6,7 @@
 //! When it does not go to plan, the report says so and the caller acts on it:
 //! - the wait timed out: the entries are switched, but the caches may still hold the previous
 //!   owner's translations, so that owner's frames, tables and domain IDs must not be freed
-//!   (the caller marks the guest stale; destroy parks it);
+//!   (destroy flushes the owner's domain IDs first, and parks it if that flush fails too);
 //! - an entry could not be written: every entry of the group is set to block, the group is
 //!   marked blocked, and its ownership is not recorded as moved.
 //!

@@ -146,6 +146,12 @@ fn the_group_is_its_functions_and_carries_the_bridge_whatever_the_order_they_wer
             st.device_by_requester(0, b(BRIDGE)).map(|d| d.sbdf()),
             Some(s(LEADER))
         );
+        // A member's own ID is only its own: its faults are its own.
+        assert_eq!(
+            st.device_by_requester(0, b(SECOND)).map(|d| d.sbdf()),
+            Some(s(SECOND)),
+            "{order:?}"
+        );
         assert_quarantined_as_one(&g);
         assert_eq!(
             reaches(&g, LONER)[0],
