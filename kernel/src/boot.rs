@@ -115,7 +115,7 @@ pub fn start(
     };
     let serial = console::init(port, baud);
     let (ticks_per_ms, pit_ok) = tsc::calibrate();
-    console::init_logger(log::LevelFilter::Info);
+    console::init_logger(cmdline::early_log(command_line));
     info!("Lazaret {} on CPU {cpu_id}", env!("CARGO_PKG_VERSION"));
     // SAFETY: reading CR4 has no side effects.
     let cr4 = unsafe { x86::controlregs::cr4() };
@@ -251,7 +251,9 @@ pub fn start(
         pci.functions.len(),
         pci.issues.len()
     );
-    console::print(format_args!("{pci}"));
+    if log::max_level() >= log::LevelFilter::Info {
+        console::print(format_args!("{pci}"));
+    }
     let (passthrough, iommu_failure) =
         match platform::quarantine::bring_up(&platform, &pci, &mut frames, options.quarantine) {
             Ok(p) => (p, None),

@@ -164,6 +164,17 @@ pub fn early_serial(line: &str) -> Serial {
         .unwrap_or(Serial::Auto)
 }
 
+/// The log level alone, read before the heap exists, so the first lines already follow it
+/// (`log=warn` keeps the boot quiet from its first line). The last valid `log=` wins, as in
+/// [`parse`]; without one, the default.
+pub fn early_log(line: &str) -> LevelFilter {
+    line.split_ascii_whitespace()
+        .filter_map(|w| w.strip_prefix("log="))
+        .filter_map(parse_level)
+        .next_back()
+        .unwrap_or(Options::default().log)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     pub log: LevelFilter,
@@ -379,5 +390,13 @@ mod tests {
         assert_eq!(o.acpi_rsdp, Some(0xf0490));
         let (o, w) = parse("acpi_rsdp=123 acpi_rsdp=0x0");
         assert_eq!((o.acpi_rsdp, w.len()), (None, 2));
+    }
+
+    #[test]
+    fn the_early_log_level_is_the_last_valid_one() {
+        assert_eq!(early_log(""), LevelFilter::Info);
+        assert_eq!(early_log("scenario=demo log=warn"), LevelFilter::Warn);
+        assert_eq!(early_log("log=debug log=bogus"), LevelFilter::Debug);
+        assert_eq!(early_log("log=debug log=error"), LevelFilter::Error);
     }
 }
