@@ -7,6 +7,7 @@ mod failures;
 mod faults;
 mod fixture;
 mod holes;
+mod interrupts;
 mod props;
 mod reassign;
 mod unit;
