@@ -2,6 +2,7 @@
 //! reference walker reads the tables the core built, so "translates to" below is what the
 //! hardware would do with the device's DMA.
 mod alias;
+mod amd_interrupts;
 mod errors;
 mod failures;
 mod faults;
