@@ -144,11 +144,13 @@ fn an_assigned_device_delivers_only_its_entry_until_it_is_quarantined_again() {
             for rid in &other.rids {
                 assert_eq!(delivering(sim, *rid), [], "{rid}");
             }
+            let attempts = alloc.allocation_attempts();
             if destroy {
                 passthrough::destroy_domain(g, alloc, dom).unwrap();
             } else {
                 passthrough::deassign(g, dom, dev.sbdf).unwrap();
             }
+            assert_eq!(alloc.allocation_attempts(), attempts, "no frame allocated");
             assert_eq!(delivering(sim, dev.rids[0]), [], "quarantined again");
         }
     });

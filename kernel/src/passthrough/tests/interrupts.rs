@@ -260,3 +260,28 @@ fn blocked_interrupts_are_attributed_and_count_toward_the_threshold() {
     assert_eq!(disabled, [dev.sbdf], "bus mastering off past the threshold");
     assert!(d.bus_master_disabled());
 }
+
+#[test]
+fn a_bridged_device_delivers_through_its_alias_and_its_neighbours_do_not() {
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    for i in [0, 3, 4] {
+        add(&mut g, &mut alloc, &cast(i)).unwrap();
+    }
+    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 8).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, cast(3).sbdf).unwrap();
+    let msi = passthrough::program_interrupt(&mut g, dom, cast(3).sbdf, 0, TARGET).unwrap();
+    // Conventional PCI behind the PCIe-to-PCI bridge: its MSI may carry either alias.
+    for rid in cast(3).rids {
+        let got = sim.msi(rid, msi.address, msi.data).map(|i| i.vector);
+        assert_eq!(got, Ok(0x41), "{rid}");
+    }
+    // A device outside the group with the same handle fails the source-ID check.
+    assert_eq!(
+        sim.msi(cast(0).rids[0], msi.address, msi.data)
+            .map_err(|f| f.reason),
+        Err(0x26)
+    );
+}
