@@ -96,6 +96,12 @@ on_every_qemu! {
             // 10.0 records interrupt faults: attributed, and the storm clears bus mastering.
             assert!(out.line("interrupt fault(s) attributed to it").is_some_and(|l| !l.contains(" 0 interrupt fault")), "{}", out.transcript());
             assert!(out.line("cleared past the threshold").is_some(), "{}", out.transcript());
+            // The fault log names the interrupt index and attributes it to the device and DomIO.
+            assert!(
+                out.line("interrupt index").is_some_and(|l| l.contains("(device 0000:00:01.0, domain DomIO)")),
+                "{}",
+                out.transcript()
+            );
         }
     }
 
