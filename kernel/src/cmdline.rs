@@ -44,6 +44,34 @@ impl fmt::Display for QuarantineMode {
     }
 }
 
+/// Whether assignment demands interrupt remapping (`intremap=on|off`, default on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntremapMode {
+    /// `assign` refuses a device whose IOMMU does not remap interrupts.
+    Required,
+    /// Assign anyway (the device can then raise any host interrupt): said loudly at boot.
+    Off,
+}
+
+impl IntremapMode {
+    pub const NAMES: &'static str = "on|off";
+
+    fn parse(s: &str) -> Option<IntremapMode> {
+        match s {
+            "on" => Some(IntremapMode::Required),
+            "off" => Some(IntremapMode::Off),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            IntremapMode::Required => "on",
+            IntremapMode::Off => "off",
+        }
+    }
+}
+
 /// What the kernel does once it is up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
@@ -68,11 +96,14 @@ pub enum Scenario {
     Reassign,
     /// A hand-assembled guest on the SVM vCPU: exits, XMM across exits, a refused state.
     Vcpu,
+    /// Interrupt attacks from edu devices, quarantined and assigned: forged MSIs, DMA into
+    /// the interrupt window, an interrupt storm.
+    IrqAttacks,
 }
 
 impl Scenario {
     pub const NAMES: &'static str =
-        "boot|panic|page-fault|quarantine-dma|assign-dma|fault-storm|demo|reassign|vcpu";
+        "boot|panic|page-fault|quarantine-dma|assign-dma|fault-storm|demo|reassign|vcpu|irq-attacks";
 
     fn parse(s: &str) -> Option<Scenario> {
         match s {
@@ -85,6 +116,7 @@ impl Scenario {
             "demo" => Some(Scenario::Demo),
             "reassign" => Some(Scenario::Reassign),
             "vcpu" => Some(Scenario::Vcpu),
+            "irq-attacks" => Some(Scenario::IrqAttacks),
             _ => None,
         }
     }
@@ -100,6 +132,7 @@ impl Scenario {
             Scenario::Demo => "demo",
             Scenario::Reassign => "reassign",
             Scenario::Vcpu => "vcpu",
+            Scenario::IrqAttacks => "irq-attacks",
         }
     }
 }
@@ -183,6 +216,7 @@ pub struct Options {
     pub console: Serial,
     /// Physical address of the ACPI RSDP (the loader's multiboot2 tag, or the user's).
     pub acpi_rsdp: Option<u64>,
+    pub intremap: IntremapMode,
 }
 
 impl Default for Options {
@@ -193,6 +227,7 @@ impl Default for Options {
             scenario: Scenario::Boot,
             console: Serial::Auto,
             acpi_rsdp: None,
+            intremap: IntremapMode::Required,
         }
     }
 }
@@ -207,7 +242,7 @@ impl fmt::Display for Warning {
     }
 }
 
-pub const KEYS: &str = "log, quarantine, scenario, console, acpi_rsdp";
+pub const KEYS: &str = "log, quarantine, scenario, console, acpi_rsdp, intremap";
 
 pub fn parse(line: &str) -> (Options, Vec<Warning>) {
     let mut options = Options::default();
@@ -234,6 +269,14 @@ pub fn parse(line: &str) -> (Options, Vec<Warning>) {
                     "ignoring quarantine={value}: expected {}; keeping {}",
                     QuarantineMode::NAMES,
                     options.quarantine
+                )),
+            },
+            "intremap" => match IntremapMode::parse(value) {
+                Some(m) => options.intremap = m,
+                None => warn(format_args!(
+                    "ignoring intremap={value}: expected {}; keeping {}",
+                    IntremapMode::NAMES,
+                    options.intremap.name()
                 )),
             },
             "scenario" => match Scenario::parse(value) {
@@ -301,6 +344,8 @@ mod tests {
             }
         );
         assert_eq!(parse("log=TRACE").0.log, LevelFilter::Trace);
+        assert_eq!(parse("intremap=off").0.intremap, IntremapMode::Off);
+        assert_eq!(parse("").0.intremap, IntremapMode::Required);
         assert_eq!(parse("log=off").0.log, LevelFilter::Off);
     }
 

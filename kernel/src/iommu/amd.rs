@@ -10,13 +10,14 @@ use core::ops::Range;
 
 use lazaret_amd_vi::PageSize as AmdPageSize;
 use lazaret_amd_vi::{
-    walker, AmdViUnit, Clock, DeviceTable, DeviceTableEntry, Event, Levels, MapError, PageTable,
-    Perms, QuarantineTables, SwitchBatch,
+    walker, AmdViUnit, Clock, DeviceTable, DeviceTableEntry, Event, IntRemapError, InterruptTable,
+    Irte, Levels, MapError, MsiMessage, PageTable, Perms, QuarantineTables, SwitchBatch,
 };
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 
 use crate::passthrough::iommu::{
-    DmaFault, FlushCost, Inspect, IommuError, PageSize, ReservedRange, Vendor,
+    DmaFault, FaultKind, FlushCost, Inspect, InterruptTarget, IommuError, MsiAddress, PageSize,
+    RequesterIds, ReservedRange, Vendor, MAX_REQUESTER_IDS,
 };
 use crate::passthrough::LockHeld;
 
@@ -165,6 +166,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
     type Quarantine = QuarantineTables;
     type Tables = PageTable;
     type Batch = SwitchBatch;
+    type Interrupts = AmdInterrupts;
 
     fn name(&self) -> &'static str {
         "AMD-Vi"
@@ -391,6 +393,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
                 write,
                 address,
                 reason,
+                kind: FaultKind::Dma,
             };
             let drained =
                 u.hw.drain_events(self.mem, &self.clock, |event| match event {
@@ -399,16 +402,24 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
                         address,
                         flags,
                         ..
-                    } => sink(fault(
-                        device_id,
-                        flags.write(),
-                        address,
-                        String::from(if flags.present() {
-                            "I/O page fault: permission"
+                    } => sink(DmaFault {
+                        // I = 1: an interrupt request the remapping blocked (§2.5.4).
+                        kind: if flags.interrupt() {
+                            FaultKind::Interrupt { index: None }
                         } else {
-                            "I/O page fault: not present"
-                        }),
-                    )),
+                            FaultKind::Dma
+                        },
+                        ..fault(
+                            device_id,
+                            flags.write(),
+                            address,
+                            String::from(match (flags.interrupt(), flags.present()) {
+                                (true, _) => "interrupt request blocked by its remapping table",
+                                (false, true) => "I/O page fault: permission",
+                                (false, false) => "I/O page fault: not present",
+                            }),
+                        )
+                    }),
                     Event::IllegalDevTableEntry {
                         device_id,
                         address,
@@ -429,6 +440,84 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
             }
         }
         lost
+    }
+
+    // Interrupt remapping: thin calls into the `AmdViIommu` interrupt functions below.
+    fn interrupt_remapping(&self, unit: usize) -> bool {
+        // Every DTE the kernel writes has IV = 1 and IntCtl remapped or aborted.
+        unit < self.units.len()
+    }
+
+    fn build_interrupts(
+        &mut self,
+        _held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+        unit: usize,
+        rids: &[Bdf],
+        count: u16,
+    ) -> Result<Option<AmdInterrupts>, IommuError> {
+        self.attach_interrupt_table(alloc, unit, rids, count)
+            .map(Some)
+    }
+
+    fn interrupt_count(&self, irq: &AmdInterrupts) -> u16 {
+        irq.table.entries() as u16
+    }
+
+    fn program_interrupt(
+        &mut self,
+        _held: &LockHeld,
+        unit: usize,
+        irq: &AmdInterrupts,
+        entry: u16,
+        target: InterruptTarget,
+    ) -> Result<MsiAddress, IommuError> {
+        let irte = Irte {
+            vector: target.vector,
+            destination: target.apic_id,
+        };
+        irq.table
+            .program(self.mem, entry, irte)
+            .map_err(intremap_error)?;
+        self.invalidate_interrupts(unit, irq)?;
+        let m = MsiMessage::remapped(entry);
+        Ok(MsiAddress {
+            address: m.address,
+            data: m.data,
+        })
+    }
+
+    fn block_interrupt(
+        &mut self,
+        _held: &LockHeld,
+        unit: usize,
+        irq: &AmdInterrupts,
+        entry: u16,
+    ) -> Result<(), IommuError> {
+        irq.table.block(self.mem, entry).map_err(intremap_error)?;
+        self.invalidate_interrupts(unit, irq)
+    }
+
+    fn block_all_interrupts(
+        &mut self,
+        _held: &LockHeld,
+        unit: usize,
+        irq: &AmdInterrupts,
+    ) -> Result<(), IommuError> {
+        // Invalidate even if a block failed: what did get blocked must not stay cached.
+        let blocked = irq.table.block_all(self.mem).map_err(intremap_error);
+        self.invalidate_interrupts(unit, irq)?;
+        blocked
+    }
+
+    fn free_interrupts(
+        &mut self,
+        _held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+        unit: usize,
+        irq: AmdInterrupts,
+    ) {
+        self.detach_interrupt_table(alloc, unit, irq);
     }
 }
 
@@ -452,5 +541,130 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Inspect for AmdViIommu<'_, M, R, C>
 
     fn scratch_page(&self, q: &QuarantineTables) -> Option<PhysAddr> {
         q.scratch_page()
+    }
+}
+
+/// A device's own interrupt remapping table and the DeviceIDs whose DTEs point at it.
+#[derive(Debug)]
+pub struct AmdInterrupts {
+    table: InterruptTable,
+    device_ids: heapless::Vec<u16, MAX_REQUESTER_IDS>,
+}
+
+fn intremap_error(e: IntRemapError) -> IommuError {
+    match e {
+        IntRemapError::OutOfFrames => IommuError::OutOfMemory,
+        e => IommuError::Inconsistent(format!("interrupt table: {e}")),
+    }
+}
+
+/// Before the unit is enabled: every DeviceID in `device_ids` that `table` covers gets IV = 1,
+/// IntCtl = 00b (interrupts target-aborted) — QEMU passes MSIs of an IV = 0 DTE straight
+/// through. The caller leaves out IOAPIC / HPET special devices, whose interrupts must pass.
+/// Bring-up's invalidate-everything then drops whatever the unit cached. Returns how many.
+pub fn block_interrupts_before_enable<M: PhysMem + ?Sized>(
+    table: &DeviceTable,
+    mem: &M,
+    device_ids: impl Iterator<Item = u16>,
+) -> Result<usize, String> {
+    let mut blocked = 0;
+    for id in device_ids.filter(|id| table.covers(*id)) {
+        table
+            .block_interrupts(mem, id)
+            .map_err(|e| format!("blocking interrupts of DeviceID {id:#06x}: {e}"))?;
+        blocked += 1;
+    }
+    Ok(blocked)
+}
+
+/// The interrupt half of the AMD-Vi vendor: one table per device, referenced from its DTEs.
+impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'_, M, R, C> {
+    /// The IRTE format of the first unit (for the boot log).
+    pub fn irte_format(&self) -> Option<lazaret_amd_vi::IrteFormat> {
+        self.units.first().map(|u| u.hw.irte_format())
+    }
+
+    /// A fresh table (every entry blocked) pointed at from the DTE of each of `rids`
+    /// (IntCtl remapped, pass bits off), then DTE + table invalidation, fenced.
+    fn attach_interrupt_table(
+        &mut self,
+        alloc: &mut dyn FrameAllocator,
+        unit: usize,
+        rids: &[Bdf],
+        count: u16,
+    ) -> Result<AmdInterrupts, IommuError> {
+        let u = self.unit(unit)?;
+        let table = InterruptTable::new(self.mem, alloc, u.hw.irte_format(), u32::from(count))
+            .map_err(intremap_error)?;
+        let ids: RequesterIds = rids.iter().copied().collect();
+        let mut irq = AmdInterrupts {
+            table,
+            device_ids: heapless::Vec::new(),
+        };
+        for rid in &ids {
+            let id = rid.requester_id();
+            if irq.device_ids.contains(&id) {
+                continue;
+            }
+            // A shared alias (a bridge's ID) ends up with the last member's table: the
+            // group moves as one, so either table belongs to the same owner.
+            if let Err(e) = u.table.set_interrupt_table(self.mem, id, &irq.table) {
+                self.detach_interrupt_table(alloc, unit, irq);
+                return Err(intremap_error(e));
+            }
+            let _ = irq.device_ids.push(id);
+        }
+        let (mem, clock) = (self.mem, &self.clock);
+        if let Err(e) = self.units[unit]
+            .hw
+            .after_interrupt_dte_change(mem, clock, &irq.device_ids)
+        {
+            // The table blocks everything; a stale cached DTE blocked too (bring-up).
+            log::warn!("amd-vi: interrupt DTE invalidation timed out: {e}");
+        }
+        Ok(irq)
+    }
+
+    fn invalidate_interrupts(
+        &mut self,
+        unit: usize,
+        irq: &AmdInterrupts,
+    ) -> Result<(), IommuError> {
+        self.unit(unit)?;
+        let (mem, clock) = (self.mem, &self.clock);
+        self.units[unit]
+            .hw
+            .invalidate_interrupt_tables(mem, clock, &irq.device_ids)
+            .map_err(|e| IommuError::TimedOut(format!("{e}")))
+    }
+
+    /// The DTEs still pointing at the table block instead; the table is freed once that is
+    /// invalidated (else kept: a cached DTE may still reach it).
+    fn detach_interrupt_table(
+        &mut self,
+        alloc: &mut dyn FrameAllocator,
+        unit: usize,
+        irq: AmdInterrupts,
+    ) {
+        let Some(u) = self.units.get(unit) else {
+            return;
+        };
+        let ours = irq.table.dte_interrupt_bits();
+        for id in &irq.device_ids {
+            if u.table.interrupt_bits(self.mem, *id).ok() == Some(ours) {
+                if let Err(e) = u.table.block_interrupts(self.mem, *id) {
+                    log::error!("amd-vi: interrupt table kept: {e}");
+                    return;
+                }
+            }
+        }
+        let (mem, clock) = (self.mem, &self.clock);
+        match self.units[unit]
+            .hw
+            .after_interrupt_dte_change(mem, clock, &irq.device_ids)
+        {
+            Ok(()) => irq.table.free(alloc),
+            Err(e) => log::error!("amd-vi: interrupt table kept (invalidation: {e})"),
+        }
     }
 }

@@ -3,6 +3,7 @@
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 
 use acpi_iommu::dmar::{covering_unit, ResolvedScope, ResolvedUnit};
@@ -16,7 +17,7 @@ use crate::arch::mmio::MmioRegion;
 use crate::arch::tsc::TscClock;
 use crate::mm::direct_map::{DirectMap, CLFLUSH, DIRECT_MAP};
 use crate::mm::frames::Frames;
-use crate::passthrough::iommu::ReservedRange;
+use crate::passthrough::iommu::{ReservedRange, INTERRUPTS_PER_DEVICE};
 use lazaret_amd_vi::DeviceTable;
 
 /// The kernel's VT-d: tables through the direct map, registers mapped uncached, TSC time.
@@ -33,6 +34,66 @@ pub struct Discovered<V> {
     pub aliases: BTreeMap<Sbdf, Vec<Bdf>>,
     pub iommu_functions: Vec<Sbdf>,
     pub summary: Vec<String>,
+    /// What interrupt remapping does on this platform, for the console.
+    pub intremap: Vec<String>,
+}
+
+/// The VT-d console line from (entries remapped, units without remapping).
+fn vtd_intremap_line((entries, without): (u32, usize)) -> String {
+    match (entries, without) {
+        (_, 0) => format!(
+            "interrupt remapping: on, {entries} entries, compatibility format blocked"
+        ),
+        (0, n) => format!(
+            "interrupt remapping: OFF on all {n} unit(s): devices can raise any host interrupt; assignment is refused unless intremap=off"
+        ),
+        (_, n) => format!(
+            "interrupt remapping: on, {entries} entries, compatibility format blocked; OFF on {n} unit(s): their devices can raise any host interrupt and are not assigned unless intremap=off"
+        ),
+    }
+}
+
+/// The DeviceIDs an IVHD names, as a bitmap: PCI and ACPI devices and the aliases their DMA
+/// carries, and separately the IOAPIC / HPET special devices, whose interrupts must pass.
+struct NamedIds {
+    named: Vec<u64>,
+    special: Vec<u64>,
+}
+
+impl NamedIds {
+    fn set(map: &mut [u64], id: u16) {
+        map[usize::from(id) / 64] |= 1 << (id % 64);
+    }
+    fn get(map: &[u64], id: u16) -> bool {
+        map[usize::from(id) / 64] & (1 << (id % 64)) != 0
+    }
+    /// Named and not special: blocked until a device record gives them a table.
+    fn blocked_ids(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..=u16::MAX).filter(|id| Self::get(&self.named, *id) && !Self::get(&self.special, *id))
+    }
+    fn special_count(&self) -> u32 {
+        self.special.iter().map(|w| w.count_ones()).sum()
+    }
+}
+
+fn named_device_ids(facts: &[acpi_iommu::ivrs::DeviceFact<'_>]) -> NamedIds {
+    let words = (usize::from(u16::MAX) + 1) / 64;
+    let mut ids = NamedIds {
+        named: vec![0; words],
+        special: vec![0; words],
+    };
+    for f in facts {
+        let (first, last) = (f.first.requester_id(), f.last.requester_id());
+        let map = match f.kind {
+            acpi_iommu::ivrs::FactKind::Special { .. } => &mut ids.special,
+            _ => &mut ids.named,
+        };
+        (first..=last).for_each(|id| NamedIds::set(map, id));
+        if let Some(alias) = f.alias {
+            NamedIds::set(&mut ids.named, alias.requester_id());
+        }
+    }
+    ids
 }
 
 fn bridge_buses(pci: &Enumeration, segment: u16) -> impl FnMut(Bdf) -> Option<(u8, u8)> + '_ {
@@ -144,12 +205,14 @@ pub fn vtd(
     let iommu = VtdIommu::new(&DIRECT_MAP, flush, TscClock, configs, coverage, frames)
         .map_err(|e| format!("{e}"))?;
     summary.extend(iommu.unit_summaries());
+    let intremap = vec![vtd_intremap_line(iommu.interrupt_entries())];
     Ok(Discovered {
         iommu,
         reserved,
         aliases: BTreeMap::new(),
         iommu_functions: Vec::new(),
         summary,
+        intremap,
     })
 }
 
@@ -175,6 +238,7 @@ pub fn amd(
     let mut aliases: BTreeMap<Sbdf, Vec<Bdf>> = BTreeMap::new();
     let mut iommu_functions = Vec::new();
     let mut summary = Vec::new();
+    let mut intremap_lines = Vec::new();
     for ivhd in ivrs
         .selected_ivhds()
         .into_iter()
@@ -206,6 +270,14 @@ pub fn amd(
             .ok_or("no contiguous memory for the device table")?;
         let table = DeviceTable::new(&DIRECT_MAP, base, max_rid)
             .map_err(|e| format!("device table: {e}"))?;
+        let named = named_device_ids(facts.as_slice());
+        let blocked =
+            amd::block_interrupts_before_enable(&table, &DIRECT_MAP, named.blocked_ids())?;
+        intremap_lines.push(format!(
+            "interrupt remapping: on (IOMMU {}), per-device tables; {blocked} DeviceID(s) blocked until a device is added, {} IOAPIC/HPET ID(s) passed",
+            Sbdf::new(ivhd.segment, ivhd.iommu_bdf),
+            named.special_count()
+        ));
         let setup = amd::bring_up(
             regs,
             &DIRECT_MAP,
@@ -276,12 +348,20 @@ pub fn amd(
     }
     let iommu = amd::AmdViIommu::new(&DIRECT_MAP, TscClock, setups, coverage)?;
     summary.extend(iommu.unit_summaries());
+    let format = iommu.irte_format().map_or("no", |f| match f {
+        lazaret_amd_vi::IrteFormat::Legacy32 => "32-bit",
+        lazaret_amd_vi::IrteFormat::Ga128 => "128-bit",
+    });
+    intremap_lines.push(format!(
+        "interrupt remapping: {format} IRTEs, {INTERRUPTS_PER_DEVICE} entry per device, pass-through bits off"
+    ));
     Ok(Discovered {
         iommu,
         reserved,
         aliases,
         iommu_functions,
         summary,
+        intremap: intremap_lines,
     })
 }
 

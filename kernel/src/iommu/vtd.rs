@@ -11,12 +11,15 @@ use lazaret_types::PAGE_SIZE;
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 use lazaret_vtd::PageSize as VtdPageSize;
 use lazaret_vtd::{
-    fault_reason_text, walker, CacheFlush, Clock, ContextEntry, Levels, MapError, PageTable, Perms,
-    QuarantineTables, RootTable, SwitchBatch, TableMemory, VtdUnit,
+    fault_reason_text, is_interrupt_fault, walker, CacheFlush, Clock, ContextEntry, Destination,
+    IndexRange, IntRemapError, InterruptScope, InterruptTable, Irte, Levels, MapError, MsiMessage,
+    PageTable, Perms, QuarantineTables, RootTable, SourceCheck, SwitchBatch, TableMemory, VtdUnit,
+    MAX_INTERRUPT_ENTRIES,
 };
 
 use crate::passthrough::iommu::{
-    DmaFault, FlushCost, Inspect, IommuError, PageSize, ReservedRange, Vendor,
+    DmaFault, FaultKind, FlushCost, Inspect, InterruptTarget, IommuError, MsiAddress, PageSize,
+    ReservedRange, Vendor,
 };
 use crate::passthrough::LockHeld;
 
@@ -39,6 +42,18 @@ struct Unit<R: Mmio> {
     root: RootTable,
     segment: u16,
     include_all: bool,
+    /// The unit's interrupt remapping table, while IRE is on (`None`: no ECAP.IR, no queued
+    /// invalidation, or enabling failed — said loudly at bring-up).
+    interrupts: Option<InterruptTable>,
+}
+
+/// A device's entries in its unit's interrupt remapping table: an aligned index range
+/// (blocked with one IEC descriptor) and the source-ID check that lets only its requester IDs
+/// use them.
+#[derive(Debug)]
+pub struct VtdInterrupts {
+    range: IndexRange,
+    source: SourceCheck,
 }
 
 #[derive(Debug)]
@@ -155,11 +170,13 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
                 .map_err(|e| unit_error(base, e))?;
             hw.enable_translation(&clock)
                 .map_err(|e| unit_error(base, e))?;
+            let interrupts = enable_interrupt_remapping(mem, flush, &clock, &mut hw, base, alloc);
             units.push(Unit {
                 hw,
                 root,
                 segment,
                 include_all,
+                interrupts,
             });
         }
         Ok(VtdIommu {
@@ -198,14 +215,15 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
                 let cap = u.hw.capabilities();
                 let ecap = u.hw.ext_capabilities();
                 format!(
-                    "segment {} levels {} DIDs {} caching-mode {} queued-invalidation {} coherent {} fault-records {}",
+                    "segment {} levels {} DIDs {} caching-mode {} queued-invalidation {} coherent {} fault-records {} {}",
                     u.segment,
                     self.levels.count(),
                     cap.domain_ids(),
                     cap.caching_mode(),
                     ecap.queued_invalidation(),
                     ecap.coherent(),
-                    cap.fault_records()
+                    cap.fault_records(),
+                    interrupt_summary(u.interrupts.as_ref())
                 )
             })
             .collect()
@@ -217,6 +235,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
     type Quarantine = QuarantineTables;
     type Tables = PageTable;
     type Batch = SwitchBatch;
+    type Interrupts = VtdInterrupts;
 
     fn name(&self) -> &'static str {
         "Intel VT-d"
@@ -476,17 +495,92 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
         for u in &self.units {
             let segment = u.segment;
             let summary = u.hw.drain_faults(|r| {
+                let kind = if is_interrupt_fault(r.reason) {
+                    FaultKind::Interrupt {
+                        index: r.interrupt_index(),
+                    }
+                } else {
+                    FaultKind::Dma
+                };
                 sink(DmaFault {
                     segment,
                     requester: r.source_id,
                     write: r.write,
                     address: r.address,
                     reason: fault_reason_text(r.reason).into(),
+                    kind,
                 })
             });
             overflowed += usize::from(summary.overflow);
         }
         overflowed
+    }
+
+    // Interrupt remapping: thin calls into the `VtdIommu` interrupt functions below.
+    fn interrupt_remapping(&self, unit: usize) -> bool {
+        self.units
+            .get(unit)
+            .is_some_and(|u| u.interrupts.is_some() && u.hw.interrupt_remapping_enabled())
+    }
+
+    fn build_interrupts(
+        &mut self,
+        _held: &LockHeld,
+        _alloc: &mut dyn FrameAllocator,
+        unit: usize,
+        rids: &[Bdf],
+        count: u16,
+    ) -> Result<Option<VtdInterrupts>, IommuError> {
+        self.reserve_interrupts(unit, rids, count)
+    }
+
+    fn interrupt_count(&self, irq: &VtdInterrupts) -> u16 {
+        irq.range.len()
+    }
+
+    fn program_interrupt(
+        &mut self,
+        _held: &LockHeld,
+        unit: usize,
+        irq: &VtdInterrupts,
+        entry: u16,
+        target: InterruptTarget,
+    ) -> Result<MsiAddress, IommuError> {
+        let index = self.program_irte(unit, irq, entry, Some(target))?;
+        let m = MsiMessage::remappable(index);
+        Ok(MsiAddress {
+            address: m.address,
+            data: m.data,
+        })
+    }
+
+    fn block_interrupt(
+        &mut self,
+        _held: &LockHeld,
+        unit: usize,
+        irq: &VtdInterrupts,
+        entry: u16,
+    ) -> Result<(), IommuError> {
+        self.program_irte(unit, irq, entry, None).map(drop)
+    }
+
+    fn block_all_interrupts(
+        &mut self,
+        _held: &LockHeld,
+        unit: usize,
+        irq: &VtdInterrupts,
+    ) -> Result<(), IommuError> {
+        self.block_irte_range(unit, irq.range)
+    }
+
+    fn free_interrupts(
+        &mut self,
+        _held: &LockHeld,
+        _alloc: &mut dyn FrameAllocator,
+        unit: usize,
+        irq: VtdInterrupts,
+    ) {
+        self.release_interrupts(unit, irq);
     }
 }
 
@@ -510,5 +604,171 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Inspect for VtdIommu<'_, M, R, C> {
 
     fn scratch_page(&self, q: &QuarantineTables) -> Option<PhysAddr> {
         q.scratch_page()
+    }
+}
+
+/// Turns interrupt remapping on for one unit that offers it (ECAP.IR, queued invalidation on):
+/// a table of every entry blocked, IRTA/SIRTP, IEC flush, IRE with CFI clear (compatibility
+/// format blocked). A unit without it is reported loudly and keeps working for DMA.
+fn enable_interrupt_remapping<M: PhysMem + ?Sized, R: Mmio>(
+    mem: &M,
+    flush: &dyn CacheFlush,
+    clock: &impl Clock,
+    hw: &mut VtdUnit<R>,
+    base: PhysAddr,
+    alloc: &mut dyn FrameAllocator,
+) -> Option<InterruptTable> {
+    if !hw.ext_capabilities().interrupt_remapping() {
+        log::error!(
+            "vtd: unit at {base} has NO interrupt remapping (ECAP.IR = 0): its devices can raise any host interrupt; assignment is refused unless intremap=off"
+        );
+        return None;
+    }
+    let tm = TableMemory::new(mem, flush);
+    let table = match InterruptTable::new(tm, alloc, MAX_INTERRUPT_ENTRIES, false) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("vtd: unit at {base}: no interrupt remapping table: {e}");
+            return None;
+        }
+    };
+    match hw.enable_interrupt_remapping(mem, &table, clock) {
+        Ok(()) => Some(table),
+        Err(e) => {
+            log::error!("vtd: unit at {base}: interrupt remapping NOT enabled: {e}");
+            // IRE never came on; IRTA may point at the table, but nothing reads it.
+            if hw.interrupt_remapping_enabled() {
+                Some(table)
+            } else {
+                table.free(alloc);
+                None
+            }
+        }
+    }
+}
+
+fn interrupt_summary(table: Option<&InterruptTable>) -> String {
+    match table {
+        Some(t) => format!(
+            "interrupt-remapping on ({} entries, compatibility format blocked)",
+            t.entries()
+        ),
+        None => String::from("interrupt-remapping OFF"),
+    }
+}
+
+fn intremap_error(e: IntRemapError) -> IommuError {
+    match e {
+        IntRemapError::OutOfFrames => IommuError::OutOfMemory,
+        e => IommuError::Inconsistent(format!("interrupt table: {e}")),
+    }
+}
+
+/// The interrupt half of the VT-d vendor: entries in the unit's one table.
+impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'_, M, R, C> {
+    /// Interrupt entries of the units that remap, and how many units do not.
+    pub fn interrupt_entries(&self) -> (u32, usize) {
+        let entries = self
+            .units
+            .iter()
+            .filter_map(|u| u.interrupts.as_ref().map(InterruptTable::entries))
+            .sum();
+        let without = self.units.iter().filter(|u| u.interrupts.is_none()).count();
+        (entries, without)
+    }
+
+    fn reserve_interrupts(
+        &mut self,
+        unit: usize,
+        rids: &[Bdf],
+        count: u16,
+    ) -> Result<Option<VtdInterrupts>, IommuError> {
+        self.unit(unit)?;
+        let source = SourceCheck::for_requester_ids(rids)
+            .ok_or_else(|| IommuError::Inconsistent("a device with no requester ID".into()))?;
+        let Some(table) = self.units[unit].interrupts.as_mut() else {
+            return Ok(None);
+        };
+        let Some(range) = table.reserve(count) else {
+            log::warn!(
+                "vtd: interrupt table full: a device ({:?}) gets no interrupt entries (its interrupts stay blocked)",
+                rids.first()
+            );
+            return Ok(None);
+        };
+        // Released ranges were blocked and invalidated; these entries block already.
+        Ok(Some(VtdInterrupts { range, source }))
+    }
+
+    /// Entry `entry` → `target` (`None`: blocked), then its IEC entry invalidated; returns
+    /// its table index.
+    fn program_irte(
+        &mut self,
+        unit: usize,
+        irq: &VtdInterrupts,
+        entry: u16,
+        target: Option<InterruptTarget>,
+    ) -> Result<u16, IommuError> {
+        let (mem, tm) = (self.mem, self.tm());
+        self.unit(unit)?;
+        let index = irq.range.index(entry).ok_or_else(|| {
+            IommuError::Inconsistent(format!(
+                "interrupt entry {entry} beyond the device's {}",
+                irq.range.len()
+            ))
+        })?;
+        let u = &mut self.units[unit];
+        let table = u
+            .interrupts
+            .as_ref()
+            .ok_or_else(|| IommuError::Inconsistent("no interrupt table".into()))?;
+        match target {
+            Some(t) => {
+                let destination = match u8::try_from(t.apic_id) {
+                    Ok(id) => Destination::Xapic(id),
+                    Err(_) => Destination::X2apic(t.apic_id),
+                };
+                let irte = Irte {
+                    vector: t.vector,
+                    destination,
+                    source: irq.source,
+                };
+                table.program(tm, index, irte).map_err(intremap_error)?
+            }
+            None => table.block(tm, index).map_err(intremap_error)?,
+        }
+        let scope = InterruptScope::Entries {
+            index,
+            index_mask: 0,
+        };
+        u.hw.invalidate_interrupt_entries(mem, scope, &self.clock)
+            .map_err(|e| IommuError::TimedOut(format!("{e}")))?;
+        Ok(index)
+    }
+
+    /// Every entry of `range` blocked, then one IEC descriptor for the range. No allocation.
+    fn block_irte_range(&mut self, unit: usize, range: IndexRange) -> Result<(), IommuError> {
+        let (mem, tm) = (self.mem, self.tm());
+        self.unit(unit)?;
+        let u = &mut self.units[unit];
+        let Some(table) = u.interrupts.as_ref() else {
+            return Ok(());
+        };
+        // Block every entry even if one fails, then invalidate regardless.
+        let blocked = table.block_range(tm, range).map_err(intremap_error);
+        u.hw.invalidate_interrupt_entries(mem, range.scope(), &self.clock)
+            .map_err(|e| IommuError::TimedOut(format!("{e}")))?;
+        blocked
+    }
+
+    fn release_interrupts(&mut self, unit: usize, irq: VtdInterrupts) {
+        if let Err(e) = self.block_irte_range(unit, irq.range) {
+            // Not released: a stale cache entry could otherwise reach the next owner.
+            log::error!("vtd: interrupt entries kept reserved: {e}");
+            return;
+        }
+        if let Some(t) = self.units.get_mut(unit).and_then(|u| u.interrupts.as_mut()) {
+            t.release(irq.range);
+        }
     }
 }

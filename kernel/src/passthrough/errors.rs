@@ -55,6 +55,14 @@ pub enum PassthroughError {
         sbdf: Sbdf,
         count: usize,
     },
+    /// The device's IOMMU does not remap interrupts: assigned, it could raise any host
+    /// interrupt (`intremap=off` on the command line allows it anyway).
+    NoInterruptRemapping(Sbdf),
+    /// The device has no interrupt entry `entry` (none reserved, or beyond its count).
+    NoInterruptEntry {
+        sbdf: Sbdf,
+        entry: u16,
+    },
     Iommu(IommuError),
 }
 
@@ -99,6 +107,13 @@ impl fmt::Display for PassthroughError {
                 f,
                 "{sbdf} carries {count} requester IDs; at most {MAX_REQUESTER_IDS} are supported"
             ),
+            NoInterruptRemapping(s) => write!(
+                f,
+                "{s}'s IOMMU does not remap interrupts: assigned, it could raise any host interrupt (intremap=off allows it anyway)"
+            ),
+            NoInterruptEntry { sbdf, entry } => {
+                write!(f, "{sbdf} has no interrupt entry {entry}")
+            }
             Iommu(e) => write!(f, "IOMMU: {e}"),
         }
     }

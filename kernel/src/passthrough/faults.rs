@@ -1,12 +1,13 @@
 //! Fault accounting: a per-device counter that decays with time, a threshold past which the
 //! device loses Bus Master Enable, and a rate limit on the fault log so a storm cannot drown
-//! the console.
+//! the console. Blocked interrupt requests count like DMA faults: an interrupt storm from a
+//! quarantined device ends the same way (clearing Bus Master Enable stops its MSIs too).
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use lazaret_types::Sbdf;
 
-use super::iommu::{DmaFault, Vendor};
+use super::iommu::{DmaFault, FaultKind, Vendor};
 use super::lock::DevicesGuard;
 
 /// Faults within roughly one decay period that make a device lose bus mastering.
@@ -96,6 +97,9 @@ pub fn drain_faults<V: Vendor>(
         let device = sender.and_then(|sbdf| s.devices.get_mut(&sbdf));
         let (owner, sbdf) = match device {
             Some(d) => {
+                if matches!(f.kind, FaultKind::Interrupt { .. }) {
+                    d.interrupt_faults += 1;
+                }
                 let score = d.faults.record(now_ms);
                 if score >= THRESHOLD && !d.bus_master_disabled {
                     d.bus_master_disabled = disable_bus_master(d.sbdf);
@@ -116,11 +120,10 @@ pub fn drain_faults<V: Vendor>(
                 .and_then(|o| s.domains.get(o))
                 .map_or("none", |d| d.name.as_str());
             log::warn!(
-                "fault: {:04x}:{} {} at {:#x}: {} (device {}, domain {})",
+                "fault: {:04x}:{} {}: {} (device {}, domain {})",
                 f.segment,
                 f.requester,
-                if f.write { "write" } else { "read" },
-                f.address,
+                what_faulted(&f),
                 f.reason,
                 sbdf.map_or_else(|| String::from("unknown"), |s| alloc::format!("{s}")),
                 owner_name
@@ -143,6 +146,21 @@ pub fn drain_faults<V: Vendor>(
         );
     }
     report
+}
+
+/// "write at 0x…" (DMA) or "interrupt index N" / "interrupt at 0x…".
+fn what_faulted(f: &DmaFault) -> String {
+    match f.kind {
+        FaultKind::Dma => alloc::format!(
+            "{} at {:#x}",
+            if f.write { "write" } else { "read" },
+            f.address
+        ),
+        FaultKind::Interrupt { index: Some(i) } => alloc::format!("interrupt index {i}"),
+        FaultKind::Interrupt { index: None } => {
+            alloc::format!("interrupt at {:#x}", f.address)
+        }
+    }
 }
 
 #[cfg(test)]

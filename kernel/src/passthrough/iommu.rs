@@ -85,7 +85,18 @@ impl FlushCost {
     }
 }
 
-/// One DMA fault, decoded.
+/// What a fault record was about: a DMA the translation refused, or an interrupt request
+/// the remapping hardware blocked (VT-d reasons 0x20–0x27; AMD IO_PAGE_FAULT with I = 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    Dma,
+    /// `index`: the interrupt table index the request named, when the unit reports it.
+    Interrupt {
+        index: Option<u16>,
+    },
+}
+
+/// One DMA or interrupt-remapping fault, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DmaFault {
     pub segment: u16,
@@ -93,6 +104,26 @@ pub struct DmaFault {
     pub write: bool,
     pub address: u64,
     pub reason: String,
+    pub kind: FaultKind,
+}
+
+/// Interrupt entries reserved for each device when it is added (edu has one MSI vector;
+/// the guest-delivery step may raise this).
+pub const INTERRUPTS_PER_DEVICE: u16 = 1;
+
+/// Where one remapped interrupt goes on the host: a vector on a physical-mode local APIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterruptTarget {
+    pub vector: u8,
+    pub apic_id: u32,
+}
+
+/// What a device must write to raise one of its remapped interrupts: the MSI address and
+/// data to program into its MSI capability (vendor-defined: a VT-d handle or an AMD offset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiAddress {
+    pub address: u64,
+    pub data: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,6 +178,10 @@ pub trait Vendor {
     type Tables;
     /// The invalidations a set of entry changes owes, on the stack.
     type Batch;
+    /// A device's interrupt remapping entries (VT-d: an index range in its unit's table with
+    /// a source-ID check; AMD-Vi: its own table, referenced from its DTEs). Built when the
+    /// device is added, all blocked; the core never sees their bits.
+    type Interrupts;
 
     fn name(&self) -> &'static str;
     /// Table depth of every table this IOMMU builds and programs.
@@ -271,6 +306,59 @@ pub trait Vendor {
 
     /// Hands every recorded DMA fault to `sink`; returns how many were lost unrecorded.
     fn drain_faults(&mut self, sink: &mut dyn FnMut(DmaFault)) -> usize;
+
+    /// Whether `unit` remaps interrupts with compatibility-format ones blocked.
+    fn interrupt_remapping(&self, unit: usize) -> bool;
+    /// A device's `count` interrupt entries behind `unit`, every one blocked, usable only by
+    /// `rids` (its own requester ID first, then its aliases); invalidated. `Ok(None)` when
+    /// the unit does not remap interrupts, or has no entries left: its interrupts stay
+    /// blocked (VT-d: compatibility format off, every other index fails its source check),
+    /// it just cannot be given any. May allocate: called only when the device is added.
+    fn build_interrupts(
+        &mut self,
+        held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+        unit: usize,
+        rids: &[Bdf],
+        count: u16,
+    ) -> Result<Option<Self::Interrupts>, IommuError>;
+    /// Entries `irq` holds.
+    fn interrupt_count(&self, irq: &Self::Interrupts) -> u16;
+    /// Entry `entry` → `target`, atomically, then invalidated (bounded); returns the MSI the
+    /// device must send to raise it.
+    fn program_interrupt(
+        &mut self,
+        held: &LockHeld,
+        unit: usize,
+        irq: &Self::Interrupts,
+        entry: u16,
+        target: InterruptTarget,
+    ) -> Result<MsiAddress, IommuError>;
+    /// Entry `entry` → blocked, then invalidated (bounded). Never allocates.
+    fn block_interrupt(
+        &mut self,
+        held: &LockHeld,
+        unit: usize,
+        irq: &Self::Interrupts,
+        entry: u16,
+    ) -> Result<(), IommuError>;
+    /// Every entry → blocked, then invalidated with one bounded wait (quarantine). Never
+    /// allocates; `Err` only when the invalidation did not complete (a cached entry may still
+    /// deliver) or the hardware reported an error — the entries are blocked in memory anyway.
+    fn block_all_interrupts(
+        &mut self,
+        held: &LockHeld,
+        unit: usize,
+        irq: &Self::Interrupts,
+    ) -> Result<(), IommuError>;
+    /// Blocks and gives back entries of a device that was never added after all.
+    fn free_interrupts(
+        &mut self,
+        held: &LockHeld,
+        alloc: &mut dyn FrameAllocator,
+        unit: usize,
+        irq: Self::Interrupts,
+    );
 }
 
 /// The size of one IOMMU mapping: guest RAM is mapped in 2 MiB pages wherever its memory

@@ -52,6 +52,12 @@ impl<V: Vendor> DevicesGuard<'_, V> {
         (&self.held, &mut self.guard)
     }
 
+    /// `intremap=off`: let `assign` give a device whose unit does not remap interrupts
+    /// (it can then raise any host interrupt) — the default refuses it.
+    pub fn require_interrupt_remapping(&mut self, required: bool) {
+        self.guard.intremap_required = required;
+    }
+
     /// Read-only view of the registry, the domains and the IOMMU.
     pub fn state(&self) -> &State<V> {
         &self.guard

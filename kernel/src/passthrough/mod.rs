@@ -9,10 +9,13 @@
 //!   invalidates for the previous domain with one ordered batch and one bounded wait;
 //! - what the hardware may still reach after a time-out is parked, never freed;
 //! - a domain ID is flushed before it is reused;
-//! - a refused request changes nothing.
+//! - a refused request changes nothing;
+//! - a device's interrupt entries are built (blocked) when it is added, and blocked again
+//!   whenever it enters quarantine — never allocated then.
 pub mod dids;
 pub mod errors;
 pub mod faults;
+pub mod interrupts;
 pub mod iommu;
 pub mod lock;
 pub mod ops;
@@ -22,6 +25,7 @@ pub mod switch;
 
 pub use errors::PassthroughError;
 pub use faults::{drain_faults, FaultReport};
+pub use interrupts::{block_interrupt, program_interrupt};
 pub use lock::{DeviceLock, DevicesGuard, LockHeld};
 pub use ops::{
     add_device, assign, create_domain, deassign, destroy_domain, reassign, reclaim_parked,

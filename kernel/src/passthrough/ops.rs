@@ -8,7 +8,8 @@ use spinning_top::Spinlock;
 
 use super::dids::allocate_each;
 use super::errors::PassthroughError;
-use super::iommu::{IommuError, RequesterIds, ReservedRange, Vendor};
+use super::interrupts::block_group_interrupts;
+use super::iommu::{IommuError, RequesterIds, ReservedRange, Vendor, INTERRUPTS_PER_DEVICE};
 use super::lock::DevicesGuard;
 use super::registry::{Device, DeviceKind, Group, Guest, State, MAX_GROUP};
 use super::switch::{record, switch_group, SwitchReport, Target};
@@ -57,12 +58,33 @@ pub fn add_device<V: Vendor>(
             mode == QuarantineMode::Scratch,
         )?),
     };
+    // Its interrupt entries, all blocked, exist before it is ever quarantined or assigned:
+    // quarantine later only blocks them again, without allocating.
+    let interrupts =
+        match s
+            .vendor
+            .build_interrupts(held, alloc, unit, &rids, INTERRUPTS_PER_DEVICE)
+        {
+            Ok(i) => i,
+            Err(e) => {
+                if let Some(q) = quarantine {
+                    s.vendor.free_quarantine(alloc, q);
+                }
+                return Err(e.into());
+            }
+        };
     let Some(did) = s.dids.get_mut(unit).and_then(|d| d.allocate()) else {
         if let Some(q) = quarantine {
             s.vendor.free_quarantine(alloc, q);
         }
+        if let Some(i) = interrupts {
+            s.vendor.free_interrupts(held, alloc, unit, i);
+        }
         return Err(IommuError::OutOfDomainIds.into());
     };
+    if let Some(i) = interrupts {
+        s.interrupts.insert(sbdf, i);
+    }
     let pages = quarantine
         .as_ref()
         .map_or(0, |q| s.vendor.quarantine_pages(q));
@@ -81,6 +103,7 @@ pub fn add_device<V: Vendor>(
             pages,
             blocked: false,
             faults: Default::default(),
+            interrupt_faults: 0,
             bus_master_disabled: false,
         },
     );
@@ -246,6 +269,9 @@ fn move_to_guest<V: Vendor>(
         if member.blocked {
             return Err(PassthroughError::Blocked(member.sbdf));
         }
+        if s.intremap_required && !s.vendor.interrupt_remapping(member.unit) {
+            return Err(PassthroughError::NoInterruptRemapping(member.sbdf));
+        }
         if member.owner != from {
             let (sbdf, owner) = (member.sbdf, member.owner);
             return Err(if from == s.domains.dom_io || owner == to {
@@ -398,6 +424,8 @@ fn take_back<V: Vendor>(
     let group = s.group_of(sbdf);
     let report = switch_group(held, s, &group, Target::Quarantine);
     record(s, &report);
+    // Whatever the guest programmed is blocked, and dropped from the interrupt caches.
+    block_group_interrupts(held, s, &group);
     let dom_io = s.domains.dom_io;
     for member in &group {
         if let Some(d) = s.devices.get_mut(member) {

@@ -69,6 +69,8 @@ pub struct Device<Q> {
     /// assigned until it is added again.
     pub(super) blocked: bool,
     pub(super) faults: FaultCounter,
+    /// Of `faults.total`: interrupt requests the remapping blocked.
+    pub(super) interrupt_faults: u64,
     pub(super) bus_master_disabled: bool,
 }
 
@@ -102,6 +104,10 @@ impl<Q> Device<Q> {
     pub fn faults(&self) -> FaultCounter {
         self.faults
     }
+    /// Interrupt-remapping faults attributed to it (counted in [`Self::faults`] too).
+    pub fn interrupt_faults(&self) -> u64 {
+        self.interrupt_faults
+    }
     pub fn bus_master_disabled(&self) -> bool {
         self.bus_master_disabled
     }
@@ -134,6 +140,8 @@ pub struct Stats {
     pub switch_failures: u64,
     pub parked_domains: u64,
     pub fault_log: LogLimiter,
+    /// Blocking a device's interrupt entries did not complete its invalidation.
+    pub interrupt_block_failures: u64,
 }
 
 /// Everything the device lock guards.
@@ -143,6 +151,11 @@ pub struct State<V: Vendor> {
     /// Per domain-arena slot: the guest's IOMMU state (`None` for system domains).
     pub(super) guests: Vec<Option<Guest<V::Tables>>>,
     pub(super) devices: BTreeMap<Sbdf, Device<V::Quarantine>>,
+    /// Each device's interrupt entries, built when it was added (absent: its unit does not
+    /// remap, or had no entries left — its interrupts are blocked, it just has none to give).
+    pub(super) interrupts: BTreeMap<Sbdf, V::Interrupts>,
+    /// `assign` refuses a device whose unit does not remap interrupts (unless `intremap=off`).
+    pub(super) intremap_required: bool,
     /// Per unit.
     pub(super) dids: Vec<DomainIds>,
     pub(super) mode: QuarantineMode,
@@ -159,6 +172,8 @@ impl<V: Vendor> State<V> {
             domains: Domains::new(),
             guests: Vec::new(),
             devices: BTreeMap::new(),
+            interrupts: BTreeMap::new(),
+            intremap_required: true,
             dids,
             mode,
             stats: Stats::default(),
@@ -192,6 +207,14 @@ impl<V: Vendor> State<V> {
     }
     pub fn devices(&self) -> impl Iterator<Item = &Device<V::Quarantine>> {
         self.devices.values()
+    }
+    /// The device's interrupt entries (for tests and the vendor's inspection).
+    pub fn interrupts_of(&self, sbdf: Sbdf) -> Option<&V::Interrupts> {
+        self.interrupts.get(&sbdf)
+    }
+    /// Whether `assign` demands interrupt remapping.
+    pub fn interrupt_remapping_required(&self) -> bool {
+        self.intremap_required
     }
     pub fn owner_of(&self, sbdf: Sbdf) -> Option<DomainId> {
         self.devices.get(&sbdf).map(|d| d.owner)

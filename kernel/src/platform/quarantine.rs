@@ -5,7 +5,7 @@ use lazaret_pci::Enumeration;
 
 use super::acpi::Platform;
 use crate::arch::tsc;
-use crate::cmdline::QuarantineMode;
+use crate::cmdline::{IntremapMode, QuarantineMode};
 use crate::console::figure;
 use crate::hypervisor::Passthrough;
 use crate::iommu::discover::{self, Discovered};
@@ -14,13 +14,25 @@ use crate::passthrough::iommu::Vendor;
 use crate::passthrough::requester::requester_ids;
 use crate::passthrough::{self, DeviceKind, DeviceLock};
 
-/// The IOMMU with every PCI function quarantined; `Ok(None)` when the platform has none,
-/// `Err` when it has one that could not be brought up (devices then cannot be quarantined).
+/// [`bring_up_with`] requiring interrupt remapping for assignment (the default).
 pub fn bring_up(
     platform: &Platform,
     pci: &Enumeration,
     frames: &mut Frames,
     mode: QuarantineMode,
+) -> Result<Option<Passthrough>, String> {
+    bring_up_with(platform, pci, frames, mode, IntremapMode::Required)
+}
+
+/// The IOMMU with every PCI function quarantined; `Ok(None)` when the platform has none,
+/// `Err` when it has one that could not be brought up (devices then cannot be quarantined).
+/// `intremap`: whether `assign` refuses a device whose unit does not remap interrupts.
+pub fn bring_up_with(
+    platform: &Platform,
+    pci: &Enumeration,
+    frames: &mut Frames,
+    mode: QuarantineMode,
+    intremap: IntremapMode,
 ) -> Result<Option<Passthrough>, String> {
     let (dmar, ivrs) = (platform.raw_table(b"DMAR"), platform.raw_table(b"IVRS"));
     if dmar.is_none() && ivrs.is_none() {
@@ -40,12 +52,14 @@ pub fn bring_up(
             pci,
             frames,
             mode,
+            intremap,
         )),
         (None, Some(ivrs)) => Passthrough::Amd(quarantine_all(
             discover::amd(ivrs, pci, frames)?,
             pci,
             frames,
             mode,
+            intremap,
         )),
         (None, None) => return Ok(None),
     }))
@@ -56,9 +70,22 @@ fn quarantine_all<V: Vendor>(
     pci: &Enumeration,
     frames: &mut Frames,
     mode: QuarantineMode,
+    intremap: IntremapMode,
 ) -> DeviceLock<V> {
     for line in &discovered.summary {
         log::info!("iommu: {line}");
+    }
+    for line in &discovered.intremap {
+        if line.contains("OFF") {
+            log::error!("iommu: {line}");
+        } else {
+            log::info!("iommu: {line}");
+        }
+    }
+    if intremap == IntremapMode::Off {
+        log::warn!(
+            "iommu: intremap=off: devices may be assigned behind a unit that does not remap interrupts"
+        );
     }
     let Discovered {
         iommu,
@@ -71,6 +98,7 @@ fn quarantine_all<V: Vendor>(
     let (mut added, mut pages) = (0usize, 0usize);
     {
         let mut g = lock.lock();
+        g.require_interrupt_remapping(intremap == IntremapMode::Required);
         log::info!(
             "iommu: {} with {}-level tables; quarantine mode {mode}",
             g.state().iommu_name(),

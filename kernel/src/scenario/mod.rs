@@ -7,6 +7,7 @@ mod edu;
 mod fault_storm;
 mod groups;
 mod guests;
+mod irq_attacks;
 mod memory;
 mod quarantine_dma;
 mod reassign;
@@ -30,7 +31,8 @@ pub fn run<V: Inspect>(scenario: Scenario, hv: &mut Hypervisor<V>) -> ExitCode {
         | Scenario::FaultStorm
         | Scenario::Reassign
         | Scenario::Demo
-        | Scenario::Vcpu => {
+        | Scenario::Vcpu
+        | Scenario::IrqAttacks => {
             let mut checks = checks::Checks::default();
             match scenario {
                 Scenario::Boot => boot_check::run(hv, &mut checks),
@@ -39,6 +41,7 @@ pub fn run<V: Inspect>(scenario: Scenario, hv: &mut Hypervisor<V>) -> ExitCode {
                 Scenario::Demo => guests::run(hv, &mut checks),
                 Scenario::Reassign => reassign::run(hv, &mut checks),
                 Scenario::Vcpu => vcpu_smoke::run(hv, &mut checks),
+                Scenario::IrqAttacks => irq_attacks::run(hv, &mut checks),
                 _ => fault_storm::run(hv, &mut checks),
             }
             log::info!(

@@ -2,11 +2,13 @@
 //! reference walker reads the tables the core built, so "translates to" below is what the
 //! hardware would do with the device's DMA.
 mod alias;
+mod amd_interrupts;
 mod errors;
 mod failures;
 mod faults;
 mod fixture;
 mod holes;
+mod interrupts;
 mod props;
 mod reassign;
 mod unit;

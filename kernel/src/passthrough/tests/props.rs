@@ -97,6 +97,8 @@ fn kind(r: &Result<(), PassthroughError>) -> &'static str {
         Err(GroupTooLarge(_)) => "GroupTooLarge",
         Err(GroupSpansUnits { .. }) => "GroupSpansUnits",
         Err(Blocked(_)) => "Blocked",
+        Err(NoInterruptRemapping(_)) => "NoInterruptRemapping",
+        Err(NoInterruptEntry { .. }) => "NoInterruptEntry",
         Err(Iommu(_)) => "Iommu",
     }
 }
