@@ -254,14 +254,19 @@ pub fn start(
     if log::max_level() >= log::LevelFilter::Info {
         console::print(format_args!("{pci}"));
     }
-    let (passthrough, iommu_failure) =
-        match platform::quarantine::bring_up(&platform, &pci, &mut frames, options.quarantine) {
-            Ok(p) => (p, None),
-            Err(e) => {
-                log::error!("iommu: bring-up failed: {e}");
-                (None, Some(e))
-            }
-        };
+    let (passthrough, iommu_failure) = match platform::quarantine::bring_up(
+        &platform,
+        &pci,
+        &mut frames,
+        options.quarantine,
+        options.intremap,
+    ) {
+        Ok(p) => (p, None),
+        Err(e) => {
+            log::error!("iommu: bring-up failed: {e}");
+            (None, Some(e))
+        }
+    };
 
     let ready_us = tsc::micros_since_entry();
     info!(

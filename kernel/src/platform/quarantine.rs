@@ -14,20 +14,10 @@ use crate::passthrough::iommu::Vendor;
 use crate::passthrough::requester::requester_ids;
 use crate::passthrough::{self, DeviceKind, DeviceLock};
 
-/// [`bring_up_with`] requiring interrupt remapping for assignment (the default).
-pub fn bring_up(
-    platform: &Platform,
-    pci: &Enumeration,
-    frames: &mut Frames,
-    mode: QuarantineMode,
-) -> Result<Option<Passthrough>, String> {
-    bring_up_with(platform, pci, frames, mode, IntremapMode::Required)
-}
-
 /// The IOMMU with every PCI function quarantined; `Ok(None)` when the platform has none,
 /// `Err` when it has one that could not be brought up (devices then cannot be quarantined).
 /// `intremap`: whether `assign` refuses a device whose unit does not remap interrupts.
-pub fn bring_up_with(
+pub fn bring_up(
     platform: &Platform,
     pci: &Enumeration,
     frames: &mut Frames,
