@@ -190,11 +190,38 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
             back == total,
             format_args!("after the guests, {back} of {total} device(s) are back in quarantine"),
         );
+        // The devices that were given to a guest, where they are now and what they did.
+        let mut t = Table::new(&["device", "owner", "faults", "bus mastering"]);
+        for x in &tallies {
+            if let Some(d) = s.device(x.device) {
+                let master = if d.bus_master_disabled() {
+                    "off (Lazaret)"
+                } else {
+                    "allowed"
+                };
+                t.row(&[
+                    &x.device,
+                    &owner_name(s.domains(), d.owner()),
+                    &d.faults().total,
+                    &master,
+                ]);
+            }
+        }
+        t.print();
         let st = s.stats();
-        say(format_args!(
-            "owner switches {}, timed-out invalidation waits {}",
-            st.owner_switches, st.switch_timeouts
-        ));
+        let mut exits = ExitCounts::default();
+        tallies.iter().for_each(|x| exits.add(&x.exits));
+        let micros = tsc::micros_since_entry() - started;
+        let mut f = Table::new(&["figure", "value"]);
+        f.row(&[&"guests run", &tallies.len()]);
+        f.row(&[&"VM exits", &exits.total()]);
+        f.row(&[&"owner switches", &st.owner_switches]);
+        f.row(&[&"timed-out invalidation waits", &st.switch_timeouts]);
+        f.row(&[
+            &"guest phases (TSC)",
+            &format!("{}.{:03} ms", micros / 1000, micros % 1000),
+        ]);
+        f.print();
     }
     let micros = tsc::micros_since_entry() - started;
     crate::console::figure(
