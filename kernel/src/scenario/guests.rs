@@ -211,16 +211,11 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         let st = s.stats();
         let mut exits = ExitCounts::default();
         tallies.iter().for_each(|x| exits.add(&x.exits));
-        let micros = tsc::micros_since_entry() - started;
         let mut f = Table::new(&["figure", "value"]);
         f.row(&[&"guests run", &tallies.len()]);
         f.row(&[&"VM exits", &exits.total()]);
         f.row(&[&"owner switches", &st.owner_switches]);
         f.row(&[&"timed-out invalidation waits", &st.switch_timeouts]);
-        f.row(&[
-            &"guest phases (TSC)",
-            &format!("{}.{:03} ms", micros / 1000, micros % 1000),
-        ]);
         f.print();
     }
     let micros = tsc::micros_since_entry() - started;
