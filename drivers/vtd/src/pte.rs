@@ -5,7 +5,7 @@
 
 use lazaret_types::PhysAddr;
 
-use crate::levels::Levels;
+use lazaret_io_pagetable::index;
 
 pub const READ: u64 = 1 << 0;
 pub const WRITE: u64 = 1 << 1;
@@ -90,7 +90,7 @@ impl Pte {
 
 /// Address of the entry for `iova` in `table`, a table at `level` (1 = leaf table).
 pub const fn entry_addr(table: PhysAddr, iova: u64, level: u32) -> PhysAddr {
-    PhysAddr(table.0 + Levels::index(iova, level) as u64 * 8)
+    PhysAddr(table.0 + index(iova, level) as u64 * 8)
 }
 
 #[cfg(test)]
