@@ -10,6 +10,7 @@ use core::ops::Range;
 use lazaret_types::PAGE_SIZE;
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 use lazaret_vtd::PageSize as VtdPageSize;
+use lazaret_vtd::QuarantineContext;
 use lazaret_vtd::{
     fault_reason_text, walker, CacheFlush, Clock, ContextEntry, Levels, MapError, PageTable, Perms,
     QuarantineTables, RootTable, SwitchBatch, TableMemory, VtdUnit,
