@@ -68,7 +68,9 @@ pub use intremap::{
     IntRemapError, InterruptTable, Irte, IrteFormat, MsiMessage, MAX_INTERRUPT_ENTRIES,
 };
 pub use levels::{Depth, Levels};
-pub use pagetable::{IoPageTable, MapError, PageSize, PageTable, Perms, Translated, TranslationRoot};
+pub use pagetable::{
+    IoPageTable, MapError, PageSize, PageTable, Perms, Translated, TranslationRoot,
+};
 pub use poll::{Clock, TimedOut};
 pub use quarantine::{QuarantineDte, QuarantineError, QuarantineTables, UnityRange};
 pub use regs::{ExtendedFeatures, RingLength};

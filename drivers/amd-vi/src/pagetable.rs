@@ -111,9 +111,9 @@ impl Translated for PageTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lazaret_types::FrameAllocator;
     use crate::walker::walk_tables;
     use lazaret_types::sim::{SimFrameAllocator, SimMemory};
+    use lazaret_types::FrameAllocator;
 
     fn setup(mem: &SimMemory) -> SimFrameAllocator<'_> {
         SimFrameAllocator::new(mem, PhysAddr(0x100_0000), 256)
@@ -233,9 +233,9 @@ mod tests {
 #[cfg(test)]
 mod large_page_tests {
     use super::*;
-    use lazaret_types::FrameAllocator;
     use crate::walker::walk_tables;
     use lazaret_types::sim::{SimFrameAllocator, SimMemory};
+    use lazaret_types::FrameAllocator;
 
     const MIB2: u64 = 2 << 20;
 

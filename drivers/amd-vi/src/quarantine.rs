@@ -46,11 +46,11 @@ impl QuarantineDte for QuarantineTables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::levels::{Depth, Levels};
-    use lazaret_types::{FrameAllocator, PhysAddr, PhysMem};
     use crate::device_table::DeviceTable;
+    use crate::levels::{Depth, Levels};
     use crate::walker::{translate, walk_tables, Fault};
     use lazaret_types::sim::{SimFrameAllocator, SimMemory};
+    use lazaret_types::{FrameAllocator, PhysAddr, PhysMem};
 
     fn alloc(mem: &SimMemory) -> SimFrameAllocator<'_> {
         SimFrameAllocator::new(mem, PhysAddr(0x100_0000), 4096)

@@ -74,7 +74,12 @@ mod tests {
     fn index_selects_nine_bits_per_level() {
         let iova = (3u64 << 39) | (5 << 30) | (7 << 21) | (9 << 12) | 0xabc;
         assert_eq!(
-            [index(iova, 4), index(iova, 3), index(iova, 2), index(iova, 1)],
+            [
+                index(iova, 4),
+                index(iova, 3),
+                index(iova, 2),
+                index(iova, 1)
+            ],
             [3, 5, 7, 9]
         );
         assert_eq!(index(u64::MAX, 6), 0x7f & 0x1ff);

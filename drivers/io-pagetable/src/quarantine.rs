@@ -26,7 +26,10 @@ pub enum QuarantineError {
     OutOfFrames,
     /// An identity range is empty, grants no access, or does not fit in the tables' address
     /// width or an entry's address field.
-    BadRange { start: u64, end: u64 },
+    BadRange {
+        start: u64,
+        end: u64,
+    },
 }
 
 impl fmt::Display for QuarantineError {
@@ -34,7 +37,10 @@ impl fmt::Display for QuarantineError {
         match self {
             QuarantineError::OutOfFrames => write!(f, "out of frames for quarantine tables"),
             QuarantineError::BadRange { start, end } => {
-                write!(f, "reserved range {start:#x}..={end:#x} unusable for these tables")
+                write!(
+                    f,
+                    "reserved range {start:#x}..={end:#x} unusable for these tables"
+                )
             }
         }
     }

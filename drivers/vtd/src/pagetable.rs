@@ -68,7 +68,9 @@ impl EntryFormat for SecondLevel {
     }
 }
 
-impl<M: PhysMem + ?Sized, F: CacheFlush + ?Sized> TableWriter<SecondLevel> for TableMemory<'_, M, F> {
+impl<M: PhysMem + ?Sized, F: CacheFlush + ?Sized> TableWriter<SecondLevel>
+    for TableMemory<'_, M, F>
+{
     fn read_u64(&self, addr: PhysAddr) -> u64 {
         TableMemory::read_u64(self, addr)
     }
@@ -96,9 +98,9 @@ pub type PageTable = lazaret_io_pagetable::PageTable<SecondLevel>;
 mod tests {
     use super::*;
     use crate::pte::entry_addr;
-    use lazaret_types::FrameAllocator;
     use crate::table_memory::test_flush::RecordingFlush;
     use lazaret_types::sim::{SimFrameAllocator, SimMemory};
+    use lazaret_types::FrameAllocator;
 
     const BASE: PhysAddr = PhysAddr(0x100_0000);
 
@@ -235,9 +237,9 @@ mod tests {
 #[cfg(test)]
 mod large_page_tests {
     use super::*;
-    use lazaret_types::FrameAllocator;
     use crate::walker::{walk, Fault, WalkerConfig};
     use lazaret_types::sim::{SimFrameAllocator, SimMemory};
+    use lazaret_types::FrameAllocator;
 
     const BASE: PhysAddr = PhysAddr(0x100_0000);
     const MIB2: u64 = 2 << 20;

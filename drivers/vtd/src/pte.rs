@@ -2,6 +2,10 @@
 //! PDE/PDPE), SNP = bit 11 (leaf only), address in bits 51:12. An entry with R = W = 0 is not
 //! present. Permissions are the intersection of R/W over all levels (§3.7.1), so table
 //! pointers carry R|W and the leaf decides.
+//!
+//! The layout is the spec's own and differs from AMD's (no Present bit, no NextLevel, PS for
+//! large pages), so it stays here; the table logic shared with AMD-Vi
+//! (`lazaret_io_pagetable`) sees it only through [`crate::SecondLevel`].
 
 use lazaret_types::PhysAddr;
 

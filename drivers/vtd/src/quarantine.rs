@@ -35,14 +35,14 @@ impl QuarantineContext for QuarantineTables {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::levels::{Depth, Levels};
-    use lazaret_types::FrameAllocator;
-    use crate::table_memory::TableMemory;
-    use lazaret_types::{PhysAddr, PhysMem};
     use crate::context::RootTable;
+    use crate::levels::{Depth, Levels};
+    use crate::table_memory::TableMemory;
     use crate::walker::{translate, Fault};
     use lazaret_types::sim::{SimFrameAllocator, SimMemory};
     use lazaret_types::Bdf;
+    use lazaret_types::FrameAllocator;
+    use lazaret_types::{PhysAddr, PhysMem};
     use std::collections::BTreeSet;
 
     const DEV: Bdf = Bdf::from_requester_id(0x0008);

@@ -9,11 +9,11 @@ use alloc::vec::Vec;
 use core::ops::Range;
 
 use lazaret_amd_vi::PageSize as AmdPageSize;
-use lazaret_amd_vi::{QuarantineDte, Translated};
 use lazaret_amd_vi::{
     walker, AmdViUnit, Clock, DeviceTable, DeviceTableEntry, Event, Levels, MapError, PageTable,
     Perms, QuarantineTables, SwitchBatch,
 };
+use lazaret_amd_vi::{QuarantineDte, Translated};
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 
 use crate::passthrough::iommu::{

@@ -3,7 +3,7 @@ use crate::context::{ContextEntry, RootTable};
 use crate::invalidation::iotlb_drained;
 use crate::levels::Levels;
 use crate::pagetable::{PageTable, Perms};
-use crate::poll::test_clock::StepClock;
+use crate::poll::StepClock;
 use crate::quarantine::{QuarantineContext, QuarantineTables};
 use crate::regs::{CCMD, IQA, IQT};
 use crate::sim_device::{
