@@ -81,7 +81,7 @@ mod tests {
 
     #[test]
     fn depth_is_the_level_count() {
-        let counts = Levels::ALL.map(|l| Depth::count(l));
+        let counts = Levels::ALL.map(Depth::count);
         assert_eq!(counts, [3, 4, 5]);
     }
 }
