@@ -1,0 +1,141 @@
+//! The shared table code through both vendors' entry formats, checked with each vendor's own
+//! reference walker (which shares no code with the builders).
+
+use lazaret_amd_vi::walker::walk_tables;
+use lazaret_types::sim::{SimFrameAllocator, SimMemory};
+use lazaret_types::{FrameAllocator, PhysAddr, PhysMem, PAGE_SIZE};
+use lazaret_vtd::walker::{walk, WalkerConfig};
+use lazaret_vtd::TableMemory;
+
+/// An allocator that breaks the "frames come zeroed" promise: the builders must not rely on
+/// it for tables or scratch pages (a real allocator with a bug would otherwise leak data or
+/// leave stray entries).
+struct Dirty<'m> {
+    mem: &'m SimMemory,
+    inner: SimFrameAllocator<'m>,
+}
+
+impl<'m> Dirty<'m> {
+    fn new(mem: &'m SimMemory) -> Self {
+        Dirty {
+            mem,
+            inner: SimFrameAllocator::new(mem, PhysAddr(0x100_0000), 64),
+        }
+    }
+}
+
+impl FrameAllocator for Dirty<'_> {
+    fn alloc_frame(&mut self) -> Option<PhysAddr> {
+        let f = self.inner.alloc_frame()?;
+        self.mem.write_bytes(f, &[0xa5; PAGE_SIZE as usize]);
+        Some(f)
+    }
+    fn free_frame(&mut self, frame: PhysAddr) {
+        self.inner.free_frame(frame)
+    }
+    fn frames_in_use(&self) -> usize {
+        self.inner.frames_in_use()
+    }
+}
+
+fn all_zero(mem: &SimMemory, page: PhysAddr) -> bool {
+    let mut buf = [1u8; PAGE_SIZE as usize];
+    mem.read_bytes(page, &mut buf);
+    buf.iter().all(|b| *b == 0)
+}
+
+const IOVAS: [u64; 5] = [0, 0x1000, 0x20_0000, 0x7f_ffff_f000, 0xdead_b000];
+
+#[test]
+fn quarantine_tables_do_not_rely_on_zeroed_frames() {
+    use lazaret_amd_vi::QuarantineDte;
+    let mem = SimMemory::new();
+    let mut a = Dirty::new(&mem);
+    let vtd = lazaret_vtd::QuarantineTables::build(
+        TableMemory::coherent(&mem),
+        &mut a,
+        lazaret_vtd::Levels::Four,
+        &[],
+        true,
+    )
+    .unwrap();
+    let amd = lazaret_amd_vi::QuarantineTables::build(
+        &mem,
+        &mut a,
+        lazaret_amd_vi::Levels::FOUR,
+        &[],
+        true,
+    )
+    .unwrap();
+    let (vs, asc) = (vtd.scratch_page().unwrap(), amd.scratch_page().unwrap());
+    assert!(
+        all_zero(&mem, vs) && all_zero(&mem, asc),
+        "scratch pages zeroed"
+    );
+    let vroot = vtd.root().unwrap();
+    let aroot = amd.translation_root().unwrap().root();
+    for iova in IOVAS {
+        let leaf = walk(&WalkerConfig::PERMISSIVE, &mem, vroot, 4, iova, true).unwrap();
+        assert_eq!(leaf.address(iova), vs, "vtd {iova:#x}");
+        assert_eq!(
+            walk_tables(&mem, aroot, 4, iova, true),
+            Ok(asc),
+            "amd {iova:#x}"
+        );
+    }
+    // Basic mode with one page of identity map: everything else faults, junk or not.
+    let vb = lazaret_vtd::QuarantineTables::build(
+        TableMemory::coherent(&mem),
+        &mut a,
+        lazaret_vtd::Levels::Four,
+        &[(0x5000, 0x5000)],
+        false,
+    )
+    .unwrap();
+    let ab = lazaret_amd_vi::QuarantineTables::build(
+        &mem,
+        &mut a,
+        lazaret_amd_vi::Levels::FOUR,
+        &[(0x5000, 0x5000, true, true)],
+        false,
+    )
+    .unwrap();
+    let (vr, ar) = (vb.root().unwrap(), ab.root().unwrap());
+    for iova in IOVAS {
+        assert!(walk(&WalkerConfig::PERMISSIVE, &mem, vr, 4, iova, false).is_err());
+        assert!(walk_tables(&mem, ar, 4, iova, false).is_err());
+    }
+    // A one-byte range is its whole page.
+    let one = walk(&WalkerConfig::PERMISSIVE, &mem, vr, 4, 0x5abc, true).unwrap();
+    assert_eq!(one.address(0x5abc), PhysAddr(0x5abc));
+    assert_eq!(walk_tables(&mem, ar, 4, 0x5abc, true), Ok(PhysAddr(0x5abc)));
+}
+
+#[test]
+fn guest_tables_do_not_rely_on_zeroed_frames_and_map_one_byte_ranges() {
+    let mem = SimMemory::new();
+    let mut a = Dirty::new(&mem);
+    let tm = TableMemory::coherent(&mem);
+    let mut vtd = lazaret_vtd::PageTable::new(tm, &mut a, lazaret_vtd::Levels::Four).unwrap();
+    let mut amd =
+        lazaret_amd_vi::PageTable::new(&mem, &mut a, lazaret_amd_vi::Levels::FOUR).unwrap();
+    vtd.identity_map(tm, &mut a, 0x7000, 0x7000, lazaret_vtd::Perms::READ)
+        .unwrap();
+    amd.identity_map(&mem, &mut a, 0x7000, 0x7000, lazaret_amd_vi::Perms::READ)
+        .unwrap();
+    let (vr, ar) = (vtd.root(), amd.root());
+    let leaf = walk(&WalkerConfig::PERMISSIVE, &mem, vr, 4, 0x7010, false).unwrap();
+    assert_eq!(leaf.address(0x7010), PhysAddr(0x7010));
+    assert_eq!(
+        walk_tables(&mem, ar, 4, 0x7010, false),
+        Ok(PhysAddr(0x7010))
+    );
+    // Neighbours in the same fresh leaf table, and other branches, stay unmapped.
+    for iova in [0x6000, 0x8000, 0x20_0000, 0x8000_0000] {
+        assert!(walk(&WalkerConfig::PERMISSIVE, &mem, vr, 4, iova, false).is_err());
+        assert!(walk_tables(&mem, ar, 4, iova, false).is_err());
+    }
+    vtd.free(&mem, &mut a);
+    amd.free(&mem, &mut a);
+    assert_eq!(a.frames_in_use(), 0);
+}
