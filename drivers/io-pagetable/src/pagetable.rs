@@ -143,14 +143,6 @@ impl<E: EntryFormat> fmt::Debug for PageTable<E> {
     }
 }
 
-impl<E: EntryFormat> PartialEq for PageTable<E> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.root, self.levels) == (other.root, other.levels)
-    }
-}
-
-impl<E: EntryFormat> Eq for PageTable<E> {}
-
 impl<E: EntryFormat> PageTable<E> {
     /// An empty tree: one zeroed root.
     pub fn new<W, A>(mem: W, alloc: &mut A, levels: E::Levels) -> Result<Self, MapError<E::Levels>>

@@ -139,3 +139,65 @@ fn guest_tables_do_not_rely_on_zeroed_frames_and_map_one_byte_ranges() {
     amd.free(&mem, &mut a);
     assert_eq!(a.frames_in_use(), 0);
 }
+
+/// A failed identity map rolls back only what it mapped: a page that was mapped before
+/// (the one it stopped at) keeps its mapping.
+#[test]
+fn identity_map_rollback_leaves_earlier_mappings_alone() {
+    let mem = SimMemory::new();
+    let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
+    let tm = TableMemory::coherent(&mem);
+    let mut vtd = lazaret_vtd::PageTable::new(tm, &mut a, lazaret_vtd::Levels::Four).unwrap();
+    let mut amd =
+        lazaret_amd_vi::PageTable::new(&mem, &mut a, lazaret_amd_vi::Levels::FOUR).unwrap();
+    let (rw_v, rw_a) = (
+        lazaret_vtd::Perms::READ_WRITE,
+        lazaret_amd_vi::Perms::READ_WRITE,
+    );
+    vtd.map(tm, &mut a, 0x9000, PhysAddr(0x4_0000), rw_v)
+        .unwrap();
+    amd.map(&mem, &mut a, 0x9000, PhysAddr(0x4_0000), rw_a)
+        .unwrap();
+    assert_eq!(
+        vtd.identity_map(tm, &mut a, 0x8000, 0x9fff, rw_v),
+        Err(lazaret_vtd::MapError::AlreadyMapped { iova: 0x9000 })
+    );
+    assert_eq!(
+        amd.identity_map(&mem, &mut a, 0x8000, 0x9fff, rw_a),
+        Err(lazaret_amd_vi::MapError::AlreadyMapped { iova: 0x9000 })
+    );
+    let (vr, ar) = (vtd.root(), amd.root());
+    let kept = walk(&WalkerConfig::PERMISSIVE, &mem, vr, 4, 0x9008, true).unwrap();
+    assert_eq!(kept.address(0x9008), PhysAddr(0x4_0008));
+    assert_eq!(
+        walk_tables(&mem, ar, 4, 0x9008, true),
+        Ok(PhysAddr(0x4_0008))
+    );
+    assert!(walk(&WalkerConfig::PERMISSIVE, &mem, vr, 4, 0x8000, false).is_err());
+    assert!(walk_tables(&mem, ar, 4, 0x8000, false).is_err());
+    vtd.free(&mem, &mut a);
+    amd.free(&mem, &mut a);
+}
+
+/// AMD allows a 1-level table (Mode 1, 2 MiB of IOVA): 4 KiB pages map, 2 MiB pages do not.
+#[test]
+fn a_one_level_amd_table_maps_4k_pages_only() {
+    let mem = SimMemory::new();
+    let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 8);
+    let one = lazaret_amd_vi::Levels::new(1).unwrap();
+    let mut pt = lazaret_amd_vi::PageTable::new(&mem, &mut a, one).unwrap();
+    let r = lazaret_amd_vi::Perms::READ;
+    pt.map(&mem, &mut a, 0x1f_f000, PhysAddr(0x3000), r)
+        .unwrap();
+    assert_eq!(
+        walk_tables(&mem, pt.root(), 1, 0x1f_f123, false),
+        Ok(PhysAddr(0x3123))
+    );
+    assert_eq!(a.frames_in_use(), 1, "the root is the leaf table");
+    let big = lazaret_amd_vi::PageSize::Size2M;
+    assert!(matches!(
+        pt.map_sized(&mem, &mut a, 0, PhysAddr(0), r, big),
+        Err(lazaret_amd_vi::MapError::BeyondAddressWidth { .. })
+    ));
+    pt.free(&mem, &mut a);
+}
