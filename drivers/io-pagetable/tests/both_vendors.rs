@@ -201,3 +201,39 @@ fn a_one_level_amd_table_maps_4k_pages_only() {
     ));
     pt.free(&mem, &mut a);
 }
+
+/// Identity ranges grant what they say in both directions: an RMRR is read/write, and
+/// overlapping AMD unity ranges add up (a read-only and a write-only range on one page).
+#[test]
+fn identity_ranges_grant_both_directions_and_overlaps_add_up() {
+    use lazaret_amd_vi::QuarantineDte;
+    let mem = SimMemory::new();
+    let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
+    let vtd = lazaret_vtd::QuarantineTables::build(
+        TableMemory::coherent(&mem),
+        &mut a,
+        lazaret_vtd::Levels::Four,
+        &[(0x5000, 0x5fff)],
+        true,
+    )
+    .unwrap();
+    let overlapping = [(0x5000, 0x5fff, true, false), (0x5800, 0x5800, false, true)];
+    let amd = lazaret_amd_vi::QuarantineTables::build(
+        &mem,
+        &mut a,
+        lazaret_amd_vi::Levels::FOUR,
+        &overlapping,
+        true,
+    )
+    .unwrap();
+    let (vr, ar) = (vtd.root().unwrap(), amd.translation_root().unwrap().root());
+    for write in [false, true] {
+        let leaf = walk(&WalkerConfig::PERMISSIVE, &mem, vr, 4, 0x5010, write).unwrap();
+        assert_eq!(leaf.address(0x5010), PhysAddr(0x5010), "vtd write={write}");
+        assert_eq!(
+            walk_tables(&mem, ar, 4, 0x5010, write),
+            Ok(PhysAddr(0x5010)),
+            "amd write={write}"
+        );
+    }
+}
