@@ -237,3 +237,64 @@ fn identity_ranges_grant_both_directions_and_overlaps_add_up() {
         );
     }
 }
+
+/// Overlapping AMD unity ranges add up in either order and never grant more than one of them
+/// does: write-only then read-only is read/write, read-only twice stays read-only.
+#[test]
+fn overlapping_unity_ranges_add_exactly_their_rights() {
+    use lazaret_amd_vi::QuarantineDte;
+    let mem = SimMemory::new();
+    let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
+    let ranges = [
+        (0x5000, 0x5fff, false, true),
+        (0x5000, 0x5000, true, false),
+        (0x8000, 0x8fff, true, false),
+        (0x8800, 0x8800, true, false),
+    ];
+    let q = lazaret_amd_vi::QuarantineTables::build(
+        &mem,
+        &mut a,
+        lazaret_amd_vi::Levels::FOUR,
+        &ranges,
+        false,
+    )
+    .unwrap();
+    let r = q.translation_root().unwrap().root();
+    for write in [false, true] {
+        assert_eq!(walk_tables(&mem, r, 4, 0x5010, write), Ok(PhysAddr(0x5010)));
+    }
+    assert_eq!(walk_tables(&mem, r, 4, 0x8010, false), Ok(PhysAddr(0x8010)));
+    assert!(
+        walk_tables(&mem, r, 4, 0x8010, true).is_err(),
+        "read-only twice"
+    );
+}
+
+/// An AMD entry whose NextLevel skips a level was not built by these tables: map refuses to
+/// follow it, and freeing the tree does not descend into it.
+#[test]
+fn amd_entries_that_skip_levels_are_foreign() {
+    let mem = SimMemory::new();
+    let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 64);
+    let mut pt =
+        lazaret_amd_vi::PageTable::new(&mem, &mut a, lazaret_amd_vi::Levels::FOUR).unwrap();
+    let r = lazaret_amd_vi::Perms::READ;
+    pt.map(&mem, &mut a, 0, PhysAddr(0x3000), r).unwrap();
+    // Root entry 0: NextLevel (bits 11:9, AMD §2.2.3) 3 → 2.
+    let e = mem.read_u64(pt.root());
+    mem.write_u64(pt.root(), (e & !(7 << 9)) | (2 << 9));
+    assert_eq!(
+        pt.map(&mem, &mut a, 0x1000, PhysAddr(0x4000), r),
+        Err(lazaret_amd_vi::MapError::Foreign {
+            iova: 0x1000,
+            level: 4
+        })
+    );
+    let before = a.frames_in_use();
+    pt.free(&mem, &mut a);
+    assert_eq!(
+        before - a.frames_in_use(),
+        1,
+        "only the root: the rest is not followed"
+    );
+}

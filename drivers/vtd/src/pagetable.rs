@@ -139,6 +139,11 @@ mod tests {
         assert_eq!(alloc.frames_in_use(), 4);
         let e = lookup(&mem, &pt, 0x4000_1000).unwrap();
         assert_eq!((e.addr(), e.writable()), (PhysAddr(0x9000), true));
+        assert_eq!(
+            e.0 & (1 << 7),
+            0,
+            "PS is a PDE bit: a 4 KiB PTE leaves it clear (§9.8)"
+        );
         assert!(flush.covers(entry_addr(pt.root(), 0x4000_0000, 4), 8));
         assert_eq!(
             pt.map(tm, &mut alloc, 0x4000_0000, PhysAddr(0xa000), Perms::READ),
