@@ -3,6 +3,8 @@
 
 use core::fmt;
 
+pub use lazaret_io_pagetable::Depth;
+
 /// Number of I/O page-table levels, 1..=6 (AMD IOMMU spec §2.2.3, DTE Mode field §2.2.2.1).
 ///
 /// Mode = number of levels: level `n` resolves IOVA bits `12 + 9n - 1 .. 12 + 9(n-1)`.
@@ -32,43 +34,13 @@ impl Levels {
     pub const fn mode(self) -> u8 {
         self.0
     }
+}
 
-    /// IOVA bits these tables translate (39 for 3 levels, 48 for 4, capped at 64).
-    pub const fn address_bits(self) -> u32 {
-        let bits = 12 + 9 * self.0 as u32;
-        if bits > 64 {
-            64
-        } else {
-            bits
-        }
-    }
-
-    /// Largest IOVA these tables can translate.
-    pub const fn max_iova(self) -> u64 {
-        match self.address_bits() {
-            64 => u64::MAX,
-            bits => (1u64 << bits) - 1,
-        }
-    }
-
-    /// Index of `iova` in a table at `level` (1 = leaf table, `count()` = root), §2.2.3.
-    pub const fn index(iova: u64, level: u32) -> usize {
-        let shift = 12 + 9 * level.saturating_sub(1);
-        if shift >= 64 {
-            0
-        } else {
-            ((iova >> shift) & 0x1ff) as usize
-        }
-    }
-
-    /// Bytes covered by one entry of a table at `level` (4 KiB at level 1).
-    pub const fn entry_span(level: u32) -> u64 {
-        let shift = 12 + 9 * level.saturating_sub(1);
-        if shift >= 64 {
-            u64::MAX
-        } else {
-            1u64 << shift
-        }
+/// Width and index arithmetic are shared with VT-d; the legal depths (1..6) and their DTE
+/// Mode encoding are AMD's own.
+impl Depth for Levels {
+    fn count(self) -> u32 {
+        Levels::count(self)
     }
 }
 
@@ -96,11 +68,5 @@ mod tests {
         assert_eq!(Levels::THREE.address_bits(), 39);
         assert_eq!(Levels::FOUR.max_iova(), 0xffff_ffff_ffff);
         assert_eq!(Levels::SIX.max_iova(), u64::MAX);
-        let iova = (3u64 << 39) | (5 << 30) | (7 << 21) | (9 << 12) | 0xabc;
-        assert_eq!(Levels::index(iova, 4), 3);
-        assert_eq!(Levels::index(iova, 3), 5);
-        assert_eq!(Levels::index(iova, 2), 7);
-        assert_eq!(Levels::index(iova, 1), 9);
-        assert_eq!(Levels::entry_span(2), 2 << 20);
     }
 }

@@ -67,10 +67,12 @@ pub use event_log::{DrainSummary, Event, EventFlags, EventLog, EventLogError};
 pub use intremap::{
     IntRemapError, InterruptTable, Irte, IrteFormat, MsiMessage, MAX_INTERRUPT_ENTRIES,
 };
-pub use levels::Levels;
-pub use pagetable::{MapError, PageSize, PageTable, Perms, TranslationRoot};
+pub use levels::{Depth, Levels};
+pub use pagetable::{
+    IoPageTable, MapError, PageSize, PageTable, Perms, Translated, TranslationRoot,
+};
 pub use poll::{Clock, TimedOut};
-pub use quarantine::{QuarantineError, QuarantineTables, UnityRange};
+pub use quarantine::{QuarantineDte, QuarantineError, QuarantineTables, UnityRange};
 pub use regs::{ExtendedFeatures, RingLength};
 pub use switch::SwitchBatch;
 pub use unit::{AmdViUnit, BringUpError, BringUpStep, UnitError};

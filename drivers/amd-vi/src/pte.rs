@@ -12,6 +12,10 @@
 //! IR/IW are ANDed along the whole walk, the DTE's included (§2.2.3: "the effective
 //! permission is the logical AND of all levels"), so every PDE this crate writes grants both
 //! and the leaf decides.
+//!
+//! The layout is the spec's own and differs from VT-d's (Present bit, NextLevel instead of
+//! PS, IR/IW at 61/62), so it stays here; the table logic shared with VT-d
+//! (`lazaret_io_pagetable`) sees it only through [`crate::IoPageTable`].
 
 use lazaret_types::PhysAddr;
 

@@ -1,272 +1,45 @@
-//! Per-device quarantine tables (design §4): built once while the device lock is held, frozen
-//! afterwards — the type has no mutation API, so no mapping lock is needed.
+//! Per-device quarantine tables (design §4): the shared
+//! [`lazaret_io_pagetable::QuarantineTables`] over the [`IoPageTable`] encoding.
 //!
-//! Scratch mode: one root and one table per lower level whose every entry points to the
-//! next level's single table, leaves → the device's own zeroed scratch page, R/W:
-//! `levels + 1` frames. Unity (IVMD) ranges are identity-mapped on top: the path of each
-//! unity page gets private copies of the shared tables, so the unity leaf overrides the
-//! scratch leaf for that page only.
+//! Scratch mode: `levels + 1` frames, every IOVA → the device's own zeroed scratch page, R/W.
+//! Unity (IVMD) ranges are identity-mapped on top with their own read/write flags
+//! (overlapping ranges add up), each on private copies of the shared tables.
 //!
-//! Basic mode: only the unity identity maps; without any, there are no tables at all and
-//! [`QuarantineTables::device_table_entry`] yields the blocking DTE.
+//! Basic mode: only the unity identity maps; without any, an empty root (see
+//! [`IoPageTable`]'s `EMPTY_ROOT_IN_BASIC_MODE` for why not the blocking DTE).
 
-extern crate alloc;
-
-use alloc::vec::Vec;
-use core::fmt;
-
-use lazaret_types::{FrameAllocator, PhysAddr, PhysMem, PAGE_SIZE};
+pub use lazaret_io_pagetable::QuarantineError;
 
 use crate::device_table::DeviceTableEntry;
-use crate::levels::Levels;
-use crate::pagetable::{pages, TranslationRoot};
-use crate::pte::{address, entry_addr, is_present, leaf, pde, Perms};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QuarantineError {
-    OutOfFrames,
-    /// A unity range is empty, grants no access, is unaligned at no page, or does not fit
-    /// in the tables' address width.
-    BadUnityRange {
-        start: u64,
-        end: u64,
-    },
-}
-
-impl fmt::Display for QuarantineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            QuarantineError::OutOfFrames => write!(f, "out of frames for quarantine tables"),
-            QuarantineError::BadUnityRange { start, end } => {
-                write!(
-                    f,
-                    "unity range {start:#x}..={end:#x} unusable for these tables"
-                )
-            }
-        }
-    }
-}
+use crate::pagetable::{IoPageTable, TranslationRoot};
 
 /// A unity range from IVMD: `(start, end_inclusive, read, write)`, byte addresses.
 pub type UnityRange = (u64, u64, bool, bool);
 
 /// Frozen per-device quarantine tables.
-#[derive(Debug)]
-pub struct QuarantineTables {
-    root: Option<PhysAddr>,
-    levels: Levels,
-    scratch: Option<PhysAddr>,
-    frames: Vec<PhysAddr>,
-}
+pub type QuarantineTables = lazaret_io_pagetable::QuarantineTables<IoPageTable>;
 
-/// Construction state: every frame taken so far is in `frames`, so one error path frees all.
-struct Builder<'a, M: PhysMem + ?Sized, A: FrameAllocator + ?Sized> {
-    mem: &'a M,
-    alloc: &'a mut A,
-    frames: Vec<PhysAddr>,
-    /// Scratch mode: the shared table of each level (index = level), and the scratch page.
-    shared: [Option<PhysAddr>; 7],
-    scratch: Option<PhysAddr>,
-}
-
-impl<M: PhysMem + ?Sized, A: FrameAllocator + ?Sized> Builder<'_, M, A> {
-    fn frame(&mut self) -> Result<PhysAddr, QuarantineError> {
-        let f = self
-            .alloc
-            .alloc_frame()
-            .ok_or(QuarantineError::OutOfFrames)?;
-        self.frames.push(f);
-        self.mem.zero(f, PAGE_SIZE);
-        Ok(f)
-    }
-
-    /// What every entry of a fresh table at `level` holds: in scratch mode the shared path
-    /// down to the scratch page, in basic mode nothing (not present).
-    fn default_entry(&self, level: u32) -> u64 {
-        match (level, self.scratch) {
-            (1, Some(s)) => leaf(s, Perms::READ_WRITE),
-            (_, Some(_)) => match self.shared.get(level as usize - 1).copied().flatten() {
-                Some(child) => pde(child, level - 1),
-                None => 0,
-            },
-            (_, None) => 0,
-        }
-    }
-
-    /// A new table at `level` filled with [`Builder::default_entry`].
-    fn table(&mut self, level: u32) -> Result<PhysAddr, QuarantineError> {
-        let t = self.frame()?;
-        let e = self.default_entry(level);
-        if e != 0 {
-            for i in 0..512 {
-                self.mem.write_u64(entry_addr(t, i), e);
-            }
-        }
-        Ok(t)
-    }
-
-    /// Scratch page and the shared chain, leaf table first; returns the shared root.
-    fn shared_chain(&mut self, levels: Levels) -> Result<PhysAddr, QuarantineError> {
-        self.scratch = Some(self.frame()?);
-        let mut top = PhysAddr(0);
-        for level in 1..=levels.count() {
-            top = self.table(level)?;
-            if let Some(slot) = self.shared.get_mut(level as usize) {
-                *slot = Some(top);
-            }
-        }
-        Ok(top)
-    }
-
-    /// Identity-maps `page` with `perms`, giving its path private tables where it would
-    /// otherwise go through a shared one.
-    fn identity(
-        &mut self,
-        root: PhysAddr,
-        levels: Levels,
-        page: u64,
-        perms: Perms,
-    ) -> Result<(), QuarantineError> {
-        let mut table = root;
-        for level in (2..=levels.count()).rev() {
-            let slot = entry_addr(table, Levels::index(page, level));
-            let e = self.mem.read_u64(slot);
-            let shared_child = self.shared.get(level as usize - 1).copied().flatten();
-            table = if is_present(e) && Some(address(e)) != shared_child {
-                address(e)
-            } else {
-                let private = self.table(level - 1)?;
-                self.mem.write_u64(slot, pde(private, level - 1));
-                private
-            };
-        }
-        let slot = entry_addr(table, Levels::index(page, 1));
-        let e = self.mem.read_u64(slot);
-        // Overlapping unity ranges add up; the scratch leaf never counts as a unity grant.
-        let old = if is_present(e) && Some(address(e)) == Some(PhysAddr(page)) {
-            Perms::from_bits(e)
-        } else {
-            Perms::NONE
-        };
-        self.mem
-            .write_u64(slot, leaf(PhysAddr(page), perms.union(old)));
-        Ok(())
-    }
-
-    fn build(
-        &mut self,
-        levels: Levels,
-        unity: &[UnityRange],
-        scratch: bool,
-    ) -> Result<Option<PhysAddr>, QuarantineError> {
-        for &(start, end, read, write) in unity {
-            let bad = QuarantineError::BadUnityRange { start, end };
-            if end < start || end > levels.max_iova() || !(read || write) {
-                return Err(bad);
-            }
-        }
-        // Basic mode always gets a root, empty without unity ranges: the DTE then has
-        // translation on and every access walks into a not-present entry, which hardware
-        // logs as IO_PAGE_FAULT (§2.5.3), naming the device and address. The blocking DTE
-        // (Mode 0, IR = IW = 0) would refuse DMA too, but a refused Mode-0 access is not a
-        // page fault, so nobody would learn which device tried.
-        let root = if scratch {
-            self.shared_chain(levels)?
-        } else {
-            self.table(levels.count())?
-        };
-        for &(start, end, read, write) in unity {
-            let bad = QuarantineError::BadUnityRange { start, end };
-            for page in pages(start, end).map_err(|_| bad)? {
-                self.identity(root, levels, page, Perms { read, write })?;
-            }
-        }
-        Ok(Some(root))
-    }
-}
-
-impl QuarantineTables {
-    /// Builds a device's quarantine tables; on any error every frame taken is given back.
-    pub fn build<M, A>(
-        mem: &M,
-        alloc: &mut A,
-        levels: Levels,
-        unity_ranges: &[UnityRange],
-        scratch: bool,
-    ) -> Result<QuarantineTables, QuarantineError>
-    where
-        M: PhysMem + ?Sized,
-        A: FrameAllocator + ?Sized,
-    {
-        let mut b = Builder {
-            mem,
-            alloc,
-            frames: Vec::new(),
-            shared: [None; 7],
-            scratch: None,
-        };
-        match b.build(levels, unity_ranges, scratch) {
-            Ok(root) => Ok(QuarantineTables {
-                root,
-                levels,
-                scratch: b.scratch,
-                frames: b.frames,
-            }),
-            Err(e) => {
-                b.frames.iter().for_each(|f| b.alloc.free_frame(*f));
-                Err(e)
-            }
-        }
-    }
-
-    /// Root of the tables (always present: basic mode without unity ranges has an empty one).
-    pub fn root(&self) -> Option<PhysAddr> {
-        self.root
-    }
-
-    pub fn levels(&self) -> Levels {
-        self.levels
-    }
-
-    pub fn scratch_page(&self) -> Option<PhysAddr> {
-        self.scratch
-    }
-
-    /// Frames held, scratch page included.
-    pub fn page_count(&self) -> usize {
-        self.frames.len()
-    }
-
-    pub fn frames(&self) -> &[PhysAddr] {
-        &self.frames
-    }
-
+/// The AMD side of quarantine tables: the DTE that puts a device on them.
+pub trait QuarantineDte {
     /// Root and depth together, when there are tables.
-    pub fn translation_root(&self) -> Option<TranslationRoot> {
-        self.root.map(|r| TranslationRoot::new(r, self.levels))
+    fn translation_root(&self) -> Option<TranslationRoot>;
+
+    /// The DTE that puts a device on these tables (Mode from the same
+    /// [`Levels`](crate::Levels) the tables were built with), or the blocking DTE when there
+    /// are none.
+    fn device_table_entry(&self, domain_id: u16) -> DeviceTableEntry;
+}
+
+impl QuarantineDte for QuarantineTables {
+    fn translation_root(&self) -> Option<TranslationRoot> {
+        self.root().map(|r| TranslationRoot::new(r, self.levels()))
     }
 
-    /// The DTE that puts a device on these tables (Mode from the same [`Levels`] the tables
-    /// were built with), or the blocking DTE when there are none.
-    pub fn device_table_entry(&self, domain_id: u16) -> DeviceTableEntry {
+    fn device_table_entry(&self, domain_id: u16) -> DeviceTableEntry {
         match self.translation_root() {
             Some(root) => DeviceTableEntry::translated(root, domain_id),
             None => DeviceTableEntry::blocking(domain_id),
         }
-    }
-
-    /// Zeroes the scratch page (data, not tables): done every time the device enters
-    /// quarantine, before its DTE is switched here.
-    pub fn zero_scratch<M: PhysMem + ?Sized>(&self, mem: &M) {
-        if let Some(page) = self.scratch {
-            mem.zero(page, PAGE_SIZE);
-        }
-    }
-
-    /// Gives every frame back. Only once no DTE points here any more (after the
-    /// invalidation that follows the switch away).
-    pub fn free<A: FrameAllocator + ?Sized>(self, alloc: &mut A) {
-        self.frames.iter().for_each(|f| alloc.free_frame(*f));
     }
 }
 
@@ -274,8 +47,10 @@ impl QuarantineTables {
 mod tests {
     use super::*;
     use crate::device_table::DeviceTable;
+    use crate::levels::{Depth, Levels};
     use crate::walker::{translate, walk_tables, Fault};
     use lazaret_types::sim::{SimFrameAllocator, SimMemory};
+    use lazaret_types::{FrameAllocator, PhysAddr, PhysMem};
 
     fn alloc(mem: &SimMemory) -> SimFrameAllocator<'_> {
         SimFrameAllocator::new(mem, PhysAddr(0x100_0000), 4096)
@@ -404,13 +179,40 @@ mod tests {
         ] {
             assert_eq!(
                 QuarantineTables::build(&mem, &mut a, Levels::THREE, &[bad], true).map(|_| ()),
-                Err(QuarantineError::BadUnityRange {
+                Err(QuarantineError::BadRange {
                     start: bad.0,
                     end: bad.1
                 })
             );
             assert_eq!(a.frames_in_use(), 0);
         }
+    }
+
+    /// A unity page is its own host address, so it must fit the entry's address field
+    /// (bits 51:12): beyond it the leaf would silently point at a truncated address.
+    #[test]
+    fn unity_ranges_beyond_the_address_field_are_refused_at_every_depth() {
+        let mem = SimMemory::new();
+        let mut a = alloc(&mem);
+        let beyond = (1u64 << 52, (1 << 52) + 0xfff, true, true);
+        for levels in [Levels::FIVE, Levels::SIX] {
+            assert_eq!(
+                QuarantineTables::build(&mem, &mut a, levels, &[beyond], true).map(|_| ()),
+                Err(QuarantineError::BadRange {
+                    start: beyond.0,
+                    end: beyond.1
+                })
+            );
+        }
+        assert_eq!(a.frames_in_use(), 0);
+        let top = ((1u64 << 52) - 0x1000, (1 << 52) - 1, true, false);
+        let q = QuarantineTables::build(&mem, &mut a, Levels::FIVE, &[top], true).unwrap();
+        let root = q.translation_root().unwrap();
+        assert_eq!(
+            walk_tables(&mem, root.root(), 5, top.0 + 8, false),
+            Ok(PhysAddr(top.0 + 8))
+        );
+        q.free(&mut a);
     }
 
     #[test]

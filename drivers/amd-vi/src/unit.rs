@@ -434,9 +434,9 @@ mod interrupts;
 mod tests {
     use super::*;
     use crate::device_table::DeviceTableEntry;
-    use crate::pagetable::{PageTable, Perms};
+    use crate::pagetable::{PageTable, Perms, Translated};
     use crate::poll::StepClock;
-    use crate::quarantine::QuarantineTables;
+    use crate::quarantine::{QuarantineDte, QuarantineTables};
     use crate::sim_device::SimAmdVi;
     use crate::walker::{translate, Fault};
     use crate::Levels;

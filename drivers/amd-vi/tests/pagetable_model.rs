@@ -5,7 +5,10 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
-use lazaret_amd_vi::{walk_tables, Levels, MapError, PageTable, Perms, QuarantineTables};
+use lazaret_amd_vi::{
+    walk_tables, Depth, Levels, MapError, PageTable, Perms, QuarantineDte, QuarantineTables,
+    Translated,
+};
 use lazaret_types::sim::{SimFrameAllocator, SimMemory};
 use lazaret_types::{FrameAllocator, PhysAddr};
 use proptest::prelude::*;

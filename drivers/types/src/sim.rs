@@ -315,9 +315,113 @@ impl Mmio for SimRegisters {
     }
 }
 
+/// One interrupt a simulated IOMMU let through, as the local APIC receives it. Both vendors'
+/// simulated units report deliveries in this shape; how they decide is each sim's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimInterrupt {
+    pub vector: u8,
+    /// The APIC ID (xAPIC: 8 bits, x2APIC: 32 bits).
+    pub destination: u32,
+    /// The remapping-table entry it went through; `None` when it passed untranslated.
+    pub index: Option<u16>,
+}
+
+/// Memory in which `guarded` byte addresses change only by 16-byte compare-exchange, counted:
+/// proves that a live table entry (IRTE, DTE, context entry) is never written piecemeal. A
+/// plain store into the range panics.
+pub struct ExchangeOnly<'a> {
+    mem: &'a SimMemory,
+    guarded: core::ops::Range<u64>,
+    exchanges: Cell<usize>,
+}
+
+impl<'a> ExchangeOnly<'a> {
+    /// Guards the page at `page`.
+    pub fn page(mem: &'a SimMemory, page: PhysAddr) -> Self {
+        ExchangeOnly::range(mem, page.0..page.0 + PAGE_SIZE)
+    }
+
+    /// Guards all of memory.
+    pub fn everywhere(mem: &'a SimMemory) -> Self {
+        ExchangeOnly::range(mem, 0..u64::MAX)
+    }
+
+    fn range(mem: &'a SimMemory, guarded: core::ops::Range<u64>) -> Self {
+        ExchangeOnly {
+            mem,
+            guarded,
+            exchanges: Cell::new(0),
+        }
+    }
+
+    /// Compare-exchanges so far.
+    pub fn exchanges(&self) -> usize {
+        self.exchanges.get()
+    }
+
+    fn refuse_plain_store(&self, addr: PhysAddr, len: u64) {
+        let end = addr.0.saturating_add(len);
+        assert!(
+            end <= self.guarded.start || addr.0 >= self.guarded.end,
+            "plain {len}-byte store at {addr} into exchange-only memory"
+        );
+    }
+}
+
+impl PhysMem for ExchangeOnly<'_> {
+    fn read_u64(&self, addr: PhysAddr) -> u64 {
+        self.mem.read_u64(addr)
+    }
+    fn write_u64(&self, addr: PhysAddr, value: u64) {
+        self.refuse_plain_store(addr, 8);
+        self.mem.write_u64(addr, value)
+    }
+    fn compare_exchange_u128(&self, a: PhysAddr, c: u128, n: u128) -> Result<u128, u128> {
+        self.exchanges.set(self.exchanges.get() + 1);
+        self.mem.compare_exchange_u128(a, c, n)
+    }
+    fn zero(&self, addr: PhysAddr, len: u64) {
+        self.mem.zero(addr, len)
+    }
+    fn read_bytes(&self, addr: PhysAddr, buf: &mut [u8]) {
+        self.mem.read_bytes(addr, buf)
+    }
+    fn write_bytes(&self, addr: PhysAddr, data: &[u8]) {
+        self.refuse_plain_store(addr, data.len() as u64);
+        self.mem.write_bytes(addr, data)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exchange_only_memory_counts_exchanges_and_allows_stores_outside() {
+        let mem = SimMemory::new();
+        let guarded = ExchangeOnly::page(&mem, PhysAddr(0x2000));
+        guarded.write_u64(PhysAddr(0x1ff8), 1);
+        guarded.write_bytes(PhysAddr(0x3000), &[2]);
+        assert_eq!(guarded.compare_exchange_u128(PhysAddr(0x2010), 0, 3), Ok(0));
+        assert_eq!(
+            (guarded.exchanges(), guarded.read_u64(PhysAddr(0x2010))),
+            (1, 3)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "exchange-only")]
+    fn exchange_only_memory_refuses_a_plain_store_inside() {
+        let mem = SimMemory::new();
+        ExchangeOnly::page(&mem, PhysAddr(0x2000)).write_u64(PhysAddr(0x2ff8), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "exchange-only")]
+    fn exchange_only_memory_refuses_a_byte_store_straddling_the_range() {
+        let mem = SimMemory::new();
+        ExchangeOnly::page(&mem, PhysAddr(0x2000)).write_bytes(PhysAddr(0x1fff), &[1, 2]);
+    }
 
     #[test]
     fn memory_reads_back_across_page_boundaries() {

@@ -3,6 +3,8 @@
 
 use core::fmt;
 
+pub use lazaret_io_pagetable::Depth;
+
 /// Number of second-level paging levels (§3.6, §9.3 "AW" field).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Levels {
@@ -44,20 +46,13 @@ impl Levels {
             _ => None,
         }
     }
+}
 
-    /// Adjusted guest address width in bits: 30 + 9 per level above two.
-    pub const fn address_bits(self) -> u32 {
-        12 + 9 * self.count()
-    }
-
-    /// Largest IOVA these tables can translate.
-    pub const fn max_iova(self) -> u64 {
-        (1u64 << self.address_bits()) - 1
-    }
-
-    /// Index of `iova` in a table at `level` (1 = leaf table, `count()` = root), §3.6.
-    pub const fn index(iova: u64, level: u32) -> usize {
-        ((iova >> (12 + 9 * (level - 1))) & 0x1ff) as usize
+/// Width and index arithmetic are shared with AMD-Vi; the legal depths (3..5) and their AW /
+/// SAGAW encoding are VT-d's own.
+impl Depth for Levels {
+    fn count(self) -> u32 {
+        Levels::count(self)
     }
 }
 
@@ -85,11 +80,8 @@ mod tests {
     }
 
     #[test]
-    fn index_selects_nine_bits_per_level() {
-        let iova = (3u64 << 39) | (5 << 30) | (7 << 21) | (9 << 12) | 0xabc;
-        assert_eq!(Levels::index(iova, 4), 3);
-        assert_eq!(Levels::index(iova, 3), 5);
-        assert_eq!(Levels::index(iova, 2), 7);
-        assert_eq!(Levels::index(iova, 1), 9);
+    fn depth_is_the_level_count() {
+        let counts = Levels::ALL.map(Depth::count);
+        assert_eq!(counts, [3, 4, 5]);
     }
 }

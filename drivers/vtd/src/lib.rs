@@ -14,7 +14,7 @@
 //!    (if ECAP.QI), [`VtdUnit::invalidate_all`], then [`VtdUnit::enable_translation`].
 //! 3. Device add (may allocate and fail): [`RootTable::ensure_bus`] (+
 //!    [`VtdUnit::after_root_entry_present`]), [`QuarantineTables::build`], then
-//!    [`RootTable::switch_context`] to [`QuarantineTables::context_entry`] (+
+//!    [`RootTable::switch_context`] to [`QuarantineContext::context_entry`] (+
 //!    [`VtdUnit::after_context_present`]).
 //! 4. Assign / deassign (never allocates): [`QuarantineTables::zero_scratch`] when entering
 //!    quarantine, [`RootTable::switch_context`] for each requester ID, recording each change
@@ -67,10 +67,10 @@ pub use invalidation::{
     ContextScope, InterruptScope, Invalidation, InvalidationError, InvalidationStats, Invalidator,
     IotlbScope, SwitchBatch,
 };
-pub use levels::Levels;
-pub use pagetable::{MapError, PageSize, PageTable, Perms};
+pub use levels::{Depth, Levels};
+pub use pagetable::{MapError, PageSize, PageTable, Perms, SecondLevel};
 pub use poll::{Clock, TimedOut};
-pub use quarantine::{QuarantineError, QuarantineTables};
+pub use quarantine::{QuarantineContext, QuarantineError, QuarantineTables};
 pub use regs::{required_register_bytes, Capabilities, ExtCapabilities};
 pub use table_memory::{CacheFlush, Coherent, TableMemory};
 pub use unit::{UnitError, VtdUnit};

@@ -2,10 +2,14 @@
 //! PDE/PDPE), SNP = bit 11 (leaf only), address in bits 51:12. An entry with R = W = 0 is not
 //! present. Permissions are the intersection of R/W over all levels (§3.7.1), so table
 //! pointers carry R|W and the leaf decides.
+//!
+//! The layout is the spec's own and differs from AMD's (no Present bit, no NextLevel, PS for
+//! large pages), so it stays here; the table logic shared with AMD-Vi
+//! (`lazaret_io_pagetable`) sees it only through [`crate::SecondLevel`].
 
 use lazaret_types::PhysAddr;
 
-use crate::levels::Levels;
+use lazaret_io_pagetable::index;
 
 pub const READ: u64 = 1 << 0;
 pub const WRITE: u64 = 1 << 1;
@@ -90,7 +94,7 @@ impl Pte {
 
 /// Address of the entry for `iova` in `table`, a table at `level` (1 = leaf table).
 pub const fn entry_addr(table: PhysAddr, iova: u64, level: u32) -> PhysAddr {
-    PhysAddr(table.0 + Levels::index(iova, level) as u64 * 8)
+    PhysAddr(table.0 + index(iova, level) as u64 * 8)
 }
 
 #[cfg(test)]

@@ -1,230 +1,34 @@
-//! Per-device quarantine tables (design §4; Xen's "scratch page" quarantine since XSA-400).
+//! Per-device quarantine tables (design §4; Xen's "scratch page" quarantine since XSA-400):
+//! the shared [`lazaret_io_pagetable::QuarantineTables`] over the [`SecondLevel`] encoding,
+//! built through [`TableMemory`](crate::TableMemory).
 //!
-//! Built once, at device-add time, while the device lock is held; frozen afterwards: the type
-//! has no mutating method, so no mapping lock is needed and the compiler says so.
-//!
-//! * scratch mode: one root and one table per lower level whose every entry points at the next
-//!   level's single table, the leaf table's every entry at the device's own zeroed scratch page
-//!   (R/W) — `levels + 1` pages in all. RMRR ranges are identity-mapped on private copies of
-//!   the tables along their path, so they override the scratch page for exactly those IOVAs.
+//! * scratch mode: `levels + 1` pages, every IOVA → the device's own zeroed scratch page; RMRR
+//!   ranges identity-mapped (R/W) on private paths.
 //! * basic mode: only the RMRR identity maps; with no RMRR there are no tables at all and the
-//!   context entry is not present (all DMA faults).
+//!   context entry is not present (all DMA faults, and the fault names the requester).
 
-use alloc::vec::Vec;
-use core::fmt;
-
-use lazaret_types::{FrameAllocator, PhysAddr, PhysMem, PAGE_SIZE};
+pub use lazaret_io_pagetable::QuarantineError;
 
 use crate::context::ContextEntry;
-use crate::levels::Levels;
-use crate::pagetable::{pages, MapError, Perms};
-use crate::pte::{entry_addr, Pte, ADDR_MASK};
-use crate::table_memory::{CacheFlush, TableMemory};
+use crate::pagetable::SecondLevel;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QuarantineError {
-    OutOfFrames,
-    /// An RMRR range is empty or does not fit in the tables' address width.
-    BadRmrr {
-        start: u64,
-        end: u64,
-    },
+/// Frozen per-device quarantine tables. RMRRs are `(start, end_inclusive)` byte addresses,
+/// mapped 1:1 and R/W.
+pub type QuarantineTables = lazaret_io_pagetable::QuarantineTables<SecondLevel>;
+
+/// The VT-d side of quarantine tables: the context entry that puts a device on them.
+pub trait QuarantineContext {
+    /// AW comes from the same [`Levels`](crate::Levels) the tables were built with. Not
+    /// present when there are no tables.
+    fn context_entry(&self, domain_id: u16) -> ContextEntry;
 }
 
-impl fmt::Display for QuarantineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            QuarantineError::OutOfFrames => write!(f, "out of frames for quarantine tables"),
-            QuarantineError::BadRmrr { start, end } => {
-                write!(f, "RMRR {start:#x}..={end:#x} unusable for these tables")
-            }
-        }
-    }
-}
-
-/// Frozen per-device quarantine tables.
-#[derive(Debug)]
-pub struct QuarantineTables {
-    root: Option<PhysAddr>,
-    levels: Levels,
-    scratch: Option<PhysAddr>,
-    frames: Vec<PhysAddr>,
-}
-
-/// Construction state: every frame taken so far is in `frames`, so one error path frees all.
-struct Builder<'t, 'm, M: PhysMem + ?Sized, F: CacheFlush + ?Sized, A: FrameAllocator + ?Sized> {
-    tm: TableMemory<'m, M, F>,
-    alloc: &'t mut A,
-    frames: Vec<PhysAddr>,
-    /// Scratch mode: the shared table of each level (index = level), and the scratch page.
-    shared: [Option<PhysAddr>; 6],
-    scratch: Option<PhysAddr>,
-}
-
-impl<M: PhysMem + ?Sized, F: CacheFlush + ?Sized, A: FrameAllocator + ?Sized>
-    Builder<'_, '_, M, F, A>
-{
-    fn frame(&mut self) -> Result<PhysAddr, QuarantineError> {
-        let f = self
-            .alloc
-            .alloc_frame()
-            .ok_or(QuarantineError::OutOfFrames)?;
-        self.frames.push(f);
-        Ok(f)
-    }
-
-    /// What every entry of a shared table at `level` holds: the next shared table, or the
-    /// scratch page in the leaf table; zero (not present) in basic mode.
-    fn shared_pattern(&self, level: u32) -> u64 {
-        match (level, self.scratch) {
-            (_, None) => 0,
-            (1, Some(scratch)) => Pte::leaf(scratch, Perms::READ_WRITE).0,
-            (l, Some(_)) => self.shared[l as usize - 1].map_or(0, |t| Pte::table(t).0),
-        }
-    }
-
-    /// A new table at `level` filled with the shared pattern.
-    fn table(&mut self, level: u32) -> Result<PhysAddr, QuarantineError> {
-        let t = self.frame()?;
-        self.tm.fill_table(t, self.shared_pattern(level));
-        Ok(t)
-    }
-
-    /// Identity-maps one page, copying shared tables on the way down so that the change is
-    /// private to this IOVA's path.
-    fn identity(
-        &mut self,
-        root: PhysAddr,
-        levels: Levels,
-        page: u64,
-    ) -> Result<(), QuarantineError> {
-        let mut table = root;
-        for level in (2..=levels.count()).rev() {
-            let at = entry_addr(table, page, level);
-            let e = Pte(self.tm.read_u64(at));
-            let shared_child = self.shared[level as usize - 1];
-            table = if e.present() && Some(e.addr()) != shared_child {
-                e.addr()
-            } else {
-                let private = self.table(level - 1)?;
-                self.tm.write_entry(at, Pte::table(private).0);
-                private
-            };
-        }
-        let leaf = Pte::leaf(PhysAddr(page), Perms::READ_WRITE);
-        self.tm.write_entry(entry_addr(table, page, 1), leaf.0);
-        Ok(())
-    }
-
-    fn build(
-        &mut self,
-        levels: Levels,
-        rmrr: &[(u64, u64)],
-        scratch: bool,
-    ) -> Result<Option<PhysAddr>, QuarantineError> {
-        if scratch {
-            let page = self.frame()?;
-            self.tm.mem().zero(page, PAGE_SIZE);
-            self.scratch = Some(page);
-            for level in 1..levels.count() {
-                let t = self.table(level)?;
-                self.shared[level as usize] = Some(t);
-            }
-        } else if rmrr.is_empty() {
-            return Ok(None);
-        }
-        let root = self.table(levels.count())?;
-        for &(start, end) in rmrr {
-            let bad = QuarantineError::BadRmrr { start, end };
-            // Identity maps need the IOVA to be a host address too (PTE address bits 51:12).
-            if end > levels.max_iova().min(ADDR_MASK | 0xfff) {
-                return Err(bad);
-            }
-            for page in pages(start, end).map_err(|_: MapError| bad)? {
-                self.identity(root, levels, page)?;
-            }
-        }
-        Ok(Some(root))
-    }
-}
-
-impl QuarantineTables {
-    /// Builds a device's quarantine tables; on any error every frame taken is given back.
-    /// `rmrr_ranges` are `(start, end_inclusive)` byte addresses, mapped 1:1 and R/W.
-    pub fn build<M, F, A>(
-        tm: TableMemory<'_, M, F>,
-        alloc: &mut A,
-        levels: Levels,
-        rmrr_ranges: &[(u64, u64)],
-        scratch: bool,
-    ) -> Result<QuarantineTables, QuarantineError>
-    where
-        M: PhysMem + ?Sized,
-        F: CacheFlush + ?Sized,
-        A: FrameAllocator + ?Sized,
-    {
-        let mut b = Builder {
-            tm,
-            alloc,
-            frames: Vec::new(),
-            shared: [None; 6],
-            scratch: None,
-        };
-        match b.build(levels, rmrr_ranges, scratch) {
-            Ok(root) => Ok(QuarantineTables {
-                root,
-                levels,
-                scratch: b.scratch,
-                frames: b.frames,
-            }),
-            Err(e) => {
-                b.frames.iter().for_each(|f| b.alloc.free_frame(*f));
-                Err(e)
-            }
-        }
-    }
-
-    /// Root of the tables; `None` in basic mode without RMRR (program a not-present context).
-    pub fn root(&self) -> Option<PhysAddr> {
-        self.root
-    }
-
-    pub fn levels(&self) -> Levels {
-        self.levels
-    }
-
-    pub fn scratch_page(&self) -> Option<PhysAddr> {
-        self.scratch
-    }
-
-    /// Frames held, scratch page included.
-    pub fn page_count(&self) -> usize {
-        self.frames.len()
-    }
-
-    pub fn frames(&self) -> &[PhysAddr] {
-        &self.frames
-    }
-
-    /// The context entry that puts a device on these tables: AW comes from the same
-    /// [`Levels`] the tables were built with. Not present when there are no tables.
-    pub fn context_entry(&self, domain_id: u16) -> ContextEntry {
-        match self.root {
-            Some(root) => ContextEntry::translated(root, self.levels, domain_id),
+impl QuarantineContext for QuarantineTables {
+    fn context_entry(&self, domain_id: u16) -> ContextEntry {
+        match self.root() {
+            Some(root) => ContextEntry::translated(root, self.levels(), domain_id),
             None => ContextEntry::NOT_PRESENT,
         }
-    }
-
-    /// Zeroes the scratch page (data, not tables): done every time the device enters quarantine.
-    pub fn zero_scratch<M: PhysMem + ?Sized>(&self, mem: &M) {
-        if let Some(page) = self.scratch {
-            mem.zero(page, PAGE_SIZE);
-        }
-    }
-
-    /// Gives every frame back. Only once no context entry points here any more.
-    pub fn free<A: FrameAllocator + ?Sized>(self, alloc: &mut A) {
-        self.frames.iter().for_each(|f| alloc.free_frame(*f));
     }
 }
 
@@ -232,9 +36,13 @@ impl QuarantineTables {
 mod tests {
     use super::*;
     use crate::context::RootTable;
+    use crate::levels::{Depth, Levels};
+    use crate::table_memory::TableMemory;
     use crate::walker::{translate, Fault};
     use lazaret_types::sim::{SimFrameAllocator, SimMemory};
     use lazaret_types::Bdf;
+    use lazaret_types::FrameAllocator;
+    use lazaret_types::{PhysAddr, PhysMem};
     use std::collections::BTreeSet;
 
     const DEV: Bdf = Bdf::from_requester_id(0x0008);
@@ -428,7 +236,7 @@ mod tests {
         ] {
             assert_eq!(
                 QuarantineTables::build(tm, &mut alloc, levels, &[r], true).err(),
-                Some(QuarantineError::BadRmrr {
+                Some(QuarantineError::BadRange {
                     start: r.0,
                     end: r.1
                 })

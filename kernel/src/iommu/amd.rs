@@ -13,6 +13,7 @@ use lazaret_amd_vi::{
     walker, AmdViUnit, Clock, DeviceTable, DeviceTableEntry, Event, IntRemapError, InterruptTable,
     Irte, Levels, MapError, MsiMessage, PageTable, Perms, QuarantineTables, SwitchBatch,
 };
+use lazaret_amd_vi::{QuarantineDte, Translated};
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 
 use crate::passthrough::iommu::{

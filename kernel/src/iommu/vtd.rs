@@ -10,6 +10,7 @@ use core::ops::Range;
 use lazaret_types::PAGE_SIZE;
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
 use lazaret_vtd::PageSize as VtdPageSize;
+use lazaret_vtd::QuarantineContext;
 use lazaret_vtd::{
     fault_reason_text, is_interrupt_fault, walker, CacheFlush, Clock, ContextEntry, Destination,
     IndexRange, IntRemapError, InterruptScope, InterruptTable, Irte, Levels, MapError, MsiMessage,

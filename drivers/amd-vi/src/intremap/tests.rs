@@ -2,7 +2,6 @@
 //! cache, reordered commands): what a device's MSI — or its DMA write into the interrupt
 //! window — does under the tables the builder wrote. The DTE and IRTE decoders below take
 //! their bit positions from the spec (§2.2.2.1, §2.2.5), not from the builder.
-use core::cell::Cell;
 use std::rc::Rc;
 
 use super::*;
@@ -10,7 +9,7 @@ use crate::event_log::Event;
 use crate::isolation_tests::{rig_with as rig, Rig};
 use crate::regs::{self, control};
 use crate::sim_device::{SimInterrupt, SimIrFault, SimIrReason, SimWrite};
-use lazaret_types::sim::{SimFrameAllocator, SimMemory};
+use lazaret_types::sim::{ExchangeOnly, SimFrameAllocator, SimMemory};
 use lazaret_types::Mmio;
 
 /// HATS 6 levels, IASup; with GASup (bit 7) the unit reads 128-bit IRTEs.
@@ -612,44 +611,14 @@ fn a_new_table_needs_the_dte_invalidated_before_the_entries() {
     }
 }
 
-/// Memory that lets tables change only by 16-byte compare-exchange.
-struct AtomicOnly<'a> {
-    mem: &'a SimMemory,
-    exchanges: Cell<usize>,
-}
-
-impl PhysMem for AtomicOnly<'_> {
-    fn read_u64(&self, addr: PhysAddr) -> u64 {
-        self.mem.read_u64(addr)
-    }
-    fn write_u64(&self, _: PhysAddr, _: u64) {
-        panic!("plain 8-byte store into a live table")
-    }
-    fn compare_exchange_u128(&self, a: PhysAddr, c: u128, n: u128) -> Result<u128, u128> {
-        self.exchanges.set(self.exchanges.get() + 1);
-        self.mem.compare_exchange_u128(a, c, n)
-    }
-    fn zero(&self, addr: PhysAddr, len: u64) {
-        self.mem.zero(addr, len)
-    }
-    fn read_bytes(&self, addr: PhysAddr, buf: &mut [u8]) {
-        self.mem.read_bytes(addr, buf)
-    }
-    fn write_bytes(&self, _: PhysAddr, _: &[u8]) {
-        panic!("plain store into a live table")
-    }
-}
-
 #[test]
 fn every_change_is_one_16_byte_exchange_and_32_bit_neighbours_survive() {
     let mem = SimMemory::new();
     let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 8);
     let dt = DeviceTable::new(&mem, DT, 0xff).unwrap();
     let t = InterruptTable::new(&mem, &mut a, IrteFormat::Legacy32, 8).unwrap();
-    let atomic = AtomicOnly {
-        mem: &mem,
-        exchanges: Cell::new(0),
-    };
+    // Tables change only by 16-byte compare-exchange.
+    let atomic = ExchangeOnly::everywhere(&mem);
     for i in 0..8 {
         let irte = Irte {
             vector: 0x40 + i as u8,
@@ -659,7 +628,7 @@ fn every_change_is_one_16_byte_exchange_and_32_bit_neighbours_survive() {
     }
     t.block(&atomic, 5).unwrap();
     dt.set_interrupt_table(&atomic, DEV, &t).unwrap();
-    assert_eq!(atomic.exchanges.get(), 10);
+    assert_eq!(atomic.exchanges(), 10);
     for i in 0..8u16 {
         let e = spec_irte(t.read(&mem, i).unwrap(), false);
         if i == 5 {

@@ -12,19 +12,11 @@
 //!
 //! Every layout is decoded here from the spec's figures, not with the driver's encoders.
 
+pub use lazaret_types::sim::SimInterrupt;
 use lazaret_types::{PhysAddr, PhysMem};
 
 use super::{raw, State};
 use crate::regs::{control, BASE_MASK};
-
-/// One interrupt the unit let through, as the local APIC receives it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SimInterrupt {
-    pub vector: u8,
-    pub destination: u32,
-    /// The IRTE offset it was remapped through; `None` when it passed unmapped.
-    pub index: Option<u16>,
-}
 
 /// Why the unit refused an interrupt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::invalidation::InterruptScope;
-use crate::poll::test_clock::StepClock;
+use crate::poll::StepClock;
 use crate::sim_device::tests::bring_up;
 use crate::sim_device::{SimInterrupt, SimVtd};
 use lazaret_types::sim::SimFrameAllocator;

@@ -128,7 +128,7 @@ impl SourceCheck {
 mod tests {
     use super::*;
     use crate::intremap::{Destination, Irte, MsiMessage};
-    use crate::poll::test_clock::StepClock;
+    use crate::poll::StepClock;
     use crate::sim_device::tests::bring_up;
     use crate::sim_device::SimVtd;
     use lazaret_types::sim::{SimFrameAllocator, SimMemory};

@@ -1,12 +1,11 @@
 //! Interrupt remapping end to end against the simulated unit: what a device's MSI (or a DMA
 //! write into the interrupt window) does under the tables the builder wrote. The IRTE decoder
 //! below takes its bit positions from §9.10, not from the builder.
-use core::cell::Cell;
 
 use super::*;
 use crate::fault::FaultRecord;
 use crate::invalidation::{InterruptScope, InvalidationError};
-use crate::poll::test_clock::StepClock;
+use crate::poll::StepClock;
 use crate::regs::{global, GCMD, IRTA};
 use crate::sim_device::tests::bring_up;
 use crate::sim_device::{
@@ -14,7 +13,7 @@ use crate::sim_device::{
     DEFAULT_ECAP,
 };
 use crate::unit::{UnitError, VtdUnit};
-use lazaret_types::sim::{RegAccess, SimFrameAllocator, SimMemory};
+use lazaret_types::sim::{ExchangeOnly, RegAccess, SimFrameAllocator, SimMemory};
 use lazaret_types::{Mmio, PhysMem};
 
 const TIMEOUT: u64 = 1000;
@@ -504,53 +503,19 @@ fn an_interrupt_entry_invalidation_that_never_completes_times_out() {
     );
 }
 
-/// Table memory that lets the interrupt table change only by 16-byte compare-exchange.
-struct AtomicOnly<'a> {
-    mem: &'a SimMemory,
-    table: PhysAddr,
-    exchanges: Cell<usize>,
-}
-
-impl PhysMem for AtomicOnly<'_> {
-    fn read_u64(&self, addr: PhysAddr) -> u64 {
-        self.mem.read_u64(addr)
-    }
-    fn write_u64(&self, addr: PhysAddr, value: u64) {
-        assert_ne!(addr.align_down(), self.table, "8-byte store into the IRT");
-        self.mem.write_u64(addr, value)
-    }
-    fn compare_exchange_u128(&self, a: PhysAddr, c: u128, n: u128) -> Result<u128, u128> {
-        self.exchanges.set(self.exchanges.get() + 1);
-        self.mem.compare_exchange_u128(a, c, n)
-    }
-    fn zero(&self, addr: PhysAddr, len: u64) {
-        self.mem.zero(addr, len)
-    }
-    fn read_bytes(&self, addr: PhysAddr, buf: &mut [u8]) {
-        self.mem.read_bytes(addr, buf)
-    }
-    fn write_bytes(&self, addr: PhysAddr, data: &[u8]) {
-        assert_ne!(addr.align_down(), self.table, "byte store into the IRT");
-        self.mem.write_bytes(addr, data)
-    }
-}
-
 #[test]
 fn irte_changes_are_single_16_byte_exchanges() {
     let mem = SimMemory::new();
     let mut alloc = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 4);
     let table = InterruptTable::new(TableMemory::coherent(&mem), &mut alloc, 8, false).unwrap();
-    let atomic = AtomicOnly {
-        mem: &mem,
-        table: table.base(),
-        exchanges: Cell::new(0),
-    };
+    // The interrupt table changes only by 16-byte compare-exchange.
+    let atomic = ExchangeOnly::page(&mem, table.base());
     let tm = TableMemory::coherent(&atomic);
     let e = irte(0x41, 3, SourceCheck::RequesterId(DEV));
     table.program(tm, 7, e).unwrap();
     table.block(tm, 7).unwrap();
     table.program(tm, 7, e).unwrap();
-    assert_eq!(atomic.exchanges.get(), 3);
+    assert_eq!(atomic.exchanges(), 3);
     assert_eq!(table.read(tm, 7), Ok(e.encode()));
     assert!(!spec_decode(table.read(tm, 6).unwrap()).present);
 }

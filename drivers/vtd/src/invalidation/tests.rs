@@ -1,5 +1,5 @@
 use super::*;
-use crate::poll::test_clock::StepClock;
+use crate::poll::StepClock;
 use crate::regs::{global, CCMD, GSTS, IQT};
 use crate::sim_device::{SimRef, SimVtd, DEAD_QUEUE, DEAD_REGISTERS, IOTLB_OFFSET};
 use lazaret_types::sim::{RegAccess, SimFrameAllocator};

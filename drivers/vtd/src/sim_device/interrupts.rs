@@ -11,20 +11,11 @@
 
 use alloc::collections::BTreeMap;
 
+pub use lazaret_types::sim::SimInterrupt;
 use lazaret_types::{Bdf, PhysAddr, PhysMem};
 
 use super::{record_fault, RegMap, State};
 use crate::regs::{global, GSTS};
-
-/// One interrupt the unit let through, as the local APIC would receive it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SimInterrupt {
-    pub vector: u8,
-    /// The APIC ID (xAPIC: 8 bits, x2APIC: 32 bits).
-    pub destination: u32,
-    /// The IRTE it went through; `None` for an untranslated (compatibility-format) interrupt.
-    pub index: Option<u16>,
-}
 
 /// An interrupt the unit refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use crate::fault::FaultRecord;
 use crate::invalidation::{ContextScope, Invalidation, IotlbScope};
 use crate::levels::Levels;
 use crate::pagetable::{PageTable, Perms};
-use crate::poll::test_clock::StepClock;
+use crate::poll::StepClock;
 use crate::table_memory::TableMemory;
 use crate::unit::VtdUnit;
 use lazaret_types::sim::SimFrameAllocator;

@@ -3,7 +3,7 @@ use super::*;
 use crate::context::{ContextEntry, RootTable};
 use crate::levels::Levels;
 use crate::pagetable::{PageTable, Perms};
-use crate::poll::test_clock::StepClock;
+use crate::poll::StepClock;
 use crate::regs::{fsts, FSTS, IQA};
 use crate::sim_device::{QueueFault, SimVtd, DEFAULT_CAP, DEFAULT_ECAP, FRO_OFFSET, NFR};
 use crate::table_memory::TableMemory;

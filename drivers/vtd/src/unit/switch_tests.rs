@@ -4,7 +4,7 @@ use super::*;
 use crate::context::ContextEntry;
 use crate::levels::Levels;
 use crate::pagetable::{PageTable, Perms};
-use crate::poll::test_clock::StepClock;
+use crate::poll::StepClock;
 use crate::sim_device::tests::{bring_up, domain};
 use crate::sim_device::SimVtd;
 use crate::table_memory::TableMemory;

@@ -3,8 +3,8 @@ use crate::context::{ContextEntry, RootTable};
 use crate::invalidation::iotlb_drained;
 use crate::levels::Levels;
 use crate::pagetable::{PageTable, Perms};
-use crate::poll::test_clock::StepClock;
-use crate::quarantine::QuarantineTables;
+use crate::poll::StepClock;
+use crate::quarantine::{QuarantineContext, QuarantineTables};
 use crate::regs::{CCMD, IQA, IQT};
 use crate::sim_device::{
     SimVtd, DEAD_GCMD, DEFAULT_CAP, DEFAULT_ECAP, FAULT_STORM, FRO_OFFSET, NFR,
