@@ -83,6 +83,16 @@ impl PageSize {
             PageSize::Size2M => 2,
         }
     }
+
+    /// The largest size that `iova`, `pa` and `remaining` bytes allow.
+    pub const fn largest(iova: u64, pa: u64, remaining: u64) -> PageSize {
+        let big = PageSize::Size2M.bytes();
+        if iova.is_multiple_of(big) && pa.is_multiple_of(big) && remaining >= big {
+            PageSize::Size2M
+        } else {
+            PageSize::Size4K
+        }
+    }
 }
 
 /// Page addresses of `[start, end_inclusive]`.

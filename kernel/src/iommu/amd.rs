@@ -8,7 +8,6 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use lazaret_amd_vi::PageSize as AmdPageSize;
 use lazaret_amd_vi::{
     walker, AmdViUnit, Clock, DeviceTable, DeviceTableEntry, Event, IntRemapError, InterruptTable,
     Irte, Levels, MapError, MsiMessage, PageTable, Perms, QuarantineTables, SwitchBatch,
@@ -139,7 +138,6 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'m, M, R, C> {
         size: PageSize,
     ) -> Result<(), IommuError> {
         let mut result = Ok(());
-        let size = amd_size(size);
         for (u, did) in self.units.iter_mut().zip(dids) {
             if let Err(e) =
                 u.hw.after_mapping_change(self.mem, &self.clock, *did, iova, size)
@@ -148,13 +146,6 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'m, M, R, C> {
             }
         }
         result
-    }
-}
-
-const fn amd_size(size: PageSize) -> AmdPageSize {
-    match size {
-        PageSize::Size4K => AmdPageSize::Size4K,
-        PageSize::Size2M => AmdPageSize::Size2M,
     }
 }
 
@@ -345,7 +336,7 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
             write: writable,
         };
         tables
-            .map_sized(self.mem, alloc, iova, pa, perms, amd_size(size))
+            .map_sized(self.mem, alloc, iova, pa, perms, size)
             .map_err(|e| match e {
                 MapError::OutOfFrames => IommuError::OutOfMemory,
                 e => table_error(e),
@@ -364,17 +355,13 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
         iova: u64,
         size: PageSize,
     ) -> Result<Option<PhysAddr>, IommuError> {
-        let (pa, found) = match tables.unmap_sized(self.mem, iova) {
+        let (pa, removed) = match tables.unmap_sized(self.mem, iova) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(None),
             Err(e @ MapError::InsideLargePage { .. }) => return Err(table_error(e)),
             Err(_) => return Ok(None),
         };
         // Whatever was removed is what the caches may hold: invalidate its size.
-        let removed = match found {
-            AmdPageSize::Size4K => PageSize::Size4K,
-            AmdPageSize::Size2M => PageSize::Size2M,
-        };
         self.invalidate_page(dids, iova, removed)?;
         if removed != size {
             return Err(IommuError::Inconsistent(format!(

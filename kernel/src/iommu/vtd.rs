@@ -9,7 +9,6 @@ use core::ops::Range;
 
 use lazaret_types::PAGE_SIZE;
 use lazaret_types::{Bdf, FrameAllocator, Mmio, PhysAddr, PhysMem, Sbdf};
-use lazaret_vtd::PageSize as VtdPageSize;
 use lazaret_vtd::QuarantineContext;
 use lazaret_vtd::{
     fault_reason_text, is_interrupt_fault, walker, CacheFlush, Clock, ContextEntry, Destination,
@@ -428,13 +427,13 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
             }
             PageSize::Size2M if self.large_pages() => {
                 tables
-                    .map_sized(tm, alloc, iova, pa, perms, VtdPageSize::Size2M)
+                    .map_sized(tm, alloc, iova, pa, perms, PageSize::Size2M)
                     .map_err(map_error)?;
-                VtdPageSize::Size2M.order()
+                PageSize::Size2M.order()
             }
             PageSize::Size2M => {
                 map_as_small_pages(tm, tables, alloc, iova, pa, perms)?;
-                VtdPageSize::Size2M.order()
+                PageSize::Size2M.order()
             }
         };
         for (u, did) in self.units.iter_mut().zip(dids) {
@@ -464,15 +463,15 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
         let pa = removed.map(|(pa, _)| pa);
         let mut any = pa.is_some();
         let order = match (size, removed) {
-            (PageSize::Size4K, Some((_, VtdPageSize::Size2M))) => VtdPageSize::Size2M.order(),
+            (PageSize::Size4K, Some((_, PageSize::Size2M))) => PageSize::Size2M.order(),
             (PageSize::Size4K, _) => 0,
-            (PageSize::Size2M, Some((_, VtdPageSize::Size2M))) => VtdPageSize::Size2M.order(),
+            (PageSize::Size2M, Some((_, PageSize::Size2M))) => PageSize::Size2M.order(),
             // Mapped as 512 small pages (no SLLPS): take the other 511 too.
             (PageSize::Size2M, _) => {
                 for k in 1..512u64 {
                     any |= matches!(tables.unmap(tm, iova + k * PAGE_SIZE), Ok(Some(_)));
                 }
-                VtdPageSize::Size2M.order()
+                PageSize::Size2M.order()
             }
         };
         if !any {

@@ -362,31 +362,9 @@ pub trait Vendor {
 }
 
 /// The size of one IOMMU mapping: guest RAM is mapped in 2 MiB pages wherever its memory
-/// map allows (VT-d §3.7 / §9.8 PS; AMD IOMMU §2.2.3, a level-2 entry with NextLevel 0).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PageSize {
-    Size4K,
-    Size2M,
-}
-
-impl PageSize {
-    pub const fn bytes(self) -> u64 {
-        match self {
-            PageSize::Size4K => lazaret_types::PAGE_SIZE,
-            PageSize::Size2M => 2 << 20,
-        }
-    }
-
-    /// The largest size that `iova`, `pa` and `remaining` bytes allow.
-    pub const fn largest(iova: u64, pa: u64, remaining: u64) -> PageSize {
-        let big = PageSize::Size2M.bytes();
-        if iova.is_multiple_of(big) && pa.is_multiple_of(big) && remaining >= big {
-            PageSize::Size2M
-        } else {
-            PageSize::Size4K
-        }
-    }
-}
+/// map allows (VT-d §3.7 / §9.8 PS; AMD IOMMU §2.2.3, a level-2 entry with NextLevel 0). The
+/// one type both vendors' table code uses.
+pub use lazaret_io_pagetable::PageSize;
 
 /// What tests and scenarios check isolation with: the tables read back as the hardware walks
 /// them, from what is programmed in the unit — not from the core's own records.
