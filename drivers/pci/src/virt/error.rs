@@ -26,6 +26,15 @@ pub enum VirtualBusError {
     Bar32OutOfReach { function: Sbdf, index: u8 },
     /// The function is not on this bus.
     NotAssigned(Sbdf),
+    /// The function has no MSI capability (or no longer answers).
+    NoMsi(Sbdf),
+    /// A host message the real MSI capability cannot hold: data wider than 16 bits, address
+    /// bits 1:0 set, or an address above 4 GiB for a 32-bit capability.
+    MsiMessageUnfit {
+        function: Sbdf,
+        address: u64,
+        data: u32,
+    },
 }
 
 impl fmt::Display for VirtualBusError {
@@ -62,6 +71,15 @@ impl fmt::Display for VirtualBusError {
                 write!(f, "{function}: 32-bit BAR{index} would sit above 4 GiB")
             }
             VirtualBusError::NotAssigned(at) => write!(f, "{at}: not on this virtual bus"),
+            VirtualBusError::NoMsi(at) => write!(f, "{at}: no MSI capability"),
+            VirtualBusError::MsiMessageUnfit {
+                function,
+                address,
+                data,
+            } => write!(
+                f,
+                "{function}: MSI capability cannot hold address {address:#x} data {data:#x}"
+            ),
         }
     }
 }

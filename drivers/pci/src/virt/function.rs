@@ -1,9 +1,12 @@
 //! One assigned function as the guest sees it: the real function's configuration space with
-//! the registers that would let a guest escape (BARs, expansion ROM, Command) virtualised.
+//! the registers that would let a guest escape (BARs, expansion ROM, Command, the interrupt
+//! capabilities) virtualised.
 use lazaret_types::Sbdf;
 
 use super::address::Lanes;
 use super::bar::VirtualBar;
+use super::caps::{region, Region};
+use super::msi::VirtualMsi;
 use super::layout::SLOTS;
 use crate::regs;
 use crate::{update_command, ConfigSpace};
@@ -24,6 +27,9 @@ pub struct VirtualFunction {
     pub bars: [VirtualBar; SLOTS],
     pub bus_master_allowed: bool,
     pub memory_space_allowed: bool,
+    pub msi: VirtualMsi,
+    /// The guest's MSI request changed since the exit loop last took the changes.
+    pub msi_changed: bool,
 }
 
 impl VirtualFunction {
@@ -33,6 +39,8 @@ impl VirtualFunction {
             bars,
             bus_master_allowed: true,
             memory_space_allowed: true,
+            msi: VirtualMsi::default(),
+            msi_changed: false,
         }
     }
 
@@ -48,13 +56,26 @@ impl VirtualFunction {
             return bar.read();
         }
         match offset {
-            regs::HEADER_DWORD => cfg.read32(self.real, offset) & !MULTI_FUNCTION,
-            EXPANSION_ROM => 0,
-            // Everything else, the capability list included, is the real function's.
-            // TODO(issue 11): MSI/MSI-X capabilities become virtual here once interrupts are
-            // remapped; until then their registers read as the device's and writes to them
-            // are dropped (the guest cannot enable MSI).
-            _ => cfg.read32(self.real, offset),
+            regs::HEADER_DWORD => return cfg.read32(self.real, offset) & !MULTI_FUNCTION,
+            EXPANSION_ROM => return 0,
+            _ => {}
+        }
+        let real = cfg.read32(self.real, offset);
+        match region(cfg, self.real, offset) {
+            Region::Other => real,
+            Region::Command { any_visible } if !any_visible => real & !regs::STATUS_CAPABILITIES_LIST,
+            Region::Command { .. } => real,
+            Region::Pointer { first } => (real & !0xff) | u32::from(first),
+            Region::Header { next } => (real & !0xff00) | (u32::from(next) << 8),
+            Region::Msi {
+                layout,
+                relative,
+                next,
+            } => {
+                let device = cfg.read32(self.real, u16::from(layout.offset));
+                self.msi.read(layout, relative, next, device)
+            }
+            Region::Hidden => 0,
         }
     }
 
@@ -79,6 +100,14 @@ impl VirtualFunction {
                 filter_command(old, guest, memory, bus_master)
             })
             .is_ok();
+        }
+        if let Region::Msi {
+            layout, relative, ..
+        } = region(cfg, self.real, offset)
+        {
+            // Never passed to the device: only `VirtualBus::program_host_msi` writes its MSI.
+            self.msi_changed |= self.msi.write(layout, relative, lanes, value);
+            return true;
         }
         false
     }

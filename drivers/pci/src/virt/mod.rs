@@ -9,24 +9,31 @@
 //!   unimplemented) and answer sizing with the real size; a guest cannot move them (see
 //!   `bar.rs` for the policy) and no BAR write ever reaches the device;
 //! - the expansion ROM BAR reads 0, Header Type's multi-function bit reads 0;
-//! - the capability list is the device's (MSI virtualisation comes with issue 11).
+//! - the capability list is the device's without MSI-X (see `caps.rs`), and the MSI capability
+//!   reads as the guest's own copy ([`GuestMsi`]), never as the device's registers.
 //!
 //! Writes: the Command register is filtered (Interrupt Disable passes; Memory Space and Bus
 //! Master pass only while Lazaret allows them, see [`VirtualBus::set_bus_master_allowed`];
-//! nothing else changes), BAR writes stay virtual, every other write is dropped and counted.
-//! Accesses allocate nothing and cannot panic whatever the guest sends; the only register they
-//! can write on real hardware is the Command register of an assigned function.
+//! nothing else changes), BAR and MSI writes stay virtual, every other write is dropped and
+//! counted. Accesses allocate nothing and cannot panic whatever the guest sends; the only
+//! register they can write on real hardware is the Command register of an assigned function.
+//!
+//! MSI: the exit loop takes [`VirtualBus::take_msi_changes`] after a configuration write, reads
+//! [`VirtualBus::msi_request`], sets up remapping for it and programs the device with
+//! [`VirtualBus::program_host_msi`] — the only path that writes a real MSI register.
 use alloc::vec::Vec;
 
 use lazaret_types::{Bdf, Sbdf};
 
-use crate::{Bar, ConfigSpace};
+use crate::{cap_id, find_capability, Bar, ConfigSpace};
 
 mod address;
 mod bar;
+mod caps;
 mod error;
 mod function;
 mod layout;
+mod msi;
 
 #[cfg(test)]
 mod fixture;
@@ -43,6 +50,7 @@ mod tests;
 
 pub use address::{CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
 pub use error::VirtualBusError;
+pub use msi::GuestMsi;
 
 use function::VirtualFunction;
 
@@ -141,6 +149,43 @@ impl VirtualBus {
         Ok(())
     }
 
+    /// What the guest last wrote to the MSI capability of `real`, `None` when `real` is not on
+    /// this bus. A function without MSI reports a request that was never enabled.
+    pub fn msi_request(&self, real: Sbdf) -> Option<GuestMsi> {
+        let function = self.functions.iter().find(|f| f.real == real)?;
+        Some(function.msi.request())
+    }
+
+    /// The functions whose [`GuestMsi`] changed since the last call, in bus order; each is
+    /// reported once. Allocates nothing.
+    pub fn take_msi_changes(&mut self) -> MsiChanges {
+        let mut changes = MsiChanges::default();
+        for function in self.functions.iter_mut().filter(|f| f.msi_changed) {
+            function.msi_changed = false;
+            changes.push(function.real);
+        }
+        changes
+    }
+
+    /// Programs the real MSI capability of `real` with the host message (the remappable
+    /// address/data the IOMMU seam returned): MSI disabled, message written (32- or 64-bit
+    /// layout as the device has it, one vector, unmasked), then enabled if `enable`. The only
+    /// path by which a device's MSI registers change.
+    pub fn program_host_msi<C: ConfigSpace + ?Sized>(
+        &self,
+        cfg: &C,
+        real: Sbdf,
+        address: u64,
+        data: u32,
+        enable: bool,
+    ) -> Result<(), VirtualBusError> {
+        if !self.functions.iter().any(|f| f.real == real) {
+            return Err(VirtualBusError::NotAssigned(real));
+        }
+        let offset = find_capability(cfg, real, cap_id::MSI).ok_or(VirtualBusError::NoMsi(real))?;
+        msi::program_host(cfg, real, offset, address, data, enable)
+    }
+
     /// Guest writes that changed nothing (absent BDFs, read-only or unvirtualised registers,
     /// non-configuration accesses such as a byte write to 0xCF9).
     pub fn dropped_writes(&self) -> u64 {
@@ -206,3 +251,38 @@ impl VirtualBus {
             .ok_or(VirtualBusError::NotAssigned(real))
     }
 }
+
+/// The functions whose MSI request changed ([`VirtualBus::take_msi_changes`]): a fixed array,
+/// as the exit path allocates nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MsiChanges {
+    functions: [Sbdf; MAX_VIRTUAL_FUNCTIONS],
+    len: usize,
+    next: usize,
+}
+
+impl MsiChanges {
+    fn push(&mut self, real: Sbdf) {
+        if let Some(slot) = self.functions.get_mut(self.len) {
+            *slot = real;
+            self.len += 1;
+        }
+    }
+}
+
+impl Iterator for MsiChanges {
+    type Item = Sbdf;
+
+    fn next(&mut self) -> Option<Sbdf> {
+        let real = *self.functions.get(self.next..self.len)?.first()?;
+        self.next += 1;
+        Some(real)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.len.saturating_sub(self.next);
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for MsiChanges {}
