@@ -147,7 +147,7 @@ pub fn view(cfg: &FakeConfigSpace) -> GuestView<'_, FakeConfigSpace> {
 }
 
 /// Every dword of every real function that a guest must not change: all of an unassigned
-/// function, and the BARs and ROM of an assigned one.
+/// function, and the BARs, ROM and MSI capability (edu's, at 0x40) of an assigned one.
 pub fn protected(cfg: &FakeConfigSpace) -> Vec<(Sbdf, u16, Option<u32>)> {
     let everyone = [
         at(0, 0, 0),
@@ -161,7 +161,7 @@ pub fn protected(cfg: &FakeConfigSpace) -> Vec<(Sbdf, u16, Option<u32>)> {
     let mut dwords = Vec::new();
     for f in everyone {
         let guarded: Vec<u16> = if assigned().contains(&f) {
-            (0x10..=0x30).step_by(4).collect()
+            (0x10..=0x30).chain(0x40..0x50).filter(|o| o % 4 == 0).collect()
         } else {
             (0..0x100).step_by(4).collect()
         };

@@ -39,11 +39,12 @@ enum Op {
     Allow(usize, bool, bool),
 }
 
-/// Registers a guest would aim at: Command, the BARs and ROM, anything.
+/// Registers a guest would aim at: Command, the BARs and ROM, edu's MSI capability, anything.
 fn register() -> impl Strategy<Value = u8> {
     prop_oneof![
         2 => Just(0x04u8),
         2 => (0u8..9).prop_map(|n| 0x10 + 4 * n),
+        1 => (0u8..4).prop_map(|n| 0x40 + 4 * n),
         1 => any::<u8>(),
     ]
 }

@@ -42,6 +42,8 @@ mod fuzz;
 #[cfg(test)]
 mod layout_tests;
 #[cfg(test)]
+mod msi_tests;
+#[cfg(test)]
 mod no_alloc;
 #[cfg(test)]
 mod placement_props;
