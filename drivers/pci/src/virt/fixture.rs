@@ -161,7 +161,10 @@ pub fn protected(cfg: &FakeConfigSpace) -> Vec<(Sbdf, u16, Option<u32>)> {
     let mut dwords = Vec::new();
     for f in everyone {
         let guarded: Vec<u16> = if assigned().contains(&f) {
-            (0x10..=0x30).chain(0x40..0x50).filter(|o| o % 4 == 0).collect()
+            (0x10..=0x30)
+                .chain(0x40..0x50)
+                .filter(|o| o % 4 == 0)
+                .collect()
         } else {
             (0..0x100).step_by(4).collect()
         };

@@ -6,8 +6,8 @@ use lazaret_types::Sbdf;
 use super::address::Lanes;
 use super::bar::VirtualBar;
 use super::caps::{region, Region};
-use super::msi::VirtualMsi;
 use super::layout::SLOTS;
+use super::msi::VirtualMsi;
 use crate::regs;
 use crate::{update_command, ConfigSpace};
 
@@ -63,7 +63,9 @@ impl VirtualFunction {
         let real = cfg.read32(self.real, offset);
         match region(cfg, self.real, offset) {
             Region::Other => real,
-            Region::Command { any_visible } if !any_visible => real & !regs::STATUS_CAPABILITIES_LIST,
+            Region::Command { any_visible } if !any_visible => {
+                real & !regs::STATUS_CAPABILITIES_LIST
+            }
             Region::Command { .. } => real,
             Region::Pointer { first } => (real & !0xff) | u32::from(first),
             Region::Header { next } => (real & !0xff00) | (u32::from(next) << 8),

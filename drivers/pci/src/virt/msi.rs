@@ -206,7 +206,10 @@ pub fn program_host<C: ConfigSpace + ?Sized>(
     }
     let at = |register| layout.at(register).ok_or(unfit);
     let (address_at, data_at) = (at(Register::Address)?, at(Register::Data)?);
-    let upper_at = layout.address_64.then(|| at(Register::UpperAddress)).transpose()?;
+    let upper_at = layout
+        .address_64
+        .then(|| at(Register::UpperAddress))
+        .transpose()?;
     let mask_at = layout.masking.then(|| at(Register::Mask)).transpose()?;
     let first = u16::from(offset);
     // ID and Next are read-only; writing them back as read is harmless.

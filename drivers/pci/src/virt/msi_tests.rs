@@ -46,7 +46,11 @@ fn machine() -> FakeConfigSpace {
         endpoint()
             .pcie(0, false)
             .capability(cap_id::MSIX, 0x8003, &[0x2000, 0x3000])
-            .capability(cap_id::MSI, 0x0107, &[0xfee0_f000, 0xdead_0077, u32::MAX, 1]),
+            .capability(
+                cap_id::MSI,
+                0x0107,
+                &[0xfee0_f000, 0xdead_0077, u32::MAX, 1],
+            ),
     );
     cfg.insert(
         MSIX_ONLY,
@@ -105,7 +109,12 @@ impl ConfigSpace for Device<'_> {
 fn bus() -> VirtualBus {
     let none: &[crate::Bar] = &[];
     VirtualBus::new(
-        &[(WIDE, none), (NARROW, none), (MSIX_ONLY, none), (PLAIN, none)],
+        &[
+            (WIDE, none),
+            (NARROW, none),
+            (MSIX_ONLY, none),
+            (PLAIN, none),
+        ],
         (0xc000_0000, 0x1000_0000),
     )
     .unwrap()
@@ -167,7 +176,10 @@ fn an_os_enable_sequence_through_the_ports_yields_the_guests_request() {
     for relative in [4, 8, 0xc] {
         assert_eq!(read(&g, 0, cap + relative, 4), 0, "+{relative:#x}");
     }
-    assert_eq!(g.bus.borrow().msi_request(WIDE).map(|m| m.enabled), Some(false));
+    assert_eq!(
+        g.bus.borrow().msi_request(WIDE).map(|m| m.enabled),
+        Some(false)
+    );
 
     // As Linux does it: address, upper address, data (a word), then MSI Enable (a word).
     write(&g, 0, cap + 4, 4, 0xfee0_3000);
@@ -212,7 +224,11 @@ fn a_32_bit_capability_with_masking_is_laid_out_as_the_device_has_it() {
     let g = guest(&device);
     let cap = msi_of(&g, 1).unwrap();
     assert_eq!(cap, NARROW_MSI);
-    assert_eq!(read(&g, 1, cap + 2, 2), 0x0100, "masking, 32-bit, one vector, off");
+    assert_eq!(
+        read(&g, 1, cap + 2, 2),
+        0x0100,
+        "masking, 32-bit, one vector, off"
+    );
     write(&g, 1, cap + 4, 4, 0xfee0_1003);
     write(&g, 1, cap + 8, 4, 0xffff_0052);
     write(&g, 1, cap + 0xc, 4, u32::MAX);
@@ -221,7 +237,11 @@ fn a_32_bit_capability_with_masking_is_laid_out_as_the_device_has_it() {
     assert_eq!(read(&g, 1, cap + 4, 4), 0xfee0_1000, "bits 1:0 reserved");
     assert_eq!(read(&g, 1, cap + 8, 4), 0x0052, "no extended message data");
     assert_eq!(read(&g, 1, cap + 0xc, 4), 1, "one mask bit");
-    assert_eq!(read(&g, 1, cap + 0x10, 4), 0, "the device's pending bits unseen");
+    assert_eq!(
+        read(&g, 1, cap + 0x10, 4),
+        0,
+        "the device's pending bits unseen"
+    );
     let request = g.bus.borrow().msi_request(NARROW).unwrap();
     assert_eq!(
         (request.address, request.vector, request.destination),
@@ -337,13 +357,20 @@ fn program_host_msi_writes_exactly_the_real_capability() {
         address,
         data,
     };
-    for (address, data) in [(0x1_fee0_0000, 0), (0xfee0_0002, 0), (0xfee0_0000, 0x1_0000)] {
+    for (address, data) in [
+        (0x1_fee0_0000, 0),
+        (0xfee0_0002, 0),
+        (0xfee0_0000, 0x1_0000),
+    ] {
         assert_eq!(
             bus.program_host_msi(&device, NARROW, address, data, true),
             Err(unfit(address, data))
         );
     }
-    assert!(device.log.borrow().is_empty(), "a refused message writes nothing");
+    assert!(
+        device.log.borrow().is_empty(),
+        "a refused message writes nothing"
+    );
     drop(bus);
     // The guest still sees its own registers, not the host's message.
     let after: Vec<u32> = (0..4).map(|n| read(&g, 0, WIDE_MSI + 4 * n, 4)).collect();

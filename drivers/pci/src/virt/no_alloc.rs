@@ -31,6 +31,7 @@ fn port_accesses_allocate_nothing() {
     let cfg = machine();
     let machine = Uncounted(&cfg);
     let mut bus = bus_for(&cfg);
+    let mut programmed = 0;
     let ((), allocations) = heap_count::heap_allocations_during(|| {
         for (b, d, f) in
             (0..2).flat_map(|b| (0..32).flat_map(move |d| (0..2).map(move |f| (b, d, f))))
@@ -48,9 +49,18 @@ fn port_accesses_allocate_nothing() {
                 bus.port_write(&machine, 0xcf9, 1, 0x06);
             }
         }
+        // The exit loop's MSI round: take the changes, read each request, program the device.
+        for real in bus.take_msi_changes() {
+            let request = bus.msi_request(real).unwrap();
+            core::hint::black_box(bus.program_host_msi(&machine, real, 0xfee0_0010, 0, true))
+                .unwrap();
+            core::hint::black_box(request);
+            programmed += 1;
+        }
         for real in assigned() {
             bus.set_bus_master_allowed(real, false).unwrap();
         }
     });
     assert_eq!(allocations, 0);
+    assert_eq!(programmed, 1, "edu's MSI changed and was programmed");
 }
