@@ -415,3 +415,30 @@ proptest! {
         prop_assert_eq!(before, real(&device));
     }
 }
+
+#[test]
+fn a_second_msi_capability_and_a_looping_list_still_show_one_msi() {
+    let mut cfg = FakeConfigSpace::new();
+    // MSI-X at 0x40, MSI at 0x4c, a second MSI at 0x58 whose Next loops back to 0x40.
+    cfg.insert(
+        WIDE,
+        FakeFunction::endpoint(0x1234, 0x11e8, 0x00_ff_00)
+            .capability(cap_id::MSIX, 0, &[0x2000, 0x3000])
+            .capability(cap_id::MSI, 0x0080, &[0xfee0_1000, 0, 0x41])
+            .capability(cap_id::MSI, 0x0000, &[0xfee0_2000, 0x42])
+            .capability_next(0x58, 0x40),
+    );
+    let device = Device::new(&cfg);
+    let g = guest(&device);
+    assert_eq!(os_walk(&g, 0), vec![(0x05, 0x4c)]);
+    assert_eq!(read(&g, 0, 0x4c, 4), 0x0080_0005, "Next ends the list");
+    for relative in [0, 4, 8] {
+        assert_eq!(read(&g, 0, 0x58 + relative, 4), 0, "second MSI hidden");
+    }
+    write(&g, 0, 0x58 + 2, 2, 1);
+    assert_eq!(
+        g.bus.borrow().msi_request(WIDE).map(|m| m.enabled),
+        Some(false)
+    );
+    assert!(device.log.borrow().is_empty());
+}
