@@ -91,6 +91,16 @@ fn faults_are_attributed_rate_limited_and_a_storm_disables_bus_mastering_once() 
         .all(|f| f.requester == noisy.rids[0] && f.write));
     assert_eq!(r.recorded[0].address, 0x40 << 12);
     let lines = take_lines();
+    assert!(
+        lines.iter().any(|l| l.contains("write at 0x40000")),
+        "each line says what faulted: {lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("not logged") || l.contains("overflowed")),
+        "no rate-limit or overflow line when nothing was held back: {lines:?}"
+    );
     let attribution = format!("(device {}, domain g1)", noisy.sbdf);
     assert_eq!(
         lines.iter().filter(|l| l.ends_with(&attribution)).count(),
