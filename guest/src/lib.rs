@@ -120,5 +120,6 @@ pub fn run<P: Platform>(p: &P, env: Env) -> GuestExit {
         Variant::RogueDma => g.rogue_dma(),
         Variant::RogueMmio => g.rogue_mmio(),
         Variant::Crash => g.crash(),
+        Variant::DmaStorm => g.dma_storm(),
     }
 }

@@ -397,6 +397,29 @@ fn rogue_dma_tries_outside_its_ram_and_another_guest() {
 }
 
 #[test]
+fn dma_storm_keeps_faulting_until_it_is_stopped_and_says_so_if_not() {
+    let ram = boot_ram("variant=dma-storm");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    assert_eq!(run(&f, env()), GuestExit::RogueDmaTried, "{}", f.text());
+    let storm = edu
+        .blocked_accesses()
+        .iter()
+        .filter(|b| b.write && b.iova == MEMORY)
+        .count();
+    assert_eq!(
+        storm,
+        crate::variants::STORM_DMAS as usize,
+        "every DMA just past its RAM"
+    );
+    assert_eq!(
+        f.text().matches("storm DMA").count(),
+        crate::variants::STORM_DMAS as usize
+    );
+    assert!(f.text().contains("still running"), "{}", f.text());
+}
+
+#[test]
 fn rogue_dma_without_other_says_what_it_skipped() {
     let ram = boot_ram("variant=rogue-dma");
     let edu = SimEdu::new(&ram, guest_iommu);

@@ -10,6 +10,9 @@ use crate::paging::{self, PagePool};
 use crate::pci::{self, Config, MemoryBar};
 use crate::{Console, Platform, Scratch, DMA_LEN, DMA_TIMEOUT_TICKS};
 
+/// How many faulting DMAs *dma-storm* issues before it gives up waiting to be stopped.
+pub const STORM_DMAS: u32 = 256;
+
 pub(crate) struct Guest<'p, P: Platform> {
     pub p: &'p P,
     pub con: Console<'p, P>,
@@ -98,6 +101,32 @@ impl<P: Platform> Guest<'_, P> {
             Ok(()) => writeln!(self.con, "  the device finished the DMA to {iova:#x}"),
             Err(e) => writeln!(self.con, "  DMA to {iova:#x}: {e}"),
         };
+    }
+
+    /// DMAs past its RAM up to [`STORM_DMAS`] times, one console line each (so Lazaret sees
+    /// exits between them): Lazaret must stop it when its device crosses the fault threshold.
+    pub fn dma_storm(&mut self) -> GuestExit {
+        let Some((edu, _)) = self.open_edu() else {
+            return GuestExit::NoDevice;
+        };
+        let outside = self.info.memory_size;
+        if outside.saturating_add(DMA_LEN as u64) > DMA_LIMIT {
+            let _ = writeln!(self.con, "my RAM reaches the DMA limit: no gpa outside it");
+            return GuestExit::CheckFailed;
+        }
+        for n in 1..=STORM_DMAS {
+            let r = edu.dma_to_ram(outside, 0, DMA_LEN, self.deadline());
+            let _ = writeln!(
+                self.con,
+                "storm DMA {n} to {outside:#x}: {}",
+                if r.is_ok() { "done" } else { "failed" }
+            );
+        }
+        let _ = writeln!(
+            self.con,
+            "FAIL: {STORM_DMAS} faulting DMAs and still running"
+        );
+        GuestExit::RogueDmaTried
     }
 
     /// Reads a page of the MMIO window that is not its BAR, then the IOMMU's registers: each

@@ -86,6 +86,28 @@ on_every_qemu! {
     }
 }
 
+on_every_qemu! {
+    /// A guest whose device DMAs past its memory again and again is stopped by Lazaret once
+    /// the device crosses the fault threshold: bus mastering cleared, the guest destroyed, the
+    /// good guest beside it unharmed. VT-d only: QEMU's AMD-Vi records no faults.
+    fn a_dma_storm_is_stopped_at_the_fault_threshold(qemu) {
+        let config = Config::default()
+            .with_cmdline("scenario=demo log=warn")
+            .with_guest("alpha", "memory=4M variant=good")
+            .with_guest("storm", "memory=4M variant=dma-storm");
+        let config = Config { extra_args: Config::demo().extra_args, ..config };
+        let out = demo(qemu, "intel", config);
+        all_pass(&out, "intel", &["guest-dma", "dma-storm-stopped", "guest-destroyed"]);
+        let stopped = out.results().into_iter().find(|r| r.name == "dma-storm-stopped");
+        assert!(
+            stopped.is_some_and(|r| r.details.contains("DMA fault(s): stopped")),
+            "{}",
+            out.transcript()
+        );
+        assert!(out.line("still running").is_none(), "the storm ran to its end\n{}", out.transcript());
+    }
+}
+
 /// A guest module whose string Lazaret cannot accept is refused with its reason, the other
 /// guests still run, and the run fails.
 #[test]

@@ -18,6 +18,9 @@ pub enum Variant {
     RogueMmio,
     /// Triple fault.
     Crash,
+    /// DMA past its RAM again and again: Lazaret must stop it once its device crosses the
+    /// fault threshold.
+    DmaStorm,
 }
 
 impl Variant {
@@ -27,6 +30,7 @@ impl Variant {
             Variant::RogueDma => "rogue-dma",
             Variant::RogueMmio => "rogue-mmio",
             Variant::Crash => "crash",
+            Variant::DmaStorm => "dma-storm",
         }
     }
 
@@ -36,6 +40,7 @@ impl Variant {
             Variant::RogueDma,
             Variant::RogueMmio,
             Variant::Crash,
+            Variant::DmaStorm,
         ]
         .into_iter()
         .find(|v| v.name() == s)

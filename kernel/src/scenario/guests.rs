@@ -494,10 +494,27 @@ fn rogue_guest<V: Inspect>(
             ending == Some(Ending::Shutdown),
             format_args!("guest {name} {said}; Lazaret carries on"),
         ),
+        Variant::DmaStorm => {
+            let (master_off, total) = hv.passthrough.as_ref().map_or((false, 0), |l| {
+                let g = l.lock();
+                g.state()
+                    .device(device)
+                    .map_or((false, 0), |d| (d.bus_master_disabled(), d.faults().total))
+            });
+            checks.check(
+                "dma-storm-stopped",
+                matches!(ending, Some(Ending::DmaFaults(_))) && master_off,
+                format_args!(
+                    "guest {name} {said}; {device} raised {total} fault(s) and Lazaret cleared its bus mastering {}",
+                    if master_off { "(yes)" } else { "(NO)" }
+                ),
+            )
+        }
         Variant::Good => false,
     };
     tallies.push(finish(hv, svm, g, &report.faults, checks));
-    if let Some(d) = edu {
+    // A stormer stays stopped (bus mastering off) in quarantine: nothing to DMA with.
+    if let Some(d) = edu.filter(|_| variant != Variant::DmaStorm) {
         back_in_quarantine(hv, d, checks);
     }
 }
