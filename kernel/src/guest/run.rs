@@ -1,6 +1,6 @@
 //! The exit loop: guests share this CPU, one exit at a time in turn, so two guests run
 //! interleaved; each exit is answered by [`exits::handle`] against the guest's own world
-//! (its memory, its virtual bus, its console). Every so often the IOMMU's fault log is
+//! (its memory, its virtual bus, its console). After every round the IOMMU's fault log is
 //! drained, and a guest whose device crossed the fault threshold is stopped.
 use core::arch::x86_64::__cpuid_count;
 
@@ -21,10 +21,6 @@ use crate::passthrough::{self, FaultReport};
 use crate::platform::pci::ConfigAccess;
 use crate::vcpu::Vcpu;
 
-/// Exits between two drains of the fault log: every one, since QEMU's VT-d (like a unit
-/// with one fault-recording register) records a new fault only once the last is cleared, so
-/// a storming device is stopped within a threshold's worth of its exits.
-const DRAIN_EVERY: u64 = 1;
 /// An upper bound on one run, whatever the guests do: a guest cannot keep the host forever.
 pub const MAX_EXITS: u64 = 2_000_000;
 
@@ -126,9 +122,10 @@ pub fn run_all<V: Vendor, C: Vcpu>(hv: &mut Hypervisor<V>, guests: &mut [Guest<C
                 guest.ending = Some(ending);
             }
         }
-        if report.exits % DRAIN_EVERY == 0 || guests.iter().all(|g| g.ending.is_some()) {
-            drain(hv, guests, &mut report.faults);
-        }
+        // After every round: QEMU's VT-d (like a unit with one fault-recording register)
+        // records a new fault only once the last is cleared, so a storming device is
+        // stopped within a threshold's worth of its exits.
+        drain(hv, guests, &mut report.faults);
         if report.exits >= MAX_EXITS {
             for g in guests.iter_mut().filter(|g| g.ending.is_none()) {
                 g.ending = Some(Ending::Livelock);
