@@ -205,17 +205,8 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
             .iter()
             .map(|r| (r.start, r.end, r.read, r.write))
             .collect();
-        QuarantineTables::build(self.mem, alloc, self.levels, &unity, scratch).map_err(
-            |e| match e {
-                lazaret_amd_vi::QuarantineError::OutOfFrames => IommuError::OutOfMemory,
-                _ => IommuError::BadReservedRange(
-                    reserved
-                        .first()
-                        .copied()
-                        .unwrap_or(ReservedRange::read_write(0, 0)),
-                ),
-            },
-        )
+        QuarantineTables::build(self.mem, alloc, self.levels, &unity, scratch)
+            .map_err(|e| super::quarantine_error(e, reserved))
     }
 
     fn free_quarantine(&mut self, alloc: &mut dyn FrameAllocator, q: QuarantineTables) {

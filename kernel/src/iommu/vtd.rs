@@ -296,17 +296,8 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
         scratch: bool,
     ) -> Result<QuarantineTables, IommuError> {
         let ranges: Vec<(u64, u64)> = reserved.iter().map(|r| (r.start, r.end)).collect();
-        QuarantineTables::build(self.tm(), alloc, self.levels, &ranges, scratch).map_err(
-            |e| match e {
-                lazaret_vtd::QuarantineError::OutOfFrames => IommuError::OutOfMemory,
-                _ => IommuError::BadReservedRange(
-                    reserved
-                        .first()
-                        .copied()
-                        .unwrap_or(ReservedRange::read_write(0, 0)),
-                ),
-            },
-        )
+        QuarantineTables::build(self.tm(), alloc, self.levels, &ranges, scratch)
+            .map_err(|e| super::quarantine_error(e, reserved))
     }
 
     fn free_quarantine(&mut self, alloc: &mut dyn FrameAllocator, q: QuarantineTables) {
