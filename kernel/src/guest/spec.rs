@@ -1,8 +1,8 @@
 //! Which guests to run: every multiboot module after the kernel whose string reads
 //! `guest NAME [key=value ...]` is a guest image. `memory=` and `device=` are Lazaret's (how
 //! much RAM, which PCI function to assign); every other word is handed to the guest as its
-//! command line. iPXE puts the image's URI in front of each module string, so one leading
-//! word before `guest` is skipped.
+//! command line. QEMU and iPXE put the image's path or URI in front of each module string:
+//! it is stripped by the loader's rule (`lazaret_rt::multiboot::without_image_path`).
 use core::fmt;
 
 use heapless::String;
@@ -56,10 +56,10 @@ impl fmt::Display for SpecError {
 
 /// Parses one module string.
 pub fn parse(module_string: &str) -> Result<GuestSpec, SpecError> {
-    let mut words = module_string.split_ascii_whitespace().peekable();
-    if words.peek() != Some(&"guest") {
-        words.next();
-    }
+    // QEMU and iPXE put the image's path or URI first; the loader's own rule strips it.
+    let line = lazaret_rt::multiboot::without_image_path(module_string.as_bytes());
+    let line = core::str::from_utf8(line).map_err(|_| SpecError::NotAGuest)?;
+    let mut words = line.split_ascii_whitespace();
     if words.next() != Some("guest") {
         return Err(SpecError::NotAGuest);
     }
