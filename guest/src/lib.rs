@@ -54,12 +54,13 @@ const TABLE_PAGES: u64 = 2;
 
 impl Scratch {
     pub fn new(image_end: u64, memory_size: u64) -> Option<Scratch> {
-        let start = image_end.checked_next_multiple_of(PAGE_SIZE)?;
-        let end = start.checked_add((2 + TABLE_PAGES) * PAGE_SIZE)?;
+        let (source, destination) = lazaret_guest_abi::layout::dma_buffers(image_end)?;
+        let tables = destination.checked_add(PAGE_SIZE)?;
+        let end = tables.checked_add(TABLE_PAGES * PAGE_SIZE)?;
         (end <= memory_size.min(DMA_LIMIT)).then_some(Scratch {
-            source: start,
-            destination: start + PAGE_SIZE,
-            tables: start + 2 * PAGE_SIZE,
+            source,
+            destination,
+            tables,
             tables_end: end,
         })
     }

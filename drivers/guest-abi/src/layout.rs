@@ -32,6 +32,14 @@ pub const DMA_LIMIT: u64 = 1 << 28;
 /// Page size of every range above.
 pub const PAGE_SIZE: u64 = 0x1000;
 
+/// The guest's DMA buffers, source and destination: the two pages after its image (which
+/// ends at `image_end`). Both sides use this one rule: the guest to place them, Lazaret to
+/// read back what its device moved. `None` when the addresses overflow.
+pub fn dma_buffers(image_end: u64) -> Option<(u64, u64)> {
+    let source = image_end.checked_next_multiple_of(PAGE_SIZE)?;
+    Some((source, source.checked_add(PAGE_SIZE)?))
+}
+
 /// Code segment selector (GDT entry 1).
 pub const CODE_SELECTOR: u16 = 0x08;
 /// Data segment selector for DS/ES/SS (GDT entry 2).

@@ -14,7 +14,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write as _;
 
-use lazaret_guest_abi::layout::PAGE_SIZE;
+use lazaret_guest_abi::layout::{dma_buffers, PAGE_SIZE};
 use lazaret_guest_abi::{GuestArgs, GuestExit, Variant};
 use lazaret_types::{PhysAddr, PhysMem, Sbdf};
 
@@ -314,10 +314,10 @@ fn start<V: Inspect>(
     }
 }
 
-/// The two pages after a guest's image are its DMA source and destination.
+/// The guest's DMA source and destination, by the contract's rule (past the address space
+/// when its image end overflows: nothing reads there).
 fn buffers(g: &Guest<SvmVcpu>) -> (u64, u64) {
-    let source = g.image_end.next_multiple_of(PAGE_SIZE);
-    (source, source + PAGE_SIZE)
+    dma_buffers(g.image_end).unwrap_or((u64::MAX, u64::MAX))
 }
 
 fn guest_bytes<V: Inspect>(
