@@ -44,6 +44,22 @@ impl EventInj {
         })
     }
 
+    /// An external interrupt (type INTR, never an error code). `None` for vectors 0–31, which
+    /// are the exceptions' (Intel SDM vol. 3A §6.2 reserves them; a guest's IDT has its
+    /// exception handlers there).
+    pub fn interrupt(vector: u8) -> Option<EventInj> {
+        (vector >= 32).then_some(EventInj {
+            vector,
+            kind: EventType::Intr,
+            error_code: None,
+        })
+    }
+
+    /// Whether `raw` (EVENTINJ or EXITINTINFO) holds an event: its V bit.
+    pub fn is_pending(raw: u64) -> bool {
+        raw & VALID != 0
+    }
+
     pub fn encode(&self) -> u64 {
         let mut v = VALID | u64::from(self.vector) | ((self.kind as u64) << 8);
         if let Some(e) = self.error_code {
@@ -132,6 +148,20 @@ mod tests {
         assert_eq!(EventInj::decode(gp.encode()), Some(gp));
         assert_eq!(EventInj::decode(0x0B0D), None, "V clear");
         assert_eq!(EventInj::decode(0x8000_0100), None, "type 1 is reserved");
+    }
+
+    #[test]
+    fn an_external_interrupt_is_type_intr_without_error_code() {
+        // Figure 15-10: vector 0x50 in 7:0, TYPE 0 (INTR) in 10:8, EV (11) clear, V (31) set.
+        let e = EventInj::interrupt(0x50).unwrap();
+        assert_eq!(e.encode(), 0x8000_0050);
+        assert_eq!(EventInj::interrupt(0xFF).unwrap().encode(), 0x8000_00FF);
+        assert_eq!(EventInj::interrupt(32).unwrap().encode(), 0x8000_0020);
+        assert_eq!(EventInj::interrupt(31), None, "vectors 0-31 are exceptions");
+        assert_eq!(EventInj::interrupt(0), None);
+        assert!(e.is_legal());
+        assert!(EventInj::is_pending(0x8000_0000));
+        assert!(!EventInj::is_pending(0x0000_0350), "V clear");
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub mod code {
     pub const NMI: u64 = 0x61;
     pub const SMI: u64 = 0x62;
     pub const INIT: u64 = 0x63;
+    /// VINTR: the guest became able to take the virtual interrupt V_IRQ announces (§15.21.6).
+    pub const VINTR: u64 = 0x64;
     /// A CR0 write changing bits other than TS and MP (the selective CR0 write intercept).
     pub const CR0_SEL_WRITE: u64 = 0x65;
     pub const CPUID: u64 = 0x72;
@@ -121,6 +123,8 @@ pub enum Exit {
     },
     Intr,
     Nmi,
+    /// The virtual-interrupt window opened (intercepted before the guest takes V_IRQ).
+    Vintr,
     Cr0SelectiveWrite,
     Cpuid,
     Hlt,
@@ -152,6 +156,7 @@ impl Exit {
             }
             code::INTR => Exit::Intr,
             code::NMI => Exit::Nmi,
+            code::VINTR => Exit::Vintr,
             code::CR0_SEL_WRITE => Exit::Cr0SelectiveWrite,
             code::CPUID => Exit::Cpuid,
             code::HLT => Exit::Hlt,
@@ -230,6 +235,12 @@ mod tests {
         assert_eq!(Exit::decode(0x7F, 0, 0), Exit::Shutdown);
         assert_eq!(Exit::decode(0x60, 0, 0), Exit::Intr);
         assert_eq!(Exit::decode(0x61, 0, 0), Exit::Nmi);
+        assert_eq!(Exit::decode(0x64, 0, 0), Exit::Vintr);
+        assert_eq!(
+            Exit::decode(0x63, 0, 0),
+            Exit::Other(0x63),
+            "INIT is not VINTR"
+        );
         assert_eq!(Exit::decode(0x7C, 1, 0), Exit::Msr { write: true });
         assert_eq!(Exit::decode(0x7C, 0, 0), Exit::Msr { write: false });
         assert_eq!(Exit::decode(u64::MAX, 0, 0), Exit::Invalid);

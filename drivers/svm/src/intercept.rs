@@ -92,6 +92,7 @@ mod tests {
     fn bits_are_table_b1_positions() {
         // Positions re-stated from table B-1, not from the constants above.
         assert_eq!(misc1::INTR, 0x1);
+        assert_eq!(misc1::VINTR, 0x10);
         assert_eq!(misc1::CPUID, 0x0004_0000);
         assert_eq!(misc1::HLT, 0x0100_0000);
         assert_eq!(misc1::IOIO_PROT, 0x0800_0000);
@@ -106,5 +107,10 @@ mod tests {
             0x1 | 0x2 | 0x20 | 0x4_0000 | 0x100_0000 | 0x800_0000 | 0x1000_0000 | 0x8000_0000;
         assert_eq!(BASELINE_MISC1 & needed, needed);
         assert_eq!(BASELINE_EXCEPTIONS, 1 << 18, "#MC only");
+        assert_eq!(
+            BASELINE_MISC1 & 0x10,
+            0,
+            "VINTR only while a window is armed"
+        );
     }
 }

@@ -7,6 +7,8 @@
 //! - [`intercept`]: the intercept vectors (§15.9–§15.15, table B-1).
 //! - [`event`]: EVENTINJ / EXITINTINFO encoding and the sanitising of EXITINTINFO before it
 //!   is re-injected (§15.20, §15.7.2).
+//! - [`delivery`]: an external interrupt into a guest — EVENTINJ when it can take one now, else
+//!   a virtual-interrupt window (V_IRQ and the VINTR intercept, §15.21.4–§15.21.6).
 //! - [`check`]: the VMRUN consistency checks of §15.5.1, as readable reasons.
 //! - [`permission`]: the I/O (12 KiB) and MSR (8 KiB) permission maps (§15.10.1, §15.11).
 //! - [`exit`]: exit codes (appendix C) and the decoding of EXITINFO1/2 (IOIO, NPF, …).
@@ -19,6 +21,7 @@
 pub mod asid;
 pub mod check;
 pub mod decode;
+pub mod delivery;
 pub mod event;
 pub mod exit;
 pub mod features;
@@ -33,4 +36,4 @@ pub use event::{sanitize_exit_int_info, EventInj, EventType};
 pub use exit::{Exit, IoExit, NpfExit};
 pub use features::SvmFeatures;
 pub use permission::{IoPermissionMap, MsrAccess, MsrPermissionMap, PermissionError};
-pub use vmcb::{LongModeEntry, Segment, Vmcb};
+pub use vmcb::{LongModeEntry, Segment, VIntr, Vmcb};

@@ -66,9 +66,9 @@ pub struct ControlArea {
     /// TLB_CONTROL ([`tlb_control`]).
     pub tlb_control: u8,
     _reserved1: [u8; 3],
-    /// V_TPR, V_IRQ, VGIF, V_INTR_PRIO, V_IGN_TPR, V_INTR_MASKING, V_INTR_VECTOR.
-    pub vintr: u64,
-    /// Bit 0 INTERRUPT_SHADOW, bit 1 GUEST_INTERRUPT_MASK.
+    /// V_TPR, V_IRQ, V_INTR_PRIO, V_IGN_TPR, V_INTR_MASKING, V_INTR_VECTOR ([`VIntr`]).
+    pub vintr: VIntr,
+    /// Bit 0 INTERRUPT_SHADOW, bit 1 GUEST_INTERRUPT_MASK ([`int_state`]).
     pub interrupt_shadow: u64,
     pub exit_code: u64,
     pub exit_info1: u64,
@@ -92,6 +92,92 @@ pub struct ControlArea {
     pub bytes_fetched: u8,
     pub guest_insn_bytes: [u8; 15],
     _reserved3: [u8; 0x320],
+}
+
+/// The virtual-interrupt control at 0x060 (§15.21.4, table B-1): V_TPR 3:0, V_IRQ 8,
+/// V_INTR_PRIO 19:16, V_IGN_TPR 20, V_INTR_MASKING 24, V_INTR_VECTOR 39:32. The other bits
+/// (V_GIF, AVIC, …) are kept as they are by every setter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct VIntr(pub u64);
+
+impl VIntr {
+    const TPR: u64 = 0xF;
+    const IRQ: u64 = 1 << 8;
+    const PRIO_SHIFT: u32 = 16;
+    const IGN_TPR: u64 = 1 << 20;
+    const MASKING: u64 = 1 << 24;
+    const VECTOR_SHIFT: u32 = 32;
+
+    fn with_bit(self, bit: u64, on: bool) -> VIntr {
+        VIntr(if on { self.0 | bit } else { self.0 & !bit })
+    }
+
+    /// The guest's task priority (CR8), 4 bits.
+    pub fn tpr(self) -> u8 {
+        (self.0 & Self::TPR) as u8
+    }
+    pub fn with_tpr(self, tpr: u8) -> VIntr {
+        VIntr((self.0 & !Self::TPR) | (u64::from(tpr) & Self::TPR))
+    }
+    /// A virtual interrupt is pending (the CPU clears it when the guest takes it).
+    pub fn irq(self) -> bool {
+        self.0 & Self::IRQ != 0
+    }
+    pub fn with_irq(self, on: bool) -> VIntr {
+        self.with_bit(Self::IRQ, on)
+    }
+    /// The pending virtual interrupt's priority, compared with V_TPR unless V_IGN_TPR.
+    pub fn prio(self) -> u8 {
+        ((self.0 >> Self::PRIO_SHIFT) & 0xF) as u8
+    }
+    pub fn with_prio(self, prio: u8) -> VIntr {
+        let field = 0xF << Self::PRIO_SHIFT;
+        VIntr((self.0 & !field) | ((u64::from(prio) << Self::PRIO_SHIFT) & field))
+    }
+    /// The pending virtual interrupt ignores V_TPR.
+    pub fn ign_tpr(self) -> bool {
+        self.0 & Self::IGN_TPR != 0
+    }
+    pub fn with_ign_tpr(self, on: bool) -> VIntr {
+        self.with_bit(Self::IGN_TPR, on)
+    }
+    /// V_INTR_MASKING: the guest's RFLAGS.IF masks only virtual interrupts; the host's IF at
+    /// VMRUN masks physical ones.
+    pub fn masking(self) -> bool {
+        self.0 & Self::MASKING != 0
+    }
+    pub fn with_masking(self, on: bool) -> VIntr {
+        self.with_bit(Self::MASKING, on)
+    }
+    /// The vector the guest takes for the pending virtual interrupt.
+    pub fn vector(self) -> u8 {
+        (self.0 >> Self::VECTOR_SHIFT) as u8
+    }
+    pub fn with_vector(self, vector: u8) -> VIntr {
+        let field = 0xFF << Self::VECTOR_SHIFT;
+        VIntr((self.0 & !field) | (u64::from(vector) << Self::VECTOR_SHIFT))
+    }
+}
+
+/// The guest interrupt state at 0x068 (table B-1).
+pub mod int_state {
+    /// The guest is in an interrupt shadow: the instruction after STI or MOV SS has not
+    /// completed yet, so no interrupt may be delivered before it (§15.21.5).
+    pub const INTERRUPT_SHADOW: u64 = 1 << 0;
+    /// GUEST_INTERRUPT_MASK: the guest's RFLAGS.IF, written on exit with V_INTR_MASKING.
+    pub const GUEST_INTERRUPT_MASK: u64 = 1 << 1;
+}
+
+impl ControlArea {
+    pub fn in_interrupt_shadow(&self) -> bool {
+        self.interrupt_shadow & int_state::INTERRUPT_SHADOW != 0
+    }
+
+    /// Ends the shadow once the instruction it covered has been completed by the host.
+    pub fn clear_interrupt_shadow(&mut self) {
+        self.interrupt_shadow &= !int_state::INTERRUPT_SHADOW;
+    }
 }
 
 /// TLB_CONTROL values (table B-1).
@@ -284,7 +370,7 @@ impl Vmcb {
         c.n_cr3 = n_cr3;
         // V_INTR_MASKING: the guest's RFLAGS.IF masks only virtual interrupts; physical
         // interrupts stay the host's and exit (INTR intercept).
-        c.vintr = 1 << 24;
+        c.vintr = VIntr::default().with_masking(true);
         c.clean_bits = 0;
     }
 
@@ -350,19 +436,30 @@ impl Vmcb {
     }
 }
 
+/// Reads of a VMCB by byte offset, for tests that check layouts against appendix B
+/// independently of the struct definition and its setters.
+#[cfg(test)]
+pub(crate) mod raw {
+    use super::Vmcb;
+
+    fn bytes(vmcb: &Vmcb) -> &[u8] {
+        // SAFETY: a Vmcb is 4096 bytes of plain integers, all initialised.
+        unsafe { core::slice::from_raw_parts(vmcb as *const Vmcb as *const u8, size_of::<Vmcb>()) }
+    }
+
+    pub fn u64_at(vmcb: &Vmcb, offset: usize) -> u64 {
+        u64::from_le_bytes(bytes(vmcb)[offset..offset + 8].try_into().unwrap())
+    }
+
+    pub fn u32_at(vmcb: &Vmcb, offset: usize) -> u32 {
+        u32::from_le_bytes(bytes(vmcb)[offset..offset + 4].try_into().unwrap())
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::raw::u64_at;
     use super::*;
-
-    /// Reads a field back through its byte offset, independent of the struct definition.
-    fn u64_at(vmcb: &Vmcb, offset: usize) -> u64 {
-        // SAFETY: a Vmcb is 4096 plain bytes; offset + 8 is within it (callers pass table
-        // offsets below 0x1000).
-        let bytes = unsafe {
-            core::slice::from_raw_parts(vmcb as *const Vmcb as *const u8, size_of::<Vmcb>())
-        };
-        u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap())
-    }
 
     #[test]
     fn fields_land_at_the_appendix_b_offsets() {
@@ -382,6 +479,63 @@ mod tests {
         assert_eq!(u64_at(&v, 0x400 + 0x0D0), 0x6666);
         assert_eq!(u64_at(&v, 0x400 + 0x150), 0x7777);
         assert_eq!(core::mem::align_of::<Vmcb>(), 4096);
+    }
+
+    #[test]
+    fn vintr_fields_follow_table_b1() {
+        let mut v = Box::new(Vmcb::zeroed());
+        v.set_controls(0, 0, 1, 0);
+        assert_eq!(u64_at(&v, 0x060), 1 << 24, "V_INTR_MASKING alone");
+        // Each field at its position, alone.
+        let one = |f: fn(VIntr) -> VIntr| f(VIntr::default()).0;
+        assert_eq!(one(|x| x.with_tpr(0xF)), 0xF);
+        assert_eq!(one(|x| x.with_irq(true)), 1 << 8);
+        assert_eq!(one(|x| x.with_prio(0xF)), 0xF << 16);
+        assert_eq!(one(|x| x.with_ign_tpr(true)), 1 << 20);
+        assert_eq!(one(|x| x.with_masking(true)), 1 << 24);
+        assert_eq!(one(|x| x.with_vector(0xAB)), 0xAB << 32);
+        // Out-of-range values stay in their field.
+        assert_eq!(one(|x| x.with_tpr(0xFF)), 0xF);
+        assert_eq!(one(|x| x.with_prio(0x1F)), 0xF << 16);
+        // Setters keep the bits they do not own (V_GIF 9, V_GIF_ENABLE 25, AVIC 31).
+        let others = (1 << 9) | (1 << 25) | (1 << 31);
+        let x = VIntr(others)
+            .with_irq(true)
+            .with_vector(0x50)
+            .with_prio(5)
+            .with_ign_tpr(true)
+            .with_tpr(3);
+        assert_eq!(
+            x.0,
+            others | 3 | (1 << 8) | (5 << 16) | (1 << 20) | (0x50 << 32)
+        );
+        assert_eq!(
+            (
+                x.tpr(),
+                x.irq(),
+                x.prio(),
+                x.ign_tpr(),
+                x.vector(),
+                x.masking()
+            ),
+            (3, true, 5, true, 0x50, false)
+        );
+        let cleared = x.with_irq(false).with_ign_tpr(false);
+        assert_eq!(cleared.0, others | 3 | (5 << 16) | (0x50 << 32));
+        v.control.vintr = x;
+        assert_eq!(u64_at(&v, 0x060), x.0);
+    }
+
+    #[test]
+    fn the_interrupt_shadow_is_bit_0_at_0x68() {
+        let mut v = Box::new(Vmcb::zeroed());
+        v.control.interrupt_shadow = 0b11;
+        assert!(v.control.in_interrupt_shadow());
+        v.control.clear_interrupt_shadow();
+        assert!(!v.control.in_interrupt_shadow());
+        assert_eq!(u64_at(&v, 0x068), 0b10, "GUEST_INTERRUPT_MASK untouched");
+        v.control.interrupt_shadow = 0b10;
+        assert!(!v.control.in_interrupt_shadow());
     }
 
     #[test]
