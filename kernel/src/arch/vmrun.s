@@ -8,6 +8,15 @@
 # runs between the switch of FPU state and VMRUN, or between #VMEXIT and the host's FPU state
 # coming back. VMRUN does not switch FS/GS/TR/LDTR, KernelGsBase or the SYSCALL/SYSENTER MSRs:
 # VMSAVE/VMLOAD move them (host → its page, guest ← its VMCB, and back after the exit).
+#
+# Physical interrupts (APM vol. 2 §15.17, §15.21.1): the VMCB sets V_INTR_MASKING, so while the
+# guest runs its own RFLAGS.IF masks only virtual interrupts and the host's IF *at VMRUN* decides
+# whether physical ones are taken — i.e. exit with the INTR intercept. Lazaret runs with IF=0,
+# so IF is set between CLGI and STGI: with GIF=0 no interrupt reaches the host there, and after
+# #VMEXIT one that arrived stays pending at the local APIC (IF is cleared again before STGI)
+# until the exit loop opens a window for it (`arch::idt::take_pending_interrupts`). QEMU's TCG
+# does the same: helper_vmrun sets HF2_HIF from the host's IF when V_INTR_MASKING is on.
+# Returns with IF clear.
 .section .text
 .balign 16
 .global lazaret_svm_run
@@ -20,6 +29,8 @@ lazaret_svm_run:
     push r15
     push rdi
     clgi
+    # GIF=0 holds interrupts off; IF=1 makes VMRUN let physical ones exit the guest.
+    sti
     mov rax, [rdi + 144]
     fxsave64 [rax]
     mov rax, [rdi + 136]
@@ -68,6 +79,8 @@ lazaret_svm_run:
     fxsave64 [rax]
     mov rax, [rdi + 144]
     fxrstor64 [rax]
+    # An interrupt that ended the guest stays pending at the LAPIC: no host handler runs here.
+    cli
     stgi
     pop rdi
     pop r15

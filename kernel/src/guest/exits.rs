@@ -146,6 +146,7 @@ pub fn handle(exit: &Exit, regs: &mut GuestRegs, env: &mut dyn GuestEnv) -> Acti
         } => Action::End(Ending::NestedPageFault { gpa, write, fetch }),
         Exit::Shutdown => Action::End(Ending::Shutdown),
         Exit::Interrupt | Exit::Nmi => Action::Resume,
+        Exit::InterruptWindow => Action::Resume,
         Exit::Exception { vector, error } => Action::End(Ending::Invalid(alloc::format!(
             "exception {vector} (error code {error:?}) intercepted"
         ))),

@@ -7,6 +7,10 @@
 //! The caller handles an exit by reading or writing [`GuestRegs`] and then either
 //! [`Vcpu::complete`]s the exiting instruction (RIP moves past it, an IN gets its value) or
 //! [`Vcpu::inject_exception`]s. An exit it does not complete runs the same instruction again.
+//!
+//! External interrupts for the guest go through [`Vcpu::inject_interrupt`]: delivered on the
+//! next entry when the guest can take one, otherwise an interrupt window is armed and a later
+//! [`Vcpu::run`] returns [`Exit::InterruptWindow`] when it can (issue 11 part 4).
 use alloc::string::String;
 use core::fmt;
 
@@ -84,6 +88,9 @@ pub enum Exit {
     Interrupt,
     /// A physical NMI arrived while the guest ran.
     Nmi,
+    /// The guest can now take an external interrupt that an earlier
+    /// [`Vcpu::inject_interrupt`] could not deliver (the window is disarmed again).
+    InterruptWindow,
     /// An intercepted exception (the SVM backend intercepts only #MC).
     Exception { vector: u8, error: Option<u32> },
     /// The guest cannot be run: its state failed a check before entry, the CPU refused it, or
@@ -104,12 +111,13 @@ pub enum ExitKind {
     Shutdown,
     Interrupt,
     Nmi,
+    InterruptWindow,
     Exception,
     Invalid,
 }
 
 impl ExitKind {
-    pub const ALL: [ExitKind; 12] = [
+    pub const ALL: [ExitKind; 13] = [
         ExitKind::Cpuid,
         ExitKind::Hlt,
         ExitKind::Io,
@@ -120,6 +128,7 @@ impl ExitKind {
         ExitKind::Shutdown,
         ExitKind::Interrupt,
         ExitKind::Nmi,
+        ExitKind::InterruptWindow,
         ExitKind::Exception,
         ExitKind::Invalid,
     ];
@@ -136,6 +145,7 @@ impl ExitKind {
             ExitKind::Shutdown => "shutdown",
             ExitKind::Interrupt => "interrupt",
             ExitKind::Nmi => "nmi",
+            ExitKind::InterruptWindow => "interrupt-window",
             ExitKind::Exception => "exception",
             ExitKind::Invalid => "invalid",
         }
@@ -155,6 +165,7 @@ impl Exit {
             Exit::Shutdown => ExitKind::Shutdown,
             Exit::Interrupt => ExitKind::Interrupt,
             Exit::Nmi => ExitKind::Nmi,
+            Exit::InterruptWindow => ExitKind::InterruptWindow,
             Exit::Exception { .. } => ExitKind::Exception,
             Exit::Invalid { .. } => ExitKind::Invalid,
         }
@@ -212,6 +223,8 @@ pub enum VcpuError {
     CannotComplete(String),
     /// The exception cannot be injected (vector 2 or ≥ 32).
     BadException(u8),
+    /// The vector is not an external interrupt's (0–31 are exceptions).
+    BadInterrupt(u8),
 }
 
 impl fmt::Display for VcpuError {
@@ -222,6 +235,12 @@ impl fmt::Display for VcpuError {
             VcpuError::CannotComplete(why) => write!(f, "cannot complete the exit: {why}"),
             VcpuError::BadException(v) => {
                 write!(f, "vector {v} is not an exception that can be injected")
+            }
+            VcpuError::BadInterrupt(v) => {
+                write!(
+                    f,
+                    "vector {v} is not an external interrupt (0-31 are exceptions)"
+                )
             }
         }
     }
@@ -241,6 +260,15 @@ pub trait Vcpu {
     fn complete(&mut self, in_value: Option<u32>) -> Result<(), VcpuError>;
     /// Delivers an exception to the guest on its next entry.
     fn inject_exception(&mut self, vector: u8, error_code: u32) -> Result<(), VcpuError>;
+    /// The guest's RFLAGS.IF.
+    fn interrupts_enabled(&self) -> bool;
+    /// Offers external interrupt `vector` to the guest. `Ok(true)`: it is delivered on the
+    /// next entry. `Ok(false)`: the guest cannot take it now (IF clear, interrupt shadow, or
+    /// an event already pending for the next entry, which is never overwritten); an interrupt
+    /// window is armed and a later [`Vcpu::run`] returns [`Exit::InterruptWindow`], after
+    /// which the caller offers it again. Complete the exiting instruction first: completing
+    /// it ends an interrupt shadow (`sti; hlt`). `Err(BadInterrupt)` for vectors 0–31.
+    fn inject_interrupt(&mut self, vector: u8) -> Result<bool, VcpuError>;
     /// Exits of this vCPU so far, by kind.
     fn exit_counts(&self) -> &ExitCounts;
 }
@@ -284,5 +312,16 @@ mod tests {
         sum.add(&c);
         sum.add(&c);
         assert_eq!(sum.get(ExitKind::Io), 4);
+    }
+
+    #[test]
+    fn every_kind_has_its_own_slot_and_name() {
+        for (i, kind) in ExitKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{kind:?} counted in another kind's slot");
+        }
+        let mut c = ExitCounts::default();
+        c.record(Exit::InterruptWindow.kind());
+        assert_eq!(alloc::format!("{c}"), "interrupt-window 1");
+        assert_eq!(c.get(ExitKind::InterruptWindow), 1);
     }
 }

@@ -7,6 +7,7 @@ use alloc::format;
 use alloc::string::{String, ToString};
 
 use lazaret_svm::decode::Instruction;
+use lazaret_svm::delivery;
 use lazaret_svm::exit::Exit as SvmExit;
 use lazaret_svm::features::{CpuidSvm, MSR_EFER, MSR_VM_CR, MSR_VM_HSAVE_PA};
 use lazaret_svm::vmcb::{cr, tlb_control, LongModeEntry};
@@ -97,6 +98,21 @@ fn read_cpuid() -> CpuidSvm {
     }
 }
 
+/// While a guest runs the host's IF is set (vmrun.s), so every interrupt the CPU can receive
+/// ends the guest with an INTR exit, and stays pending until the exit loop takes it in the host.
+/// The firmware leaves the 8259s unmasked with the PIT's IRQ 0 on vector 8: nobody would ever
+/// acknowledge it, so every VMRUN would exit at once, and taken in the host it would look like a
+/// double fault. Lazaret uses no legacy IRQ (devices interrupt by MSI through the IOMMU), so
+/// both PICs are masked (OCW1, all ones) before the first guest runs; masked, they lower INTR.
+fn mask_legacy_pics() {
+    // SAFETY: writing the interrupt mask registers of the two 8259s (ports 0x21, 0xA1) only
+    // masks legacy IRQs, which nothing in Lazaret uses.
+    unsafe {
+        lazaret_rt::port::outb(0x21, 0xFF);
+        lazaret_rt::port::outb(0xA1, 0xFF);
+    }
+}
+
 fn phys_of<T>(r: &T) -> u64 {
     r as *const T as u64
 }
@@ -112,6 +128,7 @@ impl Virtualization for Svm {
         let features = SvmFeatures::detect(&read_cpuid())
             .map_err(|e| VcpuError::Unsupported(e.to_string()))?;
         if !percpu::installed() {
+            mask_legacy_pics();
             let host_save_area = frames.alloc_frame().ok_or(VcpuError::OutOfFrames)?;
             let Some(host_state) = frames.alloc_frame() else {
                 frames.free_frame(host_save_area);
@@ -456,7 +473,12 @@ impl Vcpu for SvmVcpu {
             }
         };
         self.pending = None;
-        self.vmcb_mut().save.rip = next;
+        let v = self.vmcb_mut();
+        v.save.rip = next;
+        // The instruction an STI or MOV SS shadowed is done: the shadow ends with it (KVM's
+        // skip_emulated_instruction does the same). Left set, `sti; hlt` would refuse every
+        // interrupt offered after the HLT.
+        v.control.clear_interrupt_shadow();
         Ok(())
     }
 
@@ -468,6 +490,15 @@ impl Vcpu for SvmVcpu {
         Ok(())
     }
 
+    fn interrupts_enabled(&self) -> bool {
+        delivery::interrupts_enabled(self.vmcb())
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) -> Result<bool, VcpuError> {
+        let event = EventInj::interrupt(vector).ok_or(VcpuError::BadInterrupt(vector))?;
+        Ok(delivery::offer_interrupt(self.vmcb_mut(), event))
+    }
+
     fn exit_counts(&self) -> &ExitCounts {
         &self.counts
     }
@@ -475,6 +506,9 @@ impl Vcpu for SvmVcpu {
 
 impl SvmVcpu {
     fn translate_exit(&mut self, exit: SvmExit) -> Exit {
+        if exit == SvmExit::Vintr {
+            delivery::close_window(&mut self.vmcb_mut().control);
+        }
         match classify(exit, &self.regs) {
             Classified::Handled { exit, pending } => {
                 self.pending = pending;
@@ -555,6 +589,8 @@ fn classify(exit: SvmExit, r: &GuestRegs) -> Classified {
         SvmExit::Shutdown => handled(Exit::Shutdown, None),
         SvmExit::Intr => handled(Exit::Interrupt, None),
         SvmExit::Nmi => handled(Exit::Nmi, None),
+        // Nothing to complete: the guest had not yet taken the (virtual) interrupt.
+        SvmExit::Vintr => handled(Exit::InterruptWindow, None),
         SvmExit::Exception {
             vector, error_code, ..
         } => handled(
@@ -588,6 +624,7 @@ fn merge_in(rax: u64, size: u8, value: u32) -> u64 {
 mod tests {
     use super::*;
     use lazaret_svm::exit::IoExit;
+    use lazaret_svm::features::SvmFeatures;
 
     fn regs() -> GuestRegs {
         GuestRegs {
@@ -663,6 +700,153 @@ mod tests {
         assert!(
             matches!(classify(SvmExit::Other(0x80), &r), Classified::Ends(s) if s.contains("0x80"))
         );
+        assert_eq!(
+            classify(SvmExit::Vintr, &r),
+            Classified::Handled {
+                exit: Exit::InterruptWindow,
+                pending: None
+            }
+        );
+        assert_eq!(
+            classify(SvmExit::Intr, &r),
+            Classified::Handled {
+                exit: Exit::Interrupt,
+                pending: None
+            }
+        );
+    }
+
+    /// A vCPU whose VMCB is a heap page: on the host its address stands in for the
+    /// identity-mapped frame the backend dereferences. No VMRUN: exits are fed to
+    /// `translate_exit` as the CPU would report them.
+    struct HostVcpu(SvmVcpu);
+
+    impl HostVcpu {
+        fn new(rflags: u64) -> HostVcpu {
+            let mut page = Box::new(Vmcb::zeroed());
+            page.set_controls(0x1000, 0x4000, 1, 0x8000);
+            page.load_long_mode(&LongModeEntry {
+                rip: 0x20_0000,
+                rsp: 0x10_0000,
+                cr3: 0x1_0000,
+                gdt_base: 0x3000,
+                gdt_limit: 23,
+            });
+            page.save.rflags = rflags;
+            HostVcpu(SvmVcpu {
+                vmcb: PhysAddr(Box::into_raw(page) as u64),
+                guest_fx: Box::new(FxArea::initial()),
+                regs: GuestRegs::default(),
+                asid: None,
+                counts: ExitCounts::default(),
+                features: SvmFeatures {
+                    nasid: 16,
+                    nested_paging: true,
+                    // NRIP save: `complete` takes the next RIP from the VMCB, no fetch.
+                    nrip_save: true,
+                    flush_by_asid: true,
+                    phys_addr_bits: 48,
+                },
+                pending: None,
+                dead: None,
+                last_cpu: None,
+            })
+        }
+
+        /// The VMCB's u64 at `offset` (APM vol. 2 tables B-1/B-2), not through its struct.
+        fn raw(&self, offset: usize) -> u64 {
+            assert!(offset % 8 == 0 && offset < 0x1000);
+            // SAFETY: the VMCB is a live 4 KiB heap page owned by this vCPU; the offset is
+            // aligned and inside it.
+            unsafe { *((self.0.vmcb.as_u64() as *const u8).add(offset) as *const u64) }
+        }
+
+        /// The HLT of `sti; hlt` exits with the guest still in STI's shadow.
+        fn halted_in_sti_shadow(&mut self) {
+            let v = self.0.vmcb_mut();
+            v.control.interrupt_shadow = 1;
+            v.control.next_rip = v.save.rip + 1;
+            assert_eq!(self.0.translate_exit(SvmExit::Hlt), Exit::Hlt);
+        }
+    }
+
+    impl Drop for HostVcpu {
+        fn drop(&mut self) {
+            // SAFETY: `new` leaked this box; nothing uses the page after the vCPU goes.
+            drop(unsafe { Box::from_raw(self.0.vmcb.as_u64() as *mut Vmcb) });
+        }
+    }
+
+    const RFLAGS_IF: u64 = 1 << 9;
+    const INTERCEPT_MISC1: usize = 0x008; // the u64 at 0x008: vector 3 (0x00C) in 63:32
+    const VINTR_INTERCEPT: u64 = 1 << (32 + 4);
+    const VINTR: usize = 0x060;
+    const V_IRQ: u64 = 1 << 8;
+    const V_IGN_TPR: u64 = 1 << 20;
+    const INT_STATE: usize = 0x068;
+    const EVENTINJ: usize = 0x0A8;
+
+    #[test]
+    fn sti_hlt_then_an_interrupt_is_delivered_once_the_hlt_is_completed() {
+        let mut g = HostVcpu::new(0x2 | RFLAGS_IF);
+        g.halted_in_sti_shadow();
+        g.0.complete(None).unwrap();
+        assert_eq!(g.0.rip(), 0x20_0001);
+        assert_eq!(g.raw(INT_STATE) & 1, 0, "the shadow ended with the HLT");
+        assert!(g.0.interrupts_enabled());
+        assert_eq!(g.0.inject_interrupt(0x50), Ok(true));
+        assert_eq!(g.raw(EVENTINJ), 0x8000_0050, "V, type INTR, vector 0x50");
+        assert_eq!(g.raw(VINTR) & V_IRQ, 0);
+        assert_eq!(g.raw(INTERCEPT_MISC1) & VINTR_INTERCEPT, 0);
+    }
+
+    #[test]
+    fn the_shadow_refuses_an_interrupt_before_the_hlt_is_completed() {
+        let mut g = HostVcpu::new(0x2 | RFLAGS_IF);
+        g.halted_in_sti_shadow();
+        assert_eq!(g.0.inject_interrupt(0x50), Ok(false));
+        assert_eq!(g.raw(EVENTINJ), 0);
+        assert_eq!(g.raw(VINTR) & V_IRQ, V_IRQ, "a window is armed instead");
+    }
+
+    #[test]
+    fn if_clear_arms_a_window_that_its_exit_disarms() {
+        let mut g = HostVcpu::new(0x2);
+        assert!(!g.0.interrupts_enabled());
+        assert_eq!(g.0.inject_interrupt(0x50), Ok(false));
+        assert_eq!(g.raw(EVENTINJ), 0, "nothing injected");
+        assert_eq!(g.raw(VINTR) & (V_IRQ | V_IGN_TPR), V_IRQ | V_IGN_TPR);
+        assert_eq!(g.raw(INTERCEPT_MISC1) & VINTR_INTERCEPT, VINTR_INTERCEPT);
+        // The guest executes STI; the CPU exits with code 0x64 before taking V_IRQ.
+        g.0.vmcb_mut().save.rflags |= RFLAGS_IF;
+        let exit = SvmExit::decode(0x64, 0, 0);
+        assert_eq!(g.0.translate_exit(exit), Exit::InterruptWindow);
+        assert_eq!(g.raw(VINTR) & (V_IRQ | V_IGN_TPR), 0, "disarmed");
+        assert_eq!(g.raw(INTERCEPT_MISC1) & VINTR_INTERCEPT, 0);
+        assert_eq!(g.raw(VINTR) & (1 << 24), 1 << 24, "V_INTR_MASKING stays");
+        assert!(g.0.interrupts_enabled());
+        assert_eq!(g.0.inject_interrupt(0x50), Ok(true));
+        assert_eq!(g.raw(EVENTINJ), 0x8000_0050);
+    }
+
+    #[test]
+    fn a_pending_reinjection_is_never_overwritten() {
+        let mut g = HostVcpu::new(0x2 | RFLAGS_IF);
+        // What `enter` leaves after an exit interrupted the delivery of vector 0x30.
+        let reinjection = sanitize_exit_int_info(0x8000_0030).unwrap().encode();
+        g.0.vmcb_mut().control.event_inj = reinjection;
+        assert_eq!(g.0.inject_interrupt(0x50), Ok(false));
+        assert_eq!(g.raw(EVENTINJ), 0x8000_0030);
+        assert_eq!(g.raw(VINTR) & V_IRQ, V_IRQ);
+    }
+
+    #[test]
+    fn exception_vectors_are_not_interrupts() {
+        let mut g = HostVcpu::new(0x2 | RFLAGS_IF);
+        assert_eq!(g.0.inject_interrupt(31), Err(VcpuError::BadInterrupt(31)));
+        assert_eq!(g.0.inject_interrupt(0), Err(VcpuError::BadInterrupt(0)));
+        assert_eq!((g.raw(EVENTINJ), g.raw(VINTR) & V_IRQ), (0, 0));
+        assert_eq!(g.0.inject_interrupt(32), Ok(true));
     }
 
     #[test]
