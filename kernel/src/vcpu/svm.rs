@@ -755,7 +755,7 @@ mod tests {
 
         /// The VMCB's u64 at `offset` (APM vol. 2 tables B-1/B-2), not through its struct.
         fn raw(&self, offset: usize) -> u64 {
-            assert!(offset % 8 == 0 && offset < 0x1000);
+            assert!(offset.is_multiple_of(8) && offset < 0x1000);
             // SAFETY: the VMCB is a live 4 KiB heap page owned by this vCPU; the offset is
             // aligned and inside it.
             unsafe { *((self.0.vmcb.as_u64() as *const u8).add(offset) as *const u64) }
