@@ -313,6 +313,7 @@ fn run_scenario<V: Inspect>(
         passthrough,
         iommu_failure,
         guest_images,
+        host_vectors: Default::default(),
     };
     scenario::run(scenario, &mut hv)
 }

@@ -25,4 +25,6 @@ pub struct Hypervisor<V: Vendor> {
     pub iommu_failure: Option<alloc::string::String>,
     /// The guest images the loader brought (multiboot modules after the kernel).
     pub guest_images: alloc::vec::Vec<crate::guest::lifecycle::GuestImage>,
+    /// Host vectors given to guests' devices.
+    pub host_vectors: crate::guest::vectors::HostVectors,
 }

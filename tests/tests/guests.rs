@@ -40,7 +40,8 @@ fn all_pass(out: &Outcome, iommu: &str, names: &[&str]) {
 }
 
 on_every_qemu! {
-    /// `scripts/demo`: two good guests interleaved, each round trip in its own memory; the
+    /// `scripts/demo`: two good guests interleaved, each round trip in its own memory and each
+    /// DMA waited for in HLT until its completion interrupt (remapped, injected, EOI'd); the
     /// rogue guest's DMAs change nothing, it is destroyed and its device is back in quarantine
     /// where its DMA lands in its own scratch page. On VT-d the faults name its device.
     fn the_demo_tells_its_story_on_both_iommus(qemu) {
@@ -49,7 +50,7 @@ on_every_qemu! {
             let mut names = vec![
                 "all-quarantined", "guest-dma", "guests-apart", "rogue-dma-stopped",
                 "back-in-quarantine", "guest-destroyed", "guest-memory-scrubbed",
-                "all-back-in-quarantine",
+                "all-back-in-quarantine", "guest-interrupts",
             ];
             if iommu == "intel" {
                 names.push("rogue-dma-attributed");
@@ -57,6 +58,13 @@ on_every_qemu! {
             all_pass(&out, iommu, &names);
             let good = out.results().iter().filter(|r| r.name == "guest-dma").count();
             assert_eq!(good, 2, "{iommu}: both good guests\n{}", out.transcript());
+            let woken = out.results().iter().filter(|r| r.name == "guest-interrupts").count();
+            assert_eq!(woken, 2, "{iommu}: both good guests woken by interrupt\n{}", out.transcript());
+            assert!(
+                out.line("FIGURE guest-interrupt-latency").is_some(),
+                "{iommu}: no latency figure\n{}",
+                out.transcript()
+            );
             for who in ["[alpha] PASS", "[beta] PASS", "[mallory] DMA edu->RAM"] {
                 assert!(out.line(who).is_some(), "{iommu}: no '{who}' line\n{}", out.transcript());
             }

@@ -67,6 +67,7 @@ fn assert_stopped(out: &Outcome, vtd: bool) {
     for name in [
         "irq-assigned-delivered",
         "irq-assigned-forged",
+        "irq-reassigned-blocked",
         "irq-quarantined-blocked",
         "irq-storm",
     ] {

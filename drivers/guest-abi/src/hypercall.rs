@@ -9,6 +9,8 @@ use core::fmt;
 pub const HC_CONSOLE_WRITE: u64 = 1;
 /// `(status)`: the guest is done; see [`GuestExit`] for what the statuses mean.
 pub const HC_EXIT: u64 = 2;
+/// PLACEHOLDER (lead)
+pub const HC_INTERRUPT_STAMP: u64 = 3;
 
 /// The most bytes one [`HC_CONSOLE_WRITE`] carries.
 pub const CONSOLE_WRITE_MAX: usize = 256;

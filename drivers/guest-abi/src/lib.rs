@@ -20,6 +20,7 @@ mod boot_info;
 pub mod cmdline;
 pub mod hypercall;
 pub mod image;
+pub mod interrupts;
 pub mod layout;
 
 pub use boot_info::{BootInfo, BootInfoError, BOOT_INFO_MAGIC, BOOT_INFO_SIZE, BOOT_INFO_VERSION};

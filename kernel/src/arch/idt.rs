@@ -132,6 +132,9 @@ static IN_HANDLER: AtomicBool = AtomicBool::new(false);
 
 /// Interrupts taken per vector while watched.
 static TAKEN: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
+/// The TSC when each vector was last taken: where a device interrupt's latency into a guest
+/// starts (the earliest moment the host can see it).
+static TAKEN_AT: [AtomicU64; 256] = [const { AtomicU64::new(0) }; 256];
 /// The local APIC whose EOI register acknowledges a watched interrupt (`None`: not watching).
 static LAPIC: Spinlock<Option<MmioRegion>> = Spinlock::new(None);
 /// Local APIC End Of Interrupt register (Intel SDM Vol. 3A §11.8.5).
@@ -146,6 +149,16 @@ pub fn watch_interrupts(lapic: MmioRegion) {
 /// Interrupts taken on `vector` since boot.
 pub fn interrupts_taken(vector: u8) -> u64 {
     TAKEN[usize::from(vector)].load(Ordering::SeqCst)
+}
+
+/// The TSC at which `vector` was last taken (0: never).
+pub fn last_taken_at(vector: u8) -> u64 {
+    TAKEN_AT[usize::from(vector)].load(Ordering::SeqCst)
+}
+
+/// Whether device interrupts are being watched (the local APIC is enabled for them).
+pub fn watching() -> bool {
+    LAPIC.lock().is_some()
 }
 
 /// Opens a short interrupt window (`sti` … `cli`) so that whatever the local APIC holds
@@ -183,6 +196,7 @@ fn watched_interrupt(vector: u64) -> bool {
     let Some(lapic) = guard.as_ref() else {
         return false;
     };
+    TAKEN_AT[(vector & 0xff) as usize].store(super::tsc::now(), Ordering::SeqCst);
     TAKEN[(vector & 0xff) as usize].fetch_add(1, Ordering::SeqCst);
     // The spurious vector (SVR) is not acknowledged (§11.9).
     if vector != 0xff {

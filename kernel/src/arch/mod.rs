@@ -2,6 +2,7 @@
 //! the kernel's own page tables; per-CPU state and the VMRUN path (`vmrun.s`).
 pub mod gdt;
 pub mod idt;
+pub mod lapic;
 pub mod mmio;
 pub mod paging;
 pub mod percpu;

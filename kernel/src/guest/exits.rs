@@ -5,7 +5,8 @@ use alloc::string::String;
 use core::fmt;
 
 use lazaret_guest_abi::hypercall::{
-    CONSOLE_WRITE_MAX, HC_CONSOLE_WRITE, HC_ERROR_TOO_LONG, HC_ERROR_UNKNOWN, HC_EXIT, HC_OK,
+    CONSOLE_WRITE_MAX, HC_CONSOLE_WRITE, HC_ERROR_TOO_LONG, HC_ERROR_UNKNOWN, HC_EXIT,
+    HC_INTERRUPT_STAMP, HC_OK,
 };
 
 use super::cpuid;
@@ -29,6 +30,15 @@ pub trait GuestEnv {
     /// Copies the guest's `len` console bytes at `gpa` to its console; `Err` with the
     /// hypercall error code when the range is not the guest's.
     fn console_write(&mut self, gpa: u64, len: usize) -> Result<(), u64>;
+    /// RDMSR of a register Lazaret virtualises (the virtual LAPIC's); `None`: #GP.
+    fn msr_read(&mut self, msr: u32) -> Option<u64>;
+    /// WRMSR; `false`: #GP, nothing changed.
+    fn msr_write(&mut self, msr: u32, value: u64) -> bool;
+    /// Whether an interrupt could wake the guest from HLT now (interrupts enabled, and a
+    /// device routed or an interrupt requested).
+    fn can_wake(&self) -> bool;
+    /// The guest's handler for `vector` began at TSC `tsc` (for the latency figure).
+    fn interrupt_stamp(&mut self, tsc: u64, vector: u8);
 }
 
 /// Why a guest stopped running.
@@ -40,8 +50,10 @@ pub enum Ending {
     NestedPageFault { gpa: u64, write: bool, fetch: bool },
     /// Triple fault or another shutdown.
     Shutdown,
-    /// HLT with nothing that could wake it (no virtual interrupts yet).
+    /// HLT with nothing that could wake it (interrupts off, or no device interrupt routed).
     Halted,
+    /// HLT, and the interrupt it waited for did not come within this many milliseconds.
+    NoInterrupt(u64),
     /// The vCPU could not go on (state check, VMEXIT_INVALID, an exit it cannot complete).
     Invalid(String),
     /// Its device raised DMA faults past the threshold (the IOMMU stopped it).
@@ -67,6 +79,12 @@ impl fmt::Display for Ending {
             ),
             Ending::Shutdown => f.write_str("triple-faulted (shutdown)"),
             Ending::Halted => f.write_str("halted with nothing to wake it"),
+            Ending::NoInterrupt(ms) => {
+                write!(
+                    f,
+                    "halted for {ms} ms waiting for an interrupt that never came"
+                )
+            }
             Ending::Invalid(why) => write!(f, "could not run: {why}"),
             Ending::DmaFaults(n) => write!(f, "its device raised {n} DMA fault(s): stopped"),
             Ending::Livelock => f.write_str("made no progress (host interrupts only)"),
@@ -83,6 +101,8 @@ pub enum Action {
     Complete(Option<u32>),
     /// Deliver an exception (vector, error code) instead of completing.
     Inject(u8, u32),
+    /// Complete the HLT and leave the guest asleep until an interrupt is deliverable.
+    Halt,
     End(Ending),
 }
 
@@ -120,7 +140,20 @@ pub fn handle(exit: &Exit, regs: &mut GuestRegs, env: &mut dyn GuestEnv) -> Acti
             env.port_write(port, size, value);
             Action::Complete(None)
         }
-        Exit::MsrRead { .. } | Exit::MsrWrite { .. } => Action::Inject(GP, 0),
+        Exit::MsrRead { msr } => match env.msr_read(msr) {
+            Some(value) => {
+                (regs.rax, regs.rdx) = (value & 0xFFFF_FFFF, value >> 32);
+                Action::Complete(None)
+            }
+            None => Action::Inject(GP, 0),
+        },
+        Exit::MsrWrite { msr, value } => {
+            if env.msr_write(msr, value) {
+                Action::Complete(None)
+            } else {
+                Action::Inject(GP, 0)
+            }
+        }
         Exit::Hypercall => match regs.rax {
             HC_CONSOLE_WRITE => {
                 let len = regs.rsi;
@@ -135,18 +168,28 @@ pub fn handle(exit: &Exit, regs: &mut GuestRegs, env: &mut dyn GuestEnv) -> Acti
                 Action::Complete(None)
             }
             HC_EXIT => Action::End(Ending::Exited(regs.rdi)),
+            HC_INTERRUPT_STAMP => {
+                regs.rax = match u8::try_from(regs.rsi) {
+                    Ok(vector) => {
+                        env.interrupt_stamp(regs.rdi, vector);
+                        HC_OK
+                    }
+                    Err(_) => HC_ERROR_UNKNOWN,
+                };
+                Action::Complete(None)
+            }
             _ => {
                 regs.rax = HC_ERROR_UNKNOWN;
                 Action::Complete(None)
             }
         },
+        Exit::Hlt if env.can_wake() => Action::Halt,
         Exit::Hlt => Action::End(Ending::Halted),
         Exit::NestedPageFault {
             gpa, write, fetch, ..
         } => Action::End(Ending::NestedPageFault { gpa, write, fetch }),
         Exit::Shutdown => Action::End(Ending::Shutdown),
-        Exit::Interrupt | Exit::Nmi => Action::Resume,
-        Exit::InterruptWindow => Action::Resume,
+        Exit::Interrupt | Exit::Nmi | Exit::InterruptWindow => Action::Resume,
         Exit::Exception { vector, error } => Action::End(Ending::Invalid(alloc::format!(
             "exception {vector} (error code {error:?}) intercepted"
         ))),
@@ -163,6 +206,9 @@ mod tests {
     struct Fake {
         written: Vec<(u16, u8, u32)>,
         console: Vec<(u64, usize)>,
+        msrs: Vec<(u32, u64)>,
+        wakeable: bool,
+        stamps: Vec<(u64, u8)>,
     }
 
     impl GuestEnv for Fake {
@@ -186,6 +232,19 @@ mod tests {
             }
             self.console.push((gpa, len));
             Ok(())
+        }
+        fn msr_read(&mut self, msr: u32) -> Option<u64> {
+            (msr == 0x808).then_some(0x1234_5678_9abc_def0)
+        }
+        fn msr_write(&mut self, msr: u32, value: u64) -> bool {
+            self.msrs.push((msr, value));
+            msr == 0x80b
+        }
+        fn can_wake(&self) -> bool {
+            self.wakeable
+        }
+        fn interrupt_stamp(&mut self, tsc: u64, vector: u8) {
+            self.stamps.push((tsc, vector));
         }
     }
 
@@ -241,6 +300,66 @@ mod tests {
             Action::Complete(None)
         );
         assert_eq!(env.written, [(0xf4, 4, 0x10)]);
+    }
+
+    #[test]
+    fn virtualised_msrs_answer_and_the_rest_raise_gp() {
+        let mut env = Fake::default();
+        let mut regs = GuestRegs::default();
+        assert_eq!(
+            handle(&Exit::MsrRead { msr: 0x808 }, &mut regs, &mut env),
+            Action::Complete(None)
+        );
+        assert_eq!((regs.rax, regs.rdx), (0x9abc_def0, 0x1234_5678));
+        let eoi = Exit::MsrWrite {
+            msr: 0x80b,
+            value: 0,
+        };
+        assert_eq!(handle(&eoi, &mut regs, &mut env), Action::Complete(None));
+        let icr = Exit::MsrWrite {
+            msr: 0x830,
+            value: 0x4050,
+        };
+        assert_eq!(handle(&icr, &mut regs, &mut env), Action::Inject(GP, 0));
+        assert_eq!(env.msrs, [(0x80b, 0), (0x830, 0x4050)]);
+    }
+
+    #[test]
+    fn hlt_sleeps_only_when_an_interrupt_can_wake_it() {
+        let mut regs = GuestRegs::default();
+        let mut env = Fake::default();
+        assert_eq!(
+            handle(&Exit::Hlt, &mut regs, &mut env),
+            Action::End(Ending::Halted)
+        );
+        env.wakeable = true;
+        assert_eq!(handle(&Exit::Hlt, &mut regs, &mut env), Action::Halt);
+    }
+
+    #[test]
+    fn the_interrupt_stamp_takes_a_vector_or_is_refused() {
+        let mut env = Fake::default();
+        let mut regs = GuestRegs {
+            rax: HC_INTERRUPT_STAMP,
+            rdi: 123_456,
+            rsi: 0x50,
+            ..Default::default()
+        };
+        assert_eq!(
+            handle(&Exit::Hypercall, &mut regs, &mut env),
+            Action::Complete(None)
+        );
+        assert_eq!(
+            (regs.rax, env.stamps.as_slice()),
+            (HC_OK, [(123_456, 0x50)].as_slice())
+        );
+        let mut regs = GuestRegs {
+            rax: HC_INTERRUPT_STAMP,
+            rsi: 0x150,
+            ..Default::default()
+        };
+        handle(&Exit::Hypercall, &mut regs, &mut env);
+        assert_eq!((regs.rax, env.stamps.len()), (HC_ERROR_UNKNOWN, 1));
     }
 
     #[test]
@@ -344,10 +463,6 @@ mod tests {
         assert_eq!(
             handle(&Exit::Shutdown, &mut regs, &mut env),
             Action::End(Ending::Shutdown)
-        );
-        assert_eq!(
-            handle(&Exit::Hlt, &mut regs, &mut env),
-            Action::End(Ending::Halted)
         );
         let invalid = Exit::Invalid {
             reason: "EFER.SVME is clear".into(),

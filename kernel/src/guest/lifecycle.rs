@@ -14,6 +14,7 @@ use lazaret_types::{PhysAddr, Sbdf, PAGE_SIZE};
 use super::console::GuestConsole;
 use super::exits::Ending;
 use super::image::{self, PrepareError};
+use super::interrupts::{self, GuestInterrupts};
 use super::spec::GuestSpec;
 use crate::domain::{build_nested_tables, DomainId, MmioMapping};
 use crate::hypervisor::Hypervisor;
@@ -41,6 +42,8 @@ pub struct Guest<C: Vcpu> {
     pub spurious: u32,
     /// One past the image's last byte (its DMA buffers follow).
     pub image_end: u64,
+    /// Its virtual LAPIC and its devices' routed MSIs.
+    pub irq: GuestInterrupts,
     pub(super) vcpu: Option<C>,
     npt: Option<PageTables>,
     exits: ExitCounts,
@@ -166,6 +169,7 @@ pub fn create<V: Vendor, X: Virtualization>(
         ending: None,
         spurious: 0,
         image_end: prepared.image_end,
+        irq: GuestInterrupts::default(),
         vcpu: Some(vcpu),
         npt: Some(npt),
         exits: ExitCounts::default(),
@@ -182,8 +186,8 @@ pub struct Destroyed {
     pub scrubbed_bytes: u64,
 }
 
-/// Destroys `guest`: its vCPU first (nothing runs in it any more), its devices back to
-/// quarantine (their scratch pages zeroed on the way), then its memory scrubbed — no device
+/// Destroys `guest`: its vCPU first (nothing runs in it any more), its devices' MSIs off and
+/// their host vectors freed, its devices back to quarantine (their scratch pages zeroed on the way), then its memory scrubbed — no device
 /// and no CPU can reach it now — and only then freed with its IOMMU tables. Never fails.
 pub fn destroy<V: Vendor, X: Virtualization>(
     hv: &mut Hypervisor<V>,
@@ -197,6 +201,8 @@ pub fn destroy<V: Vendor, X: Virtualization>(
     if let Some(t) = guest.npt.take() {
         t.free(&mut hv.frames);
     }
+    interrupts::disable_all(&hv.config, &guest.bus, &guest.irq);
+    guest.irq.release(&mut hv.host_vectors);
     let mut out = Destroyed {
         clean: true,
         ..Destroyed::default()

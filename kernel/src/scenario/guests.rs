@@ -21,12 +21,14 @@ use lazaret_types::{PhysAddr, PhysMem, Sbdf};
 use super::checks::Checks;
 use super::edu::{self, EduDevice};
 use super::groups;
+use super::guest_interrupts;
 use super::memory::{fresh_pattern, read_page};
 use super::quarantine_dma::DMA_LEN;
 use super::story::{phase, say, Table};
 use crate::arch::tsc;
 use crate::domain::DomainId;
 use crate::guest::exits::Ending;
+use crate::guest::interrupts::Latency;
 use crate::guest::lifecycle::{self, Guest};
 use crate::guest::memory_io;
 use crate::guest::run::run_all;
@@ -53,6 +55,8 @@ struct Tally {
     ending: String,
     exits: ExitCounts,
     faults: usize,
+    /// Interrupts injected into it.
+    interrupts: u64,
 }
 
 pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
@@ -129,6 +133,7 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     phase(3, "Guests, each with its own device, sharing this CPU");
     let mut tallies = Vec::new();
     let mut running = Vec::new();
+    let mut latency = Latency::default();
     for p in good {
         if let Some(g) = start(hv, &mut svm, p, checks) {
             running.push(g);
@@ -142,6 +147,8 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     ));
     for g in &running {
         check_good(hv, g, checks);
+        guest_interrupts::check_woken(g, checks);
+        latency.add(&g.irq.latency);
     }
     check_apart(hv, &running, checks);
 
@@ -175,9 +182,23 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
             );
         }
     }
-    let mut t = Table::new(&["guest", "device", "ending", "faults", "VM exits"]);
+    let mut t = Table::new(&[
+        "guest",
+        "device",
+        "ending",
+        "faults",
+        "interrupts",
+        "VM exits",
+    ]);
     for x in &tallies {
-        t.row(&[&x.name, &x.device, &x.ending, &x.faults, &x.exits]);
+        t.row(&[
+            &x.name,
+            &x.device,
+            &x.ending,
+            &x.faults,
+            &x.interrupts,
+            &x.exits,
+        ]);
     }
     t.print();
     if let Some(lock) = hv.passthrough.as_ref() {
@@ -216,8 +237,12 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         f.row(&[&"VM exits", &exits.total()]);
         f.row(&[&"owner switches", &st.owner_switches]);
         f.row(&[&"timed-out invalidation waits", &st.switch_timeouts]);
+        if let Some(l) = guest_interrupts::latency_figure(&latency) {
+            f.row(&[&"interrupt latency, host entry to guest handler", &l]);
+        }
         f.print();
     }
+    guest_interrupts::print_latency_figure(&latency);
     let micros = tsc::micros_since_entry() - started;
     crate::console::figure(
         "demo-guest-phases",
@@ -607,6 +632,7 @@ fn finish<V: Inspect>(
     checks: &mut Checks,
 ) -> Tally {
     let exits = g.exit_counts();
+    let interrupts = g.irq.vlapic.counts().delivered;
     let name = String::from(g.spec.name.as_str());
     let device = g.devices.first().copied().unwrap_or_default();
     let ending = g
@@ -630,5 +656,6 @@ fn finish<V: Inspect>(
         ending: short,
         exits,
         faults: faults.faults,
+        interrupts,
     }
 }

@@ -15,11 +15,12 @@
 //!    the threshold its Bus Master Enable is cleared (where the IOMMU logs them at all).
 use lazaret_edu::{DmaMask, Edu};
 use lazaret_pci::{find_capability, read_command, ConfigSpace};
-use lazaret_types::{Mmio, PhysAddr, PhysMem, Sbdf};
+use lazaret_types::{PhysMem, Sbdf};
 
 use super::checks::{Checks, YesNo};
 use super::edu::{self, EduDevice};
-use crate::arch::idt::{interrupts_taken, take_pending_interrupts, watch_interrupts};
+use crate::arch::idt::{interrupts_taken, take_pending_interrupts};
+use crate::arch::lapic::SPURIOUS;
 use crate::arch::mmio::MmioRegion;
 use crate::arch::percpu::this_apic_id;
 use crate::arch::tsc;
@@ -30,13 +31,13 @@ use crate::passthrough::{self, drain_faults, faults};
 
 /// The host vector Lazaret gives the assigned device.
 const HOST_VECTOR: u8 = 0x41;
+/// The host vector the second owner gets after the device is reassigned.
+const REASSIGNED_VECTOR: u8 = 0x42;
 /// The host vector an attacker aims a compatibility-format MSI (or its DMA) at.
 const ATTACK_VECTOR: u8 = 0x30;
 /// A DMA target in the interrupt window naming VT-d handle 0 (remappable format; another
 /// device's entry) — on AMD-Vi an address with extra bits, refused or remapped by offset.
 const FORGED_WINDOW: u64 = 0xFEE0_0010;
-/// The spurious-interrupt vector programmed in the local APIC (not counted as delivered).
-const SPURIOUS: u8 = 0xff;
 /// Raises in the storm: enough to cross the threshold three times over.
 const STORM: u32 = 3 * faults::THRESHOLD;
 const GUEST_PAGES: usize = 16;
@@ -46,11 +47,9 @@ const DATA_GPA: u64 = 0x2000;
 /// edu's interrupt cause bit for a raise from software (0x60).
 const CAUSE: u32 = 1;
 const MSI_CAP: u8 = 0x05;
-/// IA32_APIC_BASE (Intel SDM Vol. 3A §11.4.4).
-const IA32_APIC_BASE: u32 = 0x1b;
 
 pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
-    if let Err(e) = enable_local_apic(hv) {
+    if let Err(e) = crate::arch::lapic::enable(&mut hv.frames) {
         checks.check("irq-lapic", false, format_args!("{e}"));
         return;
     }
@@ -187,9 +186,13 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         loaded.is_ok(),
     );
 
-    // 2. Back in quarantine: nothing it sends arrives.
+    // 2. Reassigned to a second guest: the first guest's entry is gone with it.
+    let owner =
+        reassigned(lock, &mut hv.frames, checks, dev, (cfg, msi), dom, message).unwrap_or(dom);
+
+    // 3. Back in quarantine: nothing it sends arrives.
     let mut g = lock.lock();
-    let back = passthrough::deassign(&mut g, dom, dev.sbdf);
+    let back = passthrough::deassign(&mut g, owner, dev.sbdf);
     let _ = drain_faults(&mut g, edu::now_ms(), &mut |_| false);
     drop(g);
     let stale = raise_and_count(dev, SPURIOUS).1;
@@ -245,7 +248,7 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         true,
     );
 
-    // 3. Storm, with its old (now blocked) message.
+    // 4. Storm, with its old (now blocked) message.
     program_msi(cfg, dev.sbdf, msi, message);
     let start = tsc::micros_since_entry();
     let (mut delivered, mut faults_seen, mut suppressed) = (0, 0, 0);
@@ -280,33 +283,76 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     );
     let mut g = lock.lock();
     let _ = passthrough::destroy_domain(&mut g, &mut hv.frames, dom);
+    if owner != dom {
+        let _ = passthrough::destroy_domain(&mut g, &mut hv.frames, owner);
+    }
 }
 
-/// Maps the local APIC, software-enables it (SVR bit 8, spurious vector 0xff) with TPR 0, and
-/// has the IDT count every vector from now on. The legacy 8259 PICs are masked and LINT0
-/// (ExtINT) and the APIC timer too: the BIOS leaves the PIT's IRQ 0 on vector 8, which would
-/// look like a double fault — only MSIs may arrive.
-fn enable_local_apic<V: Inspect>(hv: &mut Hypervisor<V>) -> Result<(), alloc::string::String> {
-    // SAFETY: writing the 8259 interrupt mask registers (OCW1, ports 0x21 / 0xa1) masks every
-    // legacy IRQ; nothing else in the kernel uses the PICs.
-    unsafe {
-        x86::io::outb(0x21, 0xff);
-        x86::io::outb(0xa1, 0xff);
-    }
-    // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU; reading it has no side effect.
-    let base = unsafe { x86::msr::rdmsr(IA32_APIC_BASE) } & 0x000f_ffff_ffff_f000;
-    let lapic = MmioRegion::map(PhysAddr(base), 0x1000, &mut hv.frames)
-        .map_err(|e| alloc::format!("cannot map the local APIC at {base:#x}: {e}"))?;
-    // LVT timer (0x320) and LINT0 (0x350) masked (bit 16, SDM Vol. 3A §11.5.1).
-    for lvt in [0x320, 0x350] {
-        lapic.write32(lvt, lapic.read32(lvt) | (1 << 16));
-    }
-    lapic.write32(0x80, 0);
-    let svr = lapic.read32(0xf0);
-    lapic.write32(0xf0, svr | 0x100 | u32::from(SPURIOUS));
-    watch_interrupts(lapic);
-    take_pending_interrupts();
-    Ok(())
+/// The device moves from guest `first` (its entry 0 → [`HOST_VECTOR`], `message` in its
+/// capability) to a new guest. Until the new owner programs its own entry nothing the device
+/// raises arrives — the first guest's vector least of all; then only the new owner's vector.
+/// Returns the new owner.
+fn reassigned<V: Inspect>(
+    lock: &passthrough::DeviceLock<V>,
+    frames: &mut crate::mm::frames::Frames,
+    checks: &mut Checks,
+    dev: &EduDevice,
+    (cfg, msi): (&dyn ConfigSpace, u16),
+    first: crate::domain::DomainId,
+    message: MsiAddress,
+) -> Option<crate::domain::DomainId> {
+    let mut g = lock.lock();
+    let second = passthrough::create_domain(&mut g, frames, "irq-guest-2", GUEST_PAGES);
+    let moved = second
+        .as_ref()
+        .map_err(|e| alloc::format!("{e}"))
+        .and_then(|&to| {
+            passthrough::reassign(&mut g, frames, first, to, dev.sbdf)
+                .map_err(|e| alloc::format!("{e}"))
+        });
+    drop(g);
+    let (Ok(to), Ok(_)) = (second, moved.as_ref()) else {
+        checks.check(
+            "irq-reassigned-blocked",
+            false,
+            format_args!(
+                "{} not reassigned: {}",
+                dev.sbdf,
+                moved.err().unwrap_or_default()
+            ),
+        );
+        return None;
+    };
+    // The old message, still in the device: the first guest's entry must be blocked.
+    program_msi(cfg, dev.sbdf, msi, message);
+    let before = snapshot();
+    raise_and_count(dev, SPURIOUS);
+    let (stale, stale_any) = delta(before, HOST_VECTOR);
+    let target = InterruptTarget {
+        vector: REASSIGNED_VECTOR,
+        apic_id: this_apic_id(),
+    };
+    let mut g = lock.lock();
+    let programmed = passthrough::program_interrupt(&mut g, to, dev.sbdf, 0, target);
+    let refused_old = passthrough::program_interrupt(&mut g, first, dev.sbdf, 0, target).is_err();
+    drop(g);
+    let (now, others) = match programmed {
+        Ok(m) => {
+            program_msi(cfg, dev.sbdf, msi, m);
+            raise_and_count(dev, REASSIGNED_VECTOR)
+        }
+        Err(_) => (0, 0),
+    };
+    checks.check(
+        "irq-reassigned-blocked",
+        stale + stale_any == 0 && refused_old && now == 1 && others == 0,
+        format_args!(
+            "{} reassigned from the first guest to a second: its old message (→ {HOST_VECTOR:#x}) delivered {stale} on the first guest's vector and {stale_any} on any; the first guest may{} program it; the second guest's entry 0 → {REASSIGNED_VECTOR:#x}: {now} on it, {others} on any other vector",
+            dev.sbdf,
+            if refused_old { " no longer" } else { " STILL" }
+        ),
+    );
+    Some(to)
 }
 
 /// The edu's driver again, allowed 32-bit IOVAs (the QEMU device has `dma_mask=0xffffffff`).

@@ -6,6 +6,7 @@ mod checks;
 mod edu;
 mod fault_storm;
 mod groups;
+mod guest_interrupts;
 mod guests;
 mod irq_attacks;
 mod memory;

@@ -98,21 +98,6 @@ fn read_cpuid() -> CpuidSvm {
     }
 }
 
-/// While a guest runs the host's IF is set (vmrun.s), so every interrupt the CPU can receive
-/// ends the guest with an INTR exit, and stays pending until the exit loop takes it in the host.
-/// The firmware leaves the 8259s unmasked with the PIT's IRQ 0 on vector 8: nobody would ever
-/// acknowledge it, so every VMRUN would exit at once, and taken in the host it would look like a
-/// double fault. Lazaret uses no legacy IRQ (devices interrupt by MSI through the IOMMU), so
-/// both PICs are masked (OCW1, all ones) before the first guest runs; masked, they lower INTR.
-fn mask_legacy_pics() {
-    // SAFETY: writing the interrupt mask registers of the two 8259s (ports 0x21, 0xA1) only
-    // masks legacy IRQs, which nothing in Lazaret uses.
-    unsafe {
-        lazaret_rt::port::outb(0x21, 0xFF);
-        lazaret_rt::port::outb(0xA1, 0xFF);
-    }
-}
-
 fn phys_of<T>(r: &T) -> u64 {
     r as *const T as u64
 }
@@ -128,7 +113,12 @@ impl Virtualization for Svm {
         let features = SvmFeatures::detect(&read_cpuid())
             .map_err(|e| VcpuError::Unsupported(e.to_string()))?;
         if !percpu::installed() {
-            mask_legacy_pics();
+            // While a guest runs the host's IF is set (vmrun.s), so every interrupt the CPU
+            // can receive ends the guest with an INTR exit and stays pending until the exit loop
+            // takes it: the local APIC must take it then, and the legacy PICs (the PIT's IRQ 0
+            // on vector 8, never acknowledged) must be quiet.
+            crate::arch::lapic::enable(frames)
+                .map_err(|e| VcpuError::Unsupported(format!("the local APIC: {e}")))?;
             let host_save_area = frames.alloc_frame().ok_or(VcpuError::OutOfFrames)?;
             let Some(host_state) = frames.alloc_frame() else {
                 frames.free_frame(host_save_area);
