@@ -1,18 +1,21 @@
 //! The guest's logic against fakes: `lazaret_pci`'s configuration space behind a port-I/O
 //! decoder written here from the spec, `lazaret_edu`'s `SimEdu` DMAing into simulated RAM
 //! through an IOMMU that maps only guest RAM, and page tables read back by a walker with
-//! its own bit definitions.
+//! its own bit definitions. Interrupts: the fake holds its own model of edu's MSI capability
+//! (PCI 3.0 §6.8.1), of the x2APIC MSRs (SDM Vol. 3A §11.12) and of Lazaret's delivery, and
+//! runs what guest/bin's handler stub does when it delivers.
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use lazaret_edu::sim::{Completion, SimEdu};
 use lazaret_guest_abi::layout::*;
 use lazaret_guest_abi::{BootInfo, GuestExit};
 use lazaret_pci::{ConfigSpace, FakeConfigSpace, FakeFunction};
-use lazaret_types::sim::SimMemory;
+use lazaret_types::sim::{RegAccess, SimMemory};
 use lazaret_types::{Bdf, Mmio, PhysAddr, PhysMem, Sbdf};
 
-use crate::{run, Console, Env, Platform, DMA_LEN};
+use crate::{run, Console, Env, HandlerRecord, Platform, DMA_LEN};
 
 const MEMORY: u64 = DEFAULT_MEMORY_SIZE;
 const IMAGE_END: u64 = IMAGE_BASE_GPA + 0x9800;
@@ -33,7 +36,52 @@ struct Fake<'a> {
     forbidden: RefCell<Vec<u64>>,
     invlpgs: RefCell<Vec<u64>>,
     triple_faults: Cell<u32>,
+    /// Where the MSI capability of every function sits (FakeFunction puts the first one at
+    /// 0x40), and the registers the guest wrote there, by function.
+    msi_at: u16,
+    msi: RefCell<HashMap<Sbdf, [u32; 6]>>,
+    msi_writes: RefCell<Vec<(u16, u32)>>,
+    apic_base: Cell<u64>,
+    svr: Cell<u64>,
+    msr_writes: RefCell<Vec<(u32, u64)>>,
+    eois: Cell<u32>,
+    /// The BAR the handlers acknowledge edu at, once installed.
+    handlers: Cell<Option<u64>>,
+    record: Cell<HandlerRecord>,
+    halts: Cell<u32>,
+    /// TSC ticks one HLT sleeps.
+    halt_ticks: u64,
+    /// HLTs that end with nothing delivered before delivery starts (Lazaret resuming the guest).
+    quiet_halts: Cell<u32>,
+    /// Whether edu's 100 ms DMA timer fires while the CPU sleeps.
+    timer_in_hlt: bool,
+    delivery: Delivery,
+    stamps: RefCell<Vec<(u64, u8)>>,
+    stamp_result: u64,
 }
+
+/// What the fake Lazaret does with edu's MSI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// Injects the vector of the guest's MSI data.
+    Msi,
+    /// Never injects anything.
+    Lost,
+    /// Injects this vector instead.
+    Misrouted(u8),
+    /// Injects the guest's vector twice per MSI.
+    Twice,
+}
+
+/// MSI Message Control bits as bits of the capability's first dword (PCI 3.0 §6.8.1.3).
+const MSI_ENABLE: u32 = 1 << 16;
+const MSI_MME: u32 = 0b111 << 20;
+const MSI_64: u32 = 1 << 23;
+const MSI_MASKING: u32 = 1 << 24;
+/// IA32_APIC_BASE EN (11) and EXTD (10); SVR APIC software enable (8).
+const APIC_EN: u64 = 1 << 11;
+const APIC_EXTD: u64 = 1 << 10;
+const APIC_SW_ENABLE: u64 = 1 << 8;
 
 /// edu's registers, with a watchdog: an unbounded poll panics instead of hanging the test.
 struct Watched<'a>(&'a SimEdu<'a>, &'a Cell<u64>);
@@ -72,7 +120,10 @@ impl<'a> Platform for Fake<'a> {
             0xcf8 => self.address.set(value),
             0xcfc => {
                 if let Some((at, offset)) = self.selected() {
-                    self.cfg.write32(at, offset, value);
+                    match self.msi_register(at, offset) {
+                        Some(rel) => self.write_msi(at, rel, value),
+                        None => self.cfg.write32(at, offset, value),
+                    }
                 }
             }
             _ => panic!("outl to port {port:#x}"),
@@ -82,9 +133,14 @@ impl<'a> Platform for Fake<'a> {
     fn inl(&self, port: u16) -> u32 {
         match port {
             0xcf8 => self.address.get(),
-            0xcfc => self
-                .selected()
-                .map_or(u32::MAX, |(at, offset)| self.cfg.read32(at, offset)),
+            0xcfc => self.selected().map_or(u32::MAX, |(at, offset)| {
+                let real = self.cfg.read32(at, offset);
+                match self.msi_register(at, offset) {
+                    Some(0) => (real & !(MSI_ENABLE | MSI_MME)) | (self.msi_of(at)[0] & MSI_ENABLE),
+                    Some(rel) => self.msi_of(at)[usize::from(rel / 4)],
+                    None => real,
+                }
+            }),
             _ => panic!("inl from port {port:#x}"),
         }
     }
@@ -140,6 +196,85 @@ impl<'a> Platform for Fake<'a> {
     fn triple_fault(&self) {
         self.triple_faults.set(self.triple_faults.get() + 1);
     }
+
+    fn rdmsr(&self, msr: u32) -> u64 {
+        match msr {
+            0x1b => self.apic_base.get(),
+            0x80f => self.svr.get(),
+            _ => panic!("rdmsr {msr:#x}: #GP"),
+        }
+    }
+
+    fn wrmsr(&self, msr: u32, value: u64) {
+        self.msr_writes.borrow_mut().push((msr, value));
+        match msr {
+            0x1b => {
+                // SDM Vol. 3A §11.12.5: EXTD without EN is invalid, and so is disabled → x2APIC.
+                let from = self.apic_base.get() & (APIC_EN | APIC_EXTD);
+                let to = value & (APIC_EN | APIC_EXTD);
+                assert!(to != APIC_EXTD, "EXTD without EN: #GP");
+                assert!(
+                    !(from == 0 && to != APIC_EN && to != 0),
+                    "disabled -> x2APIC: #GP"
+                );
+                self.apic_base.set(value);
+            }
+            0x808 => assert_eq!(value, 0, "TPR"),
+            0x80f => self.svr.set(value),
+            0x80b => {
+                assert_eq!(value, 0, "EOI takes 0");
+                self.eois.set(self.eois.get() + 1);
+            }
+            _ => panic!("wrmsr {msr:#x}: #GP"),
+        }
+    }
+
+    fn install_interrupt_handlers(&self, edu_bar: u64) {
+        self.handlers.set(Some(edu_bar));
+    }
+
+    fn wait_for_interrupt(&self) {
+        self.halts.set(self.halts.get() + 1);
+        self.tsc.set(self.tsc.get() + self.halt_ticks);
+        if self.quiet_halts.get() > 0 {
+            self.quiet_halts.set(self.quiet_halts.get() - 1);
+            return;
+        }
+        if self.timer_in_hlt && self.edu.dma_pending() {
+            self.edu.fire_timer();
+        }
+        let raised = self.edu.registers().get(lazaret_edu::regs::IRQ_STATUS) != 0;
+        let Some((enabled, address, data)) = self.guest_msi() else {
+            return;
+        };
+        let apic_on = self.apic_base.get() & (APIC_EN | APIC_EXTD) == APIC_EN | APIC_EXTD
+            && self.svr.get() & APIC_SW_ENABLE != 0;
+        if !(raised && enabled && address >> 20 == 0xfee && apic_on) {
+            return;
+        }
+        let Some(bar) = self.handlers.get() else {
+            panic!("interrupt with no IDT: the guest would triple-fault");
+        };
+        let vector = data as u8;
+        match self.delivery {
+            Delivery::Msi => self.handler(vector, bar),
+            Delivery::Lost => {}
+            Delivery::Misrouted(v) => self.handler(v, bar),
+            Delivery::Twice => {
+                self.handler(vector, bar);
+                self.handler(vector, bar);
+            }
+        }
+    }
+
+    fn handler_record(&self) -> HandlerRecord {
+        self.record.get()
+    }
+
+    fn interrupt_stamp(&self, tsc: u64, vector: u8) -> u64 {
+        self.stamps.borrow_mut().push((tsc, vector));
+        self.stamp_result
+    }
 }
 
 impl Fake<'_> {
@@ -159,9 +294,76 @@ impl Fake<'_> {
     fn text(&self) -> String {
         self.lines.borrow().concat()
     }
+
+    /// The MSI capability's length in bytes from its real Message Control (§6.8.1).
+    fn msi_len(&self, at: Sbdf) -> Option<u16> {
+        let first = self.cfg.peek(at, self.msi_at)?;
+        (first & 0xff == 5).then(|| {
+            12 + 4 * u16::from(first & MSI_64 != 0) + 8 * u16::from(first & MSI_MASKING != 0)
+        })
+    }
+
+    fn msi_register(&self, at: Sbdf, offset: u16) -> Option<u16> {
+        let len = self.msi_len(at)?;
+        (self.msi_at..self.msi_at + len)
+            .contains(&offset)
+            .then(|| offset - self.msi_at)
+    }
+
+    /// The guest-writable MSI registers, starting as the function's own values.
+    fn msi_of(&self, at: Sbdf) -> [u32; 6] {
+        *self.msi.borrow_mut().entry(at).or_insert_with(|| {
+            std::array::from_fn(|i| self.cfg.peek(at, self.msi_at + 4 * i as u16).unwrap_or(0))
+        })
+    }
+
+    fn write_msi(&self, at: Sbdf, rel: u16, value: u32) {
+        self.msi_writes.borrow_mut().push((rel, value));
+        // Message Address bits 1:0 are reserved and read 0 (§6.8.1.4).
+        let value = if rel == 4 { value & !3 } else { value };
+        let mut regs = self.msi_of(at);
+        regs[usize::from(rel / 4)] = value;
+        self.msi.borrow_mut().insert(at, regs);
+    }
+
+    /// (enabled, address, data) of the guest's MSI on the one edu-like function with MSI.
+    fn guest_msi(&self) -> Option<(bool, u64, u16)> {
+        let msi = self.msi.borrow();
+        let (at, regs) = msi.iter().next()?;
+        let wide = self.cfg.peek(*at, self.msi_at)? & MSI_64 != 0;
+        let (address, data) = if wide {
+            (u64::from(regs[1]) | (u64::from(regs[2]) << 32), regs[3])
+        } else {
+            (u64::from(regs[1]), regs[2])
+        };
+        Some((regs[0] & MSI_ENABLE != 0, address, data as u16))
+    }
+
+    /// What guest/bin's stubs do: the DMA-done one reads the TSC first, counts, acks edu's
+    /// interrupt status and EOIs; the other one counts and EOIs.
+    fn handler(&self, vector: u8, bar: u64) {
+        let mut r = self.record.get();
+        if vector == lazaret_guest_abi::interrupts::DMA_DONE_VECTOR {
+            r.last_tsc = self.rdtsc();
+            r.dma_done += 1;
+            assert_eq!(bar, BAR, "the handler acks edu at its BAR");
+            let status = self.edu.read32(lazaret_edu::regs::IRQ_STATUS);
+            self.edu.write32(lazaret_edu::regs::IRQ_ACK, status);
+        } else {
+            r.unexpected += 1;
+        }
+        self.record.set(r);
+        self.wrmsr(0x80b, 0);
+    }
 }
 
+/// edu as QEMU builds it: BAR0 and a 64-bit MSI capability without masking (`msi_init(pdev,
+/// 0, 1, true, false)` in hw/misc/edu.c).
 fn edu_function() -> FakeFunction {
+    edu_without_msi().capability(0x05, 0x0080, &[0, 0, 0])
+}
+
+fn edu_without_msi() -> FakeFunction {
     FakeFunction::endpoint(0x1234, 0x11e8, 0x00_ff_00).bar_mem32(0, BAR as u32, 1 << 20, false)
 }
 
@@ -219,6 +421,23 @@ fn fake<'a>(
         forbidden: RefCell::new(Vec::new()),
         invlpgs: RefCell::new(Vec::new()),
         triple_faults: Cell::new(0),
+        msi_at: 0x40,
+        msi: RefCell::new(HashMap::new()),
+        msi_writes: RefCell::new(Vec::new()),
+        // Reset: xAPIC mode, globally enabled, BSP; SVR 0xFF (software-disabled).
+        apic_base: Cell::new(0xfee0_0000 | APIC_EN | (1 << 8)),
+        svr: Cell::new(0xff),
+        msr_writes: RefCell::new(Vec::new()),
+        eois: Cell::new(0),
+        handlers: Cell::new(None),
+        record: Cell::new(HandlerRecord::default()),
+        halts: Cell::new(0),
+        halt_ticks: 1_000_000,
+        quiet_halts: Cell::new(0),
+        timer_in_hlt: true,
+        delivery: Delivery::Msi,
+        stamps: RefCell::new(Vec::new()),
+        stamp_result: 0,
     }
 }
 
@@ -310,14 +529,295 @@ fn a_device_that_never_completes_times_out_boundedly() {
     edu.set_completion(Completion::Never);
     let mut f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
     f.tsc_step = 10_000_000;
+    f.timer_in_hlt = false;
     assert_eq!(run(&f, env()), GuestExit::CheckFailed);
-    assert!(f.text().contains("FAIL: DMA RAM->edu"), "{}", f.text());
+    assert!(
+        f.text().contains("FAIL: DMA RAM->edu: no interrupt"),
+        "{}",
+        f.text()
+    );
+    assert!(f.text().contains("polling instead"), "{}", f.text());
+    assert!(f.text().contains("FAIL: DMA RAM->edu from"), "{}", f.text());
     assert!(f.text().contains("did not finish"), "{}", f.text());
+    // One interrupt wait and one poll, each bounded by DMA_TIMEOUT_TICKS (200 clock reads).
     let polls = f.tsc.get() / 10_000_000;
     assert!(
-        polls <= 300,
+        polls <= 450,
         "bounded by the TSC deadline: {polls} clock reads"
     );
+}
+
+/// The MSI registers the guest left, decoded here from PCI 3.0 §6.8.1.
+fn msi_left(f: &Fake<'_>, at: Sbdf, wide: bool) -> (u32, u32, Option<u32>, u32) {
+    let m = f.msi_of(at);
+    if wide {
+        (m[0], m[1], Some(m[2]), m[3])
+    } else {
+        (m[0], m[1], None, m[2])
+    }
+}
+
+#[test]
+fn good_programs_msi_with_exactly_the_contract_address_and_data() {
+    // QEMU's edu (64-bit, no masking), and a 32-bit one with per-vector masking behind a PCIe
+    // capability, so the walk has to follow Next.
+    let narrow = edu_without_msi()
+        .pcie(0, false)
+        .capability(0x05, 0x0100, &[0, 0, 0xffff_ffff, 0]);
+    for (function, wide, msi_at) in [(edu_function(), true, 0x40), (narrow, false, 0x50)] {
+        let ram = boot_ram("variant=good");
+        let edu = SimEdu::new(&ram, guest_iommu);
+        let mut f = fake(&ram, &edu, vec![(at(0, 0), function)]);
+        f.msi_at = msi_at;
+        assert_eq!(run(&f, env()), GuestExit::Pass, "{}", f.text());
+        let (control, address, upper, data) = msi_left(&f, at(0, 0), wide);
+        assert_eq!(address, 0xfee0_0000, "MSI_ADDRESS");
+        assert_eq!(
+            upper,
+            wide.then_some(0),
+            "upper address 0 on a 64-bit capability"
+        );
+        assert_eq!(data, 0x50, "DMA_DONE_VECTOR, fixed delivery, edge");
+        assert_ne!(control & MSI_ENABLE, 0, "MSI enabled");
+        assert_eq!(control & MSI_MME, 0, "one vector");
+        if !wide {
+            assert_eq!(f.msi_of(at(0, 0))[3] & 1, 0, "vector 0 unmasked");
+        }
+        // Enable is set last, after the whole message: never a half-written message.
+        let writes = f.msi_writes.borrow().clone();
+        let enabled_at = writes
+            .iter()
+            .position(|(rel, v)| *rel == 0 && v & MSI_ENABLE != 0)
+            .unwrap();
+        assert_eq!(enabled_at, writes.len() - 1, "{writes:x?}");
+        assert_eq!(writes[0], (0, writes[0].1 & !MSI_ENABLE), "disabled first");
+        assert!(
+            f.text()
+                .contains("DMA completion interrupts: 2 on vector 0x50, waited in HLT 2 times"),
+            "{}",
+            f.text()
+        );
+    }
+}
+
+#[test]
+fn good_sets_up_the_x2apic_before_any_interrupt_can_come() {
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    assert_eq!(run(&f, env()), GuestExit::Pass, "{}", f.text());
+    let writes = f.msr_writes.borrow().clone();
+    assert_eq!(
+        writes[..3],
+        [
+            (0x1b, 0xfee0_0000 | APIC_EN | APIC_EXTD | (1 << 8)),
+            (0x808, 0),
+            (0x80f, APIC_SW_ENABLE | 0xff)
+        ],
+        "x2APIC mode, TPR 0, software-enabled"
+    );
+    assert_eq!(f.eois.get(), 2, "one EOI per interrupt");
+    assert_eq!(f.handlers.get(), Some(BAR));
+    // From disabled, the guest goes through xAPIC mode.
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    f.apic_base.set(0xfee0_0000);
+    assert_eq!(run(&f, env()), GuestExit::Pass, "{}", f.text());
+    let base: Vec<u64> = f
+        .msr_writes
+        .borrow()
+        .iter()
+        .filter(|w| w.0 == 0x1b)
+        .map(|w| w.1)
+        .collect();
+    assert_eq!(
+        base,
+        [0xfee0_0000 | APIC_EN, 0xfee0_0000 | APIC_EN | APIC_EXTD]
+    );
+}
+
+#[test]
+fn every_dma_of_the_round_trip_starts_with_the_interrupt_bit() {
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    assert_eq!(run(&f, env()), GuestExit::Pass, "{}", f.text());
+    // edu.txt: DMA command 0x98, bit 0 start, bit 2 raise interrupt 0x100 when done.
+    let starts: Vec<u64> = edu
+        .registers()
+        .accesses()
+        .into_iter()
+        .filter_map(|a| match a {
+            RegAccess::Write64(0x98, v) => Some(v),
+            RegAccess::Write32(0x98, v) => Some(u64::from(v)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts.len(), 2, "{starts:x?}");
+    assert!(starts.iter().all(|c| c & 0b101 == 0b101), "{starts:x?}");
+    assert_eq!(
+        edu.registers().get(0x24),
+        0,
+        "the handler acknowledged edu's interrupt status"
+    );
+}
+
+#[test]
+fn each_interrupt_is_stamped_with_the_tsc_its_handler_read() {
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    f.quiet_halts.set(3);
+    assert_eq!(run(&f, env()), GuestExit::Pass, "{}", f.text());
+    let stamps = f.stamps.borrow().clone();
+    assert_eq!(stamps.len(), 2, "{stamps:x?}");
+    assert!(stamps.iter().all(|s| s.1 == 0x50));
+    assert_eq!(
+        stamps[1].0,
+        f.record.get().last_tsc,
+        "the handler's own TSC"
+    );
+    assert!(stamps[0].0 < stamps[1].0 && stamps[0].0 > 0x1234_5678);
+    // Three wake-ups without an interrupt before the first one: the guest slept again.
+    assert!(f.text().contains("waited in HLT 5 times"), "{}", f.text());
+}
+
+#[test]
+fn a_refused_stamp_fails_the_variant() {
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let mut f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    f.stamp_result = lazaret_guest_abi::hypercall::HC_ERROR_UNKNOWN;
+    assert_eq!(run(&f, env()), GuestExit::CheckFailed, "{}", f.text());
+    assert!(
+        f.text().contains("2 HC_INTERRUPT_STAMP calls refused"),
+        "{}",
+        f.text()
+    );
+}
+
+#[test]
+fn a_missing_interrupt_fails_the_variant_after_the_bound_and_the_dma_is_polled() {
+    // The TSC bound: halts sleep 1 ms of a 1 GHz clock.
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let mut f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    f.delivery = Delivery::Lost;
+    f.halt_ticks = 10_000_000;
+    assert_eq!(run(&f, env()), GuestExit::CheckFailed, "{}", f.text());
+    let text = f.text();
+    assert!(
+        text.contains("FAIL: DMA RAM->edu: no interrupt after"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL: DMA edu->RAM: no interrupt after"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(the TSC deadline); polling instead"),
+        "{text}"
+    );
+    assert!(
+        text.contains("PASS: DMA round trip"),
+        "the data still came: {text}"
+    );
+    assert!(
+        text.contains("FAIL: 2 DMAs ended without their interrupt"),
+        "{text}"
+    );
+    let halts = f.halts.get();
+    assert!(
+        (300..=410).contains(&halts),
+        "about 2 s of TSC per DMA: {halts} halts"
+    );
+    assert!(f.stamps.borrow().is_empty(), "nothing to stamp");
+    // A TSC that stands still: the halt bound ends each wait.
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let mut f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    f.delivery = Delivery::Lost;
+    f.tsc_step = 0;
+    f.halt_ticks = 0;
+    assert_eq!(run(&f, env()), GuestExit::CheckFailed, "{}", f.text());
+    assert!(f.text().contains("(the halt bound)"), "{}", f.text());
+    assert_eq!(f.halts.get(), 2 * crate::irq::MAX_HALTS);
+}
+
+#[test]
+fn an_interrupt_on_another_vector_or_twice_fails_the_variant() {
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let mut f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    f.delivery = Delivery::Misrouted(0x51);
+    f.tsc_step = 0;
+    assert_eq!(run(&f, env()), GuestExit::CheckFailed, "{}", f.text());
+    assert!(
+        f.text().contains("interrupts on other vectors"),
+        "{}",
+        f.text()
+    );
+    assert!(f.eois.get() > 0, "unexpected vectors are EOIed too");
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let mut f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    f.delivery = Delivery::Twice;
+    assert_eq!(run(&f, env()), GuestExit::CheckFailed, "{}", f.text());
+    assert!(
+        f.text()
+            .contains("FAIL: 4 interrupts on vector 0x50 for 2 awaited"),
+        "{}",
+        f.text()
+    );
+}
+
+#[test]
+fn an_edu_without_msi_fails_the_good_variant() {
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let f = fake(&ram, &edu, vec![(at(0, 0), edu_without_msi())]);
+    assert_eq!(run(&f, env()), GuestExit::CheckFailed, "{}", f.text());
+    assert!(f.text().contains("no MSI capability"), "{}", f.text());
+    assert!(f.text().contains("PASS: DMA round trip"), "{}", f.text());
+    assert_eq!(f.halts.get(), 0, "nothing to wait for");
+    // A looping capability list ends the walk.
+    let looping = edu_without_msi().pcie(0, false).capability_next(0x40, 0x40);
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let f = fake(&ram, &edu, vec![(at(0, 0), looping)]);
+    assert_eq!(run(&f, env()), GuestExit::CheckFailed, "{}", f.text());
+    assert!(f.text().contains("no MSI capability"), "{}", f.text());
+}
+
+#[test]
+fn an_msi_capability_that_does_not_keep_the_message_is_reported() {
+    // The real capability's registers are read-only in the fake: nothing the guest writes stays.
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let mut f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    f.msi_at = 0x80;
+    assert_eq!(run(&f, env()), GuestExit::CheckFailed, "{}", f.text());
+    assert!(
+        f.text().contains("MSI reads back address 0x0"),
+        "{}",
+        f.text()
+    );
+}
+
+#[test]
+fn interrupt_gates_follow_the_sdm_layout() {
+    let handler = 0x1234_5678_9abc_def0u64;
+    let [low, high] = crate::irq::interrupt_gate(handler, 0x08);
+    // SDM Vol. 3A figure 6-8, decoded field by field.
+    assert_eq!(low & 0xffff, 0xdef0, "offset 15:0");
+    assert_eq!((low >> 16) & 0xffff, 0x08, "selector");
+    assert_eq!((low >> 32) & 0x7, 0, "IST");
+    assert_eq!((low >> 40) & 0xf, 0xe, "64-bit interrupt gate");
+    assert_eq!((low >> 45) & 0x3, 0, "DPL 0");
+    assert_eq!((low >> 47) & 1, 1, "present");
+    assert_eq!(low >> 48, 0x9abc, "offset 31:16");
+    assert_eq!(high, 0x1234_5678, "offset 63:32, reserved 0");
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //!   with bounds checks (never a pointer cast);
 //! - [`hypercall`]: VMMCALL numbers, result codes and the guest's exit statuses;
 //! - [`cmdline`]: the guest command line (`variant=`, `other=`, `iommu=`);
+//! - [`interrupts`]: the MSI message a guest asks for and the x2APIC MSRs of its virtual LAPIC;
 //! - [`image`]: the loader of a static x86_64 ELF64 guest image into guest RAM.
 //!
 //! The kernel writes all of it into a fresh guest (`kernel/src/guest/image.rs`), with the
@@ -20,6 +21,7 @@ mod boot_info;
 pub mod cmdline;
 pub mod hypercall;
 pub mod image;
+pub mod interrupts;
 pub mod layout;
 
 pub use boot_info::{BootInfo, BootInfoError, BOOT_INFO_MAGIC, BOOT_INFO_SIZE, BOOT_INFO_VERSION};
