@@ -136,7 +136,10 @@ impl<'a> Platform for Fake<'a> {
             0xcfc => self.selected().map_or(u32::MAX, |(at, offset)| {
                 let real = self.cfg.read32(at, offset);
                 match self.msi_register(at, offset) {
-                    Some(0) => (real & !(MSI_ENABLE | MSI_MME)) | (self.msi_of(at)[0] & MSI_ENABLE),
+                    Some(0) => {
+                        let mine = MSI_ENABLE | MSI_MME;
+                        (real & !mine) | (self.msi_of(at)[0] & mine)
+                    }
                     Some(rel) => self.msi_of(at)[usize::from(rel / 4)],
                     None => real,
                 }
@@ -359,10 +362,10 @@ impl Fake<'_> {
 
 /// edu as QEMU builds it: BAR0 and a 64-bit MSI capability without masking (`msi_init(pdev,
 /// 0, 1, true, false)` in hw/misc/edu.c).
-/// Its message registers start as someone else left them, so a register the guest forgets to
-/// write shows.
+/// Its message registers and Multiple Message Enable start as someone else left them, so a
+/// register the guest forgets to write shows.
 fn edu_function() -> FakeFunction {
-    edu_without_msi().capability(0x05, 0x0080, &[0x1234_5678, 1, 0x41])
+    edu_without_msi().capability(0x05, 0x0080 | (0b010 << 4), &[0x1234_5678, 1, 0x41])
 }
 
 fn edu_without_msi() -> FakeFunction {
@@ -801,7 +804,8 @@ fn an_msi_capability_that_does_not_keep_the_message_is_reported() {
     f.msi_at = 0x80;
     assert_eq!(run(&f, env()), GuestExit::CheckFailed, "{}", f.text());
     assert!(
-        f.text().contains("MSI reads back address 0x112345678, data 0x41, enable false"),
+        f.text()
+            .contains("MSI reads back address 0x112345678, data 0x41, enable false"),
         "{}",
         f.text()
     );
