@@ -786,6 +786,7 @@ fn an_edu_without_msi_fails_the_good_variant() {
     assert!(f.text().contains("no MSI capability"), "{}", f.text());
     assert!(f.text().contains("PASS: DMA round trip"), "{}", f.text());
     assert_eq!(f.halts.get(), 0, "nothing to wait for");
+    let without_list = f.cfg.read_count();
     // A looping capability list ends the walk.
     let looping = edu_without_msi().pcie(0, false).capability_next(0x40, 0x40);
     let ram = boot_ram("variant=good");
@@ -793,6 +794,10 @@ fn an_edu_without_msi_fails_the_good_variant() {
     let f = fake(&ram, &edu, vec![(at(0, 0), looping)]);
     assert_eq!(run(&f, env()), GuestExit::CheckFailed, "{}", f.text());
     assert!(f.text().contains("no MSI capability"), "{}", f.text());
+    // The same reads as without a list, then the pointer and at most 48 headers (PCI 3.0
+    // §6.7: 192 bytes of capabilities, 4 bytes each at least).
+    let walked = f.cfg.read_count() - without_list;
+    assert!(walked <= 1 + 48, "the walk is bounded: {walked} reads");
 }
 
 #[test]
