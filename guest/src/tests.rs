@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use lazaret_edu::sim::{Completion, SimEdu};
 use lazaret_guest_abi::layout::*;
 use lazaret_guest_abi::{BootInfo, GuestExit};
+use lazaret_pci::virt::VirtualBus;
 use lazaret_pci::{ConfigSpace, FakeConfigSpace, FakeFunction};
 use lazaret_types::sim::{RegAccess, SimMemory};
 use lazaret_types::{Bdf, Mmio, PhysAddr, PhysMem, Sbdf};
@@ -58,6 +59,9 @@ struct Fake<'a> {
     delivery: Delivery,
     stamps: RefCell<Vec<(u64, u8)>>,
     stamp_result: u64,
+    /// Lazaret's own virtual bus in front of `cfg` (and the real function it virtualises):
+    /// then the ports go through it, and so does the MSI the fake delivers.
+    vbus: Option<(RefCell<VirtualBus>, Sbdf)>,
 }
 
 /// What the fake Lazaret does with edu's MSI.
@@ -116,6 +120,10 @@ impl<'a> Platform for Fake<'a> {
     /// CONFIG_ADDRESS (PCI Local Bus 3.0 §3.2.2.3.2): bit 31 enable, 23:16 bus, 15:11
     /// device, 10:8 function, 7:2 register.
     fn outl(&self, port: u16, value: u32) {
+        if let Some((bus, _)) = &self.vbus {
+            assert!(port == 0xcf8 || port == 0xcfc, "outl to port {port:#x}");
+            return bus.borrow_mut().port_write(&self.cfg, port, 4, value);
+        }
         match port {
             0xcf8 => self.address.set(value),
             0xcfc => {
@@ -131,6 +139,10 @@ impl<'a> Platform for Fake<'a> {
     }
 
     fn inl(&self, port: u16) -> u32 {
+        if let Some((bus, _)) = &self.vbus {
+            assert!(port == 0xcf8 || port == 0xcfc, "inl from port {port:#x}");
+            return bus.borrow().port_read(&self.cfg, port, 4);
+        }
         match port {
             0xcf8 => self.address.get(),
             0xcfc => self.selected().map_or(u32::MAX, |(at, offset)| {
@@ -331,6 +343,10 @@ impl Fake<'_> {
 
     /// (enabled, address, data) of the guest's MSI on the one edu-like function with MSI.
     fn guest_msi(&self) -> Option<(bool, u64, u16)> {
+        if let Some((bus, real)) = &self.vbus {
+            let r = bus.borrow().msi_request(*real)?;
+            return Some((r.enabled && !r.masked, r.address, r.data));
+        }
         let msi = self.msi.borrow();
         let (at, regs) = msi.iter().next()?;
         let wide = self.cfg.peek(*at, self.msi_at)? & MSI_64 != 0;
@@ -349,7 +365,8 @@ impl Fake<'_> {
         if vector == lazaret_guest_abi::interrupts::DMA_DONE_VECTOR {
             r.last_tsc = self.rdtsc();
             r.dma_done += 1;
-            assert_eq!(bar, BAR, "the handler acks edu at its BAR");
+            let mapped = self.bars.borrow().first().copied();
+            assert_eq!(Some(bar), mapped, "the handler acks edu at its BAR");
             let status = self.edu.read32(lazaret_edu::regs::IRQ_STATUS);
             self.edu.write32(lazaret_edu::regs::IRQ_ACK, status);
         } else {
@@ -443,6 +460,7 @@ fn fake<'a>(
         delivery: Delivery::Msi,
         stamps: RefCell::new(Vec::new()),
         stamp_result: 0,
+        vbus: None,
     }
 }
 
@@ -814,6 +832,35 @@ fn an_msi_capability_that_does_not_keep_the_message_is_reported() {
         "{}",
         f.text()
     );
+}
+
+#[test]
+fn through_lazarets_virtual_bus_the_msi_request_is_the_contracts() {
+    let ram = boot_ram("variant=good");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let real = at(3, 0);
+    let mut f = fake(&ram, &edu, vec![(real, edu_function())]);
+    let found = lazaret_pci::enumerate(&f.cfg, 0, &[0]);
+    let bars = found.get(real).unwrap().bars.clone();
+    let window = (MMIO_WINDOW_GPA, MMIO_WINDOW_SIZE);
+    let bus = VirtualBus::new(&[(real, &bars[..])], window).unwrap();
+    f.vbus = Some((RefCell::new(bus), real));
+    assert_eq!(run(&f, env()), GuestExit::Pass, "{}", f.text());
+    assert!(f.text().contains("edu at 00:00.0"), "{}", f.text());
+    let (bus, _) = f.vbus.as_ref().unwrap();
+    let msi = bus.borrow().msi_request(real).unwrap();
+    assert!(msi.deliverable(), "{msi:?}");
+    assert_eq!(
+        (msi.address, msi.data, msi.vector, msi.destination),
+        (0xfee0_0000, 0x50, 0x50, 0),
+        "{msi:?}"
+    );
+    assert_eq!(
+        f.cfg.peek(real, 0x44),
+        Some(0x1234_5678),
+        "the device's own message is Lazaret's to write"
+    );
+    assert_eq!(f.stamps.borrow().len(), 2);
 }
 
 #[test]
