@@ -157,40 +157,36 @@ impl<P: Platform> Guest<'_, P> {
             "DMA completion interrupts: {} on vector {DMA_DONE_VECTOR:#x}, waited in HLT {} times",
             r.dma_done, t.halts
         );
-        let mut held = true;
-        if t.missed != 0 {
-            let _ = writeln!(
-                self.con,
-                "FAIL: {} DMAs ended without their interrupt",
-                t.missed
-            );
-            held = false;
+        let held = [
+            self.check(
+                t.missed == 0,
+                format_args!("{} DMAs ended without their interrupt", t.missed),
+            ),
+            self.check(
+                r.dma_done == u64::from(t.taken),
+                format_args!(
+                    "{} interrupts on vector {DMA_DONE_VECTOR:#x} for {} awaited",
+                    r.dma_done, t.taken
+                ),
+            ),
+            self.check(
+                r.unexpected == 0,
+                format_args!("{} interrupts on other vectors", r.unexpected),
+            ),
+            self.check(
+                t.stamps_refused == 0,
+                format_args!("{} HC_INTERRUPT_STAMP calls refused", t.stamps_refused),
+            ),
+        ];
+        held.iter().all(|h| *h)
+    }
+
+    /// `holds`, with a FAIL line saying what did not.
+    fn check(&mut self, holds: bool, failure: core::fmt::Arguments) -> bool {
+        if !holds {
+            let _ = writeln!(self.con, "FAIL: {failure}");
         }
-        if r.dma_done != u64::from(t.taken) {
-            let _ = writeln!(
-                self.con,
-                "FAIL: {} interrupts on vector {DMA_DONE_VECTOR:#x} for {} awaited",
-                r.dma_done, t.taken
-            );
-            held = false;
-        }
-        if r.unexpected != 0 {
-            let _ = writeln!(
-                self.con,
-                "FAIL: {} interrupts on other vectors",
-                r.unexpected
-            );
-            held = false;
-        }
-        if t.stamps_refused != 0 {
-            let _ = writeln!(
-                self.con,
-                "FAIL: {} HC_INTERRUPT_STAMP calls refused",
-                t.stamps_refused
-            );
-            held = false;
-        }
-        held
+        holds
     }
 
     /// DMA to a gpa just past its RAM and to another guest's host-physical address (as an
