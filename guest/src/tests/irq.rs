@@ -28,6 +28,14 @@ fn msi_left(f: &Fake<'_>, at: Sbdf, wide: bool) -> (u32, u32, Option<u32>, u32) 
     }
 }
 
+/// Runs `variant=good` as [`run_good`] and checks that it failed, saying `line`.
+fn good_fails_saying(function: FakeFunction, setup: impl FnOnce(&mut Fake<'_>), line: &str) {
+    run_good(function, setup, |exit, f, _| {
+        let text = expect(exit, GuestExit::CheckFailed, f);
+        assert!(text.contains(line), "{text}");
+    });
+}
+
 /// `exit` is `want`, else the guest's transcript says why not.
 fn expect(exit: GuestExit, want: GuestExit, f: &Fake<'_>) -> String {
     assert_eq!(exit, want, "{}", f.text());
@@ -168,13 +176,11 @@ fn each_interrupt_is_stamped_with_the_tsc_its_handler_read() {
 fn a_refused_stamp_fails_the_variant() {
     let refused =
         |f: &mut Fake<'_>| f.stamp_result = lazaret_guest_abi::hypercall::HC_ERROR_UNKNOWN;
-    run_good(edu_function(), refused, |exit, f, _| {
-        let text = expect(exit, GuestExit::CheckFailed, f);
-        assert!(
-            text.contains("2 HC_INTERRUPT_STAMP calls refused"),
-            "{text}"
-        );
-    });
+    good_fails_saying(
+        edu_function(),
+        refused,
+        "2 HC_INTERRUPT_STAMP calls refused",
+    );
 }
 
 #[test]
@@ -237,14 +243,10 @@ fn an_interrupt_on_another_vector_or_twice_fails_the_variant() {
         assert!(text.contains("interrupts on other vectors"), "{text}");
         assert!(f.eois.get() > 0, "unexpected vectors are EOIed too");
     });
-    run_good(
+    good_fails_saying(
         edu_function(),
         |f| f.delivery = Delivery::Twice,
-        |exit, f, _| {
-            let text = expect(exit, GuestExit::CheckFailed, f);
-            let line = "FAIL: 4 interrupts on vector 0x50 for 2 awaited";
-            assert!(text.contains(line), "{text}");
-        },
+        "FAIL: 4 interrupts on vector 0x50 for 2 awaited",
     );
 }
 
@@ -281,14 +283,10 @@ fn an_edu_without_msi_fails_the_good_variant() {
 fn an_msi_capability_that_does_not_keep_the_message_is_reported() {
     // With the fake's writable copy elsewhere, the real capability's registers stay read-only:
     // nothing the guest writes stays.
-    run_good(
+    good_fails_saying(
         edu_function(),
         |f| f.msi_at = 0x80,
-        |exit, f, _| {
-            let text = expect(exit, GuestExit::CheckFailed, f);
-            let line = "MSI reads back address 0x112345678, data 0x41, enable false";
-            assert!(text.contains(line), "{text}");
-        },
+        "MSI reads back address 0x112345678, data 0x41, enable false",
     );
 }
 
