@@ -104,24 +104,25 @@ fn good_sets_up_the_x2apic_before_any_interrupt_can_come() {
             assert_eq!(f.handlers.get(), Some(BAR));
         },
     );
-    // From disabled, the guest goes through xAPIC mode.
-    let base = run_good(
-        edu_function(),
-        |f| f.apic_base.set(0xfee0_0000),
-        |exit, f, _| {
-            expect(exit, GuestExit::Pass, f);
-            let writes = f.msr_writes.borrow();
-            writes
-                .iter()
-                .filter(|w| w.0 == 0x1b)
-                .map(|w| w.1)
-                .collect::<Vec<_>>()
-        },
-    );
-    assert_eq!(
-        base,
-        [0xfee0_0000 | APIC_EN, 0xfee0_0000 | APIC_EN | APIC_EXTD]
-    );
+    // From disabled, the guest goes through xAPIC mode; already in x2APIC mode, it leaves
+    // IA32_APIC_BASE alone.
+    let x2 = 0xfee0_0000 | APIC_EN | APIC_EXTD;
+    for (reset, written) in [(0xfee0_0000, vec![0xfee0_0000 | APIC_EN, x2]), (x2, vec![])] {
+        let base = run_good(
+            edu_function(),
+            |f| f.apic_base.set(reset),
+            |exit, f, _| {
+                expect(exit, GuestExit::Pass, f);
+                let writes = f.msr_writes.borrow();
+                writes
+                    .iter()
+                    .filter(|w| w.0 == 0x1b)
+                    .map(|w| w.1)
+                    .collect::<Vec<_>>()
+            },
+        );
+        assert_eq!(base, written, "from {reset:#x}");
+    }
 }
 
 #[test]
