@@ -61,7 +61,8 @@ pub trait Platform {
     /// Loads the guest's IDT: `DMA_DONE_VECTOR` goes to a handler that reads the TSC first,
     /// records it and counts ([`HandlerRecord`]), acknowledges edu's interrupt status (writes
     /// the status to IRQ_ACK of the BAR0 at `edu_bar`) and writes X2APIC_EOI; every other
-    /// vector from 32 on is counted as unexpected and EOIed; an exception ends the guest.
+    /// vector from 32 on is counted as unexpected and EOIed, except the spurious vector
+    /// (no EOI, not counted: SDM Vol. 3A §11.9); an exception ends the guest.
     fn install_interrupt_handlers(&self, edu_bar: u64);
 
     /// `sti; hlt; cli`: sleeps until an interrupt (taken before this returns) or anything

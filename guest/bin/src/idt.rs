@@ -1,7 +1,7 @@
 //! The guest's IDT and what its handlers record (issue 11 part 4). `interrupts.s` holds the
 //! stubs: `DMA_DONE_VECTOR` → `dma_done_stub` (TSC, count, edu ack, EOI), every other vector
-//! from 32 on → `unexpected_stub` (count, EOI), exceptions 0–31 → [`guest_exception`], which
-//! reports and exits. The statics below are written only by the stubs, with interrupts on
+//! from 32 on → `unexpected_stub` (count, EOI), but the spurious vector → `spurious_stub`
+//! (nothing), exceptions 0–31 → [`guest_exception`], which reports and exits. The statics below are written only by the stubs, with interrupts on
 //! only inside `wait_for_interrupt`; the guest reads them between waits.
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +9,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use lazaret_edu::regs::{IRQ_ACK, IRQ_STATUS};
 use lazaret_guest::irq::interrupt_gate;
 use lazaret_guest::HandlerRecord;
-use lazaret_guest_abi::interrupts::{DMA_DONE_VECTOR, X2APIC_EOI};
+use lazaret_guest_abi::interrupts::{DMA_DONE_VECTOR, SPURIOUS_VECTOR, X2APIC_EOI};
 use lazaret_guest_abi::layout::CODE_SELECTOR;
 
 /// Interrupts taken on `DMA_DONE_VECTOR`.
@@ -41,6 +41,7 @@ core::arch::global_asm!(
 extern "C" {
     fn dma_done_stub();
     fn unexpected_stub();
+    fn spurious_stub();
     /// The 32 exception stubs' addresses, in vector order.
     static exception_stubs: [u64; 32];
 }
@@ -55,6 +56,7 @@ pub fn install(edu_bar: u64) {
         let handler = match vector {
             v if v < 32 => exceptions[v],
             v if v == usize::from(DMA_DONE_VECTOR) => dma_done_stub as *const () as u64,
+            v if v == usize::from(SPURIOUS_VECTOR) => spurious_stub as *const () as u64,
             _ => unexpected_stub as *const () as u64,
         };
         let [low, high] = interrupt_gate(handler, CODE_SELECTOR);

@@ -53,6 +53,12 @@ unexpected_stub:
     pop %rax
     iretq
 
+# SPURIOUS_VECTOR (X2APIC_SVR bits 7:0): a spurious interrupt sets no in-service bit, so it
+# gets no EOI (SDM Vol. 3A §11.9) and counts as nothing.
+.global spurious_stub
+spurious_stub:
+    iretq
+
 # Exceptions 0-31: returning would repeat the faulting instruction forever, so each stub
 # passes its vector to the Rust reporter, which prints it and exits (it never returns).
 .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
