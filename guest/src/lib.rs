@@ -4,10 +4,13 @@
 //!
 //! [`run`] reads the BootInfo and command line, finds its edu device on the virtual PCI bus,
 //! runs the variant the command line names and returns the status for `HC_EXIT`. Every wait
-//! on the device is bounded by [`DMA_TIMEOUT_TICKS`] of the TSC.
+//! on the device is bounded by [`DMA_TIMEOUT_TICKS`] of the TSC. The *good* variant waits for
+//! its DMAs by interrupt ([`irq`]): edu's MSI, programmed through the virtual configuration
+//! space, and an IDT whose handler lives in `guest/bin`.
 #![cfg_attr(not(test), no_std)]
 
 mod console;
+pub mod irq;
 pub mod paging;
 pub mod pci;
 mod platform;
@@ -21,7 +24,7 @@ use lazaret_guest_abi::layout::{BOOT_INFO_GPA, DMA_LIMIT, MAX_CMDLINE, PAGE_SIZE
 use lazaret_guest_abi::{BootInfo, GuestArgs, GuestExit, Variant, BOOT_INFO_SIZE};
 
 pub use console::Console;
-pub use platform::Platform;
+pub use platform::{HandlerRecord, Platform};
 
 /// TSC ticks a guest waits for one edu DMA. edu completes on a 100 ms virtual-clock timer;
 /// the guest has no calibrated clock, so this assumes at most 4 GHz: under `-icount` TCG's TSC

@@ -2,7 +2,9 @@
 //! through ports 0xCF8/0xCFC (PCI Local Bus Spec 3.0 §3.2.2.3.2), a scan of bus 0, BAR sizing
 //! (§6.2.5.1) and the Command register (§6.2.2). Lazaret answers these ports from a virtual
 //! bus holding only this guest's functions, so nothing here trusts what it reads: the BAR
-//! must lie in the MMIO window and be big enough for edu's registers.
+//! must lie in the MMIO window and be big enough for edu's registers. The MSI capability
+//! (§6.7 capability list, §6.8.1 MSI) is found by a bounded walk and programmed the way an OS
+//! does it: disabled while the message is written, one vector, then enabled and read back.
 
 use core::fmt;
 
@@ -18,6 +20,20 @@ const ID: u8 = 0x00;
 const COMMAND: u8 = 0x04;
 const HEADER_TYPE_DWORD: u8 = 0x0c;
 const BAR0: u8 = 0x10;
+/// Status register bit 4 (in the Command dword's upper half): a capability list exists.
+const STATUS_CAPABILITIES: u32 = 1 << (16 + 4);
+const CAPABILITIES_POINTER: u8 = 0x34;
+/// Capability ID of MSI (PCI 3.0 Appendix H).
+pub const CAP_ID_MSI: u8 = 0x05;
+/// At most this many capabilities fit in the 192 bytes after the header (4 bytes each): a
+/// longer walk is a loop in the list.
+const MAX_CAPABILITIES: usize = 48;
+/// Message Control, as bits of the capability's first dword: Enable (bit 0), Multiple
+/// Message Enable (6:4), 64-bit address capable (7), per-vector masking capable (8).
+const MSI_ENABLE: u32 = 1 << 16;
+const MSI_MULTIPLE_ENABLE: u32 = 0b111 << 20;
+const MSI_64BIT: u32 = 1 << 23;
+const MSI_MASKING: u32 = 1 << 24;
 /// Command register: Memory Space Enable (bit 1) and Bus Master Enable (bit 2).
 pub const COMMAND_MEMORY: u16 = 1 << 1;
 pub const COMMAND_BUS_MASTER: u16 = 1 << 2;
@@ -53,6 +69,15 @@ pub enum PciError {
     BadBar { gpa: u64, size: u64 },
     /// The Command register did not take Memory Space Enable.
     DecodeOff { command: u16 },
+    /// No MSI capability in the function's capability list.
+    NoMsi,
+    /// The MSI capability read back something other than what was written: the message at
+    /// `address`/`data`, or `enabled` false.
+    MsiNotTaken {
+        address: u64,
+        data: u32,
+        enabled: bool,
+    },
 }
 
 impl fmt::Display for PciError {
@@ -69,6 +94,15 @@ impl fmt::Display for PciError {
             PciError::DecodeOff { command } => {
                 write!(f, "memory decoding stayed off (command {command:#06x})")
             }
+            PciError::NoMsi => write!(f, "no MSI capability"),
+            PciError::MsiNotTaken {
+                address,
+                data,
+                enabled,
+            } => write!(
+                f,
+                "MSI reads back address {address:#x}, data {data:#x}, enable {enabled}"
+            ),
         }
     }
 }
@@ -169,6 +203,67 @@ impl<'p, P: Platform> Config<'p, P> {
             return Err(PciError::DecodeOff { command: now });
         }
         Ok((bar, now))
+    }
+
+    /// The offset of the first capability with ID `id`, walking at most [`MAX_CAPABILITIES`]
+    /// entries (a looping or wild list ends the walk, it cannot hang the guest). Pointers'
+    /// bits 1:0 are reserved (§6.7); one below 0x40 ends the list.
+    pub fn find_capability(&self, at: Function, id: u8) -> Option<u8> {
+        if self.read32(at, COMMAND) & STATUS_CAPABILITIES == 0 {
+            return None;
+        }
+        let mut next = self.read32(at, CAPABILITIES_POINTER) as u8 & 0xfc;
+        for _ in 0..MAX_CAPABILITIES {
+            if next < 0x40 {
+                return None;
+            }
+            let header = self.read32(at, next);
+            if header as u8 == id {
+                return Some(next);
+            }
+            next = (header >> 8) as u8 & 0xfc;
+        }
+        None
+    }
+
+    /// Programs the MSI capability with one vector's `address`/`data` and enables it: MSI
+    /// Enable cleared first (a device must never signal a half-written message), the address
+    /// (Upper Address 0 on a 64-bit capability), the data, vector 0 unmasked if the function
+    /// can mask, then Enable with Multiple Message Enable 0 (one vector). Everything is read
+    /// back: Lazaret's copy of the capability is what will be acted on.
+    pub fn enable_msi(&self, at: Function, address: u32, data: u16) -> Result<u8, PciError> {
+        let cap = self
+            .find_capability(at, CAP_ID_MSI)
+            .ok_or(PciError::NoMsi)?;
+        let control = self.read32(at, cap);
+        // The upper half is Message Control; the lower half (ID, Next) is read-only.
+        let off = control & !(MSI_ENABLE | MSI_MULTIPLE_ENABLE);
+        self.write32(at, cap, off);
+        let wide = control & MSI_64BIT != 0;
+        self.write32(at, cap + 4, address);
+        let data_at = if wide {
+            self.write32(at, cap + 8, 0);
+            cap + 0xc
+        } else {
+            cap + 8
+        };
+        self.write32(at, data_at, u32::from(data));
+        if control & MSI_MASKING != 0 {
+            self.write32(at, data_at + 4, 0);
+        }
+        self.write32(at, cap, off | MSI_ENABLE);
+        let upper = if wide { self.read32(at, cap + 8) } else { 0 };
+        let read_address = (u64::from(upper) << 32) | u64::from(self.read32(at, cap + 4));
+        let read_data = self.read32(at, data_at) & 0xffff;
+        let enabled = self.read32(at, cap) & MSI_ENABLE != 0;
+        if read_address != u64::from(address) || read_data != u32::from(data) || !enabled {
+            return Err(PciError::MsiNotTaken {
+                address: read_address,
+                data: read_data,
+                enabled,
+            });
+        }
+        Ok(cap)
     }
 
     /// (address, size) of a memory BAR0 whose first dword reads `low` (§6.2.5.1: bit 0 = 0

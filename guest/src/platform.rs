@@ -7,8 +7,19 @@
 
 use lazaret_types::Mmio;
 
+/// What the guest's interrupt handlers have recorded (they alone write it; the guest reads).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandlerRecord {
+    /// Interrupts taken on `DMA_DONE_VECTOR`.
+    pub dma_done: u64,
+    /// The TSC the `DMA_DONE_VECTOR` handler read first thing on its latest entry.
+    pub last_tsc: u64,
+    /// Interrupts taken on any other vector from 32 on.
+    pub unexpected: u64,
+}
+
 /// What the guest needs from its machine. Methods take `&self`: the machine is shared state,
-/// and the guest has one CPU with interrupts off.
+/// and the guest has one CPU with interrupts off except inside [`Platform::wait_for_interrupt`].
 pub trait Platform {
     /// Registers of a BAR mapped at a gpa in the MMIO window.
     type Bar: Mmio;
@@ -42,4 +53,27 @@ pub trait Platform {
     /// Loads an IDT with limit 0 and raises an exception: #UD cannot be delivered, nor the
     /// #DF that follows, so the CPU shuts down (triple fault). Returns only if it did not.
     fn triple_fault(&self);
+
+    /// RDMSR / WRMSR: the x2APIC MSRs of the virtual LAPIC (Lazaret raises #GP for others).
+    fn rdmsr(&self, msr: u32) -> u64;
+    fn wrmsr(&self, msr: u32, value: u64);
+
+    /// Loads the guest's IDT: `DMA_DONE_VECTOR` goes to a handler that reads the TSC first,
+    /// records it and counts ([`HandlerRecord`]), acknowledges edu's interrupt status (writes
+    /// the status to IRQ_ACK of the BAR0 at `edu_bar`) and writes X2APIC_EOI; every other
+    /// vector from 32 on is counted as unexpected and EOIed, except the spurious vector
+    /// (no EOI, not counted: SDM Vol. 3A §11.9); an exception ends the guest.
+    fn install_interrupt_handlers(&self, edu_bar: u64);
+
+    /// `sti; hlt; cli`: sleeps until an interrupt (taken before this returns) or anything
+    /// else that ends the HLT. The only place the guest runs with interrupts on: STI's
+    /// one-instruction shadow means an interrupt already pending is taken in the HLT, never
+    /// lost between a check and the sleep.
+    fn wait_for_interrupt(&self);
+
+    /// What the handlers have recorded so far.
+    fn handler_record(&self) -> HandlerRecord;
+
+    /// `HC_INTERRUPT_STAMP(tsc, vector)`; returns RAX.
+    fn interrupt_stamp(&self, tsc: u64, vector: u8) -> u64;
 }

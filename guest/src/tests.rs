@@ -1,18 +1,24 @@
 //! The guest's logic against fakes: `lazaret_pci`'s configuration space behind a port-I/O
 //! decoder written here from the spec, `lazaret_edu`'s `SimEdu` DMAing into simulated RAM
 //! through an IOMMU that maps only guest RAM, and page tables read back by a walker with
-//! its own bit definitions.
+//! its own bit definitions. Interrupts: the fake holds its own model of edu's MSI capability
+//! (PCI 3.0 §6.8.1), of the x2APIC MSRs (SDM Vol. 3A §11.12) and of Lazaret's delivery, and
+//! runs what guest/bin's handler stub does when it delivers.
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use lazaret_edu::sim::{Completion, SimEdu};
 use lazaret_guest_abi::layout::*;
 use lazaret_guest_abi::{BootInfo, GuestExit};
+use lazaret_pci::virt::VirtualBus;
 use lazaret_pci::{ConfigSpace, FakeConfigSpace, FakeFunction};
-use lazaret_types::sim::SimMemory;
+use lazaret_types::sim::{RegAccess, SimMemory};
 use lazaret_types::{Bdf, Mmio, PhysAddr, PhysMem, Sbdf};
 
-use crate::{run, Console, Env, Platform, DMA_LEN};
+use crate::{run, Console, Env, HandlerRecord, Platform, DMA_LEN};
+
+mod irq;
 
 const MEMORY: u64 = DEFAULT_MEMORY_SIZE;
 const IMAGE_END: u64 = IMAGE_BASE_GPA + 0x9800;
@@ -33,7 +39,55 @@ struct Fake<'a> {
     forbidden: RefCell<Vec<u64>>,
     invlpgs: RefCell<Vec<u64>>,
     triple_faults: Cell<u32>,
+    /// Where the MSI capability of every function sits (FakeFunction puts the first one at
+    /// 0x40), and the registers the guest wrote there, by function.
+    msi_at: u16,
+    msi: RefCell<HashMap<Sbdf, [u32; 6]>>,
+    msi_writes: RefCell<Vec<(u16, u32)>>,
+    apic_base: Cell<u64>,
+    svr: Cell<u64>,
+    msr_writes: RefCell<Vec<(u32, u64)>>,
+    eois: Cell<u32>,
+    /// The BAR the handlers acknowledge edu at, once installed.
+    handlers: Cell<Option<u64>>,
+    record: Cell<HandlerRecord>,
+    halts: Cell<u32>,
+    /// TSC ticks one HLT sleeps.
+    halt_ticks: u64,
+    /// HLTs that end with nothing delivered before delivery starts (Lazaret resuming the guest).
+    quiet_halts: Cell<u32>,
+    /// Whether edu's 100 ms DMA timer fires while the CPU sleeps.
+    timer_in_hlt: bool,
+    delivery: Delivery,
+    stamps: RefCell<Vec<(u64, u8)>>,
+    stamp_result: u64,
+    /// Lazaret's own virtual bus in front of `cfg` (and the real function it virtualises):
+    /// then the ports go through it, and so does the MSI the fake delivers.
+    vbus: Option<(RefCell<VirtualBus>, Sbdf)>,
 }
+
+/// What the fake Lazaret does with edu's MSI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delivery {
+    /// Injects the vector of the guest's MSI data.
+    Msi,
+    /// Never injects anything.
+    Lost,
+    /// Injects this vector instead.
+    Misrouted(u8),
+    /// Injects the guest's vector twice per MSI.
+    Twice,
+}
+
+/// MSI Message Control bits as bits of the capability's first dword (PCI 3.0 §6.8.1.3).
+const MSI_ENABLE: u32 = 1 << 16;
+const MSI_MME: u32 = 0b111 << 20;
+const MSI_64: u32 = 1 << 23;
+const MSI_MASKING: u32 = 1 << 24;
+/// IA32_APIC_BASE EN (11) and EXTD (10); SVR APIC software enable (8).
+const APIC_EN: u64 = 1 << 11;
+const APIC_EXTD: u64 = 1 << 10;
+const APIC_SW_ENABLE: u64 = 1 << 8;
 
 /// edu's registers, with a watchdog: an unbounded poll panics instead of hanging the test.
 struct Watched<'a>(&'a SimEdu<'a>, &'a Cell<u64>);
@@ -68,11 +122,18 @@ impl<'a> Platform for Fake<'a> {
     /// CONFIG_ADDRESS (PCI Local Bus 3.0 §3.2.2.3.2): bit 31 enable, 23:16 bus, 15:11
     /// device, 10:8 function, 7:2 register.
     fn outl(&self, port: u16, value: u32) {
+        if let Some((bus, _)) = &self.vbus {
+            assert!(port == 0xcf8 || port == 0xcfc, "outl to port {port:#x}");
+            return bus.borrow_mut().port_write(&self.cfg, port, 4, value);
+        }
         match port {
             0xcf8 => self.address.set(value),
             0xcfc => {
                 if let Some((at, offset)) = self.selected() {
-                    self.cfg.write32(at, offset, value);
+                    match self.msi_register(at, offset) {
+                        Some(rel) => self.write_msi(at, rel, value),
+                        None => self.cfg.write32(at, offset, value),
+                    }
                 }
             }
             _ => panic!("outl to port {port:#x}"),
@@ -80,11 +141,23 @@ impl<'a> Platform for Fake<'a> {
     }
 
     fn inl(&self, port: u16) -> u32 {
+        if let Some((bus, _)) = &self.vbus {
+            assert!(port == 0xcf8 || port == 0xcfc, "inl from port {port:#x}");
+            return bus.borrow().port_read(&self.cfg, port, 4);
+        }
         match port {
             0xcf8 => self.address.get(),
-            0xcfc => self
-                .selected()
-                .map_or(u32::MAX, |(at, offset)| self.cfg.read32(at, offset)),
+            0xcfc => self.selected().map_or(u32::MAX, |(at, offset)| {
+                let real = self.cfg.read32(at, offset);
+                match self.msi_register(at, offset) {
+                    Some(0) => {
+                        let mine = MSI_ENABLE | MSI_MME;
+                        (real & !mine) | (self.msi_of(at)[0] & mine)
+                    }
+                    Some(rel) => self.msi_of(at)[usize::from(rel / 4)],
+                    None => real,
+                }
+            }),
             _ => panic!("inl from port {port:#x}"),
         }
     }
@@ -140,6 +213,85 @@ impl<'a> Platform for Fake<'a> {
     fn triple_fault(&self) {
         self.triple_faults.set(self.triple_faults.get() + 1);
     }
+
+    fn rdmsr(&self, msr: u32) -> u64 {
+        match msr {
+            0x1b => self.apic_base.get(),
+            0x80f => self.svr.get(),
+            _ => panic!("rdmsr {msr:#x}: #GP"),
+        }
+    }
+
+    fn wrmsr(&self, msr: u32, value: u64) {
+        self.msr_writes.borrow_mut().push((msr, value));
+        match msr {
+            0x1b => {
+                // SDM Vol. 3A §11.12.5: EXTD without EN is invalid, and so is disabled → x2APIC.
+                let from = self.apic_base.get() & (APIC_EN | APIC_EXTD);
+                let to = value & (APIC_EN | APIC_EXTD);
+                assert!(to != APIC_EXTD, "EXTD without EN: #GP");
+                assert!(
+                    !(from == 0 && to != APIC_EN && to != 0),
+                    "disabled -> x2APIC: #GP"
+                );
+                self.apic_base.set(value);
+            }
+            0x808 => assert_eq!(value, 0, "TPR"),
+            0x80f => self.svr.set(value),
+            0x80b => {
+                assert_eq!(value, 0, "EOI takes 0");
+                self.eois.set(self.eois.get() + 1);
+            }
+            _ => panic!("wrmsr {msr:#x}: #GP"),
+        }
+    }
+
+    fn install_interrupt_handlers(&self, edu_bar: u64) {
+        self.handlers.set(Some(edu_bar));
+    }
+
+    fn wait_for_interrupt(&self) {
+        self.halts.set(self.halts.get() + 1);
+        self.tsc.set(self.tsc.get() + self.halt_ticks);
+        if self.quiet_halts.get() > 0 {
+            self.quiet_halts.set(self.quiet_halts.get() - 1);
+            return;
+        }
+        if self.timer_in_hlt && self.edu.dma_pending() {
+            self.edu.fire_timer();
+        }
+        let raised = self.edu.registers().get(lazaret_edu::regs::IRQ_STATUS) != 0;
+        let Some((enabled, address, data)) = self.guest_msi() else {
+            return;
+        };
+        let apic_on = self.apic_base.get() & (APIC_EN | APIC_EXTD) == APIC_EN | APIC_EXTD
+            && self.svr.get() & APIC_SW_ENABLE != 0;
+        if !(raised && enabled && address >> 20 == 0xfee && apic_on) {
+            return;
+        }
+        let Some(bar) = self.handlers.get() else {
+            panic!("interrupt with no IDT: the guest would triple-fault");
+        };
+        let vector = data as u8;
+        match self.delivery {
+            Delivery::Msi => self.handler(vector, bar),
+            Delivery::Lost => {}
+            Delivery::Misrouted(v) => self.handler(v, bar),
+            Delivery::Twice => {
+                self.handler(vector, bar);
+                self.handler(vector, bar);
+            }
+        }
+    }
+
+    fn handler_record(&self) -> HandlerRecord {
+        self.record.get()
+    }
+
+    fn interrupt_stamp(&self, tsc: u64, vector: u8) -> u64 {
+        self.stamps.borrow_mut().push((tsc, vector));
+        self.stamp_result
+    }
 }
 
 impl Fake<'_> {
@@ -159,9 +311,83 @@ impl Fake<'_> {
     fn text(&self) -> String {
         self.lines.borrow().concat()
     }
+
+    /// The MSI capability's length in bytes from its real Message Control (§6.8.1).
+    fn msi_len(&self, at: Sbdf) -> Option<u16> {
+        let first = self.cfg.peek(at, self.msi_at)?;
+        (first & 0xff == 5).then(|| {
+            12 + 4 * u16::from(first & MSI_64 != 0) + 8 * u16::from(first & MSI_MASKING != 0)
+        })
+    }
+
+    fn msi_register(&self, at: Sbdf, offset: u16) -> Option<u16> {
+        let len = self.msi_len(at)?;
+        (self.msi_at..self.msi_at + len)
+            .contains(&offset)
+            .then(|| offset - self.msi_at)
+    }
+
+    /// The guest-writable MSI registers, starting as the function's own values.
+    fn msi_of(&self, at: Sbdf) -> [u32; 6] {
+        *self.msi.borrow_mut().entry(at).or_insert_with(|| {
+            std::array::from_fn(|i| self.cfg.peek(at, self.msi_at + 4 * i as u16).unwrap_or(0))
+        })
+    }
+
+    fn write_msi(&self, at: Sbdf, rel: u16, value: u32) {
+        self.msi_writes.borrow_mut().push((rel, value));
+        // Message Address bits 1:0 are reserved and read 0 (§6.8.1.4).
+        let value = if rel == 4 { value & !3 } else { value };
+        let mut regs = self.msi_of(at);
+        regs[usize::from(rel / 4)] = value;
+        self.msi.borrow_mut().insert(at, regs);
+    }
+
+    /// (enabled, address, data) of the guest's MSI on the one edu-like function with MSI.
+    fn guest_msi(&self) -> Option<(bool, u64, u16)> {
+        if let Some((bus, real)) = &self.vbus {
+            let r = bus.borrow().msi_request(*real)?;
+            return Some((r.enabled && !r.masked, r.address, r.data));
+        }
+        let msi = self.msi.borrow();
+        let (at, regs) = msi.iter().next()?;
+        let wide = self.cfg.peek(*at, self.msi_at)? & MSI_64 != 0;
+        let (address, data) = if wide {
+            (u64::from(regs[1]) | (u64::from(regs[2]) << 32), regs[3])
+        } else {
+            (u64::from(regs[1]), regs[2])
+        };
+        Some((regs[0] & MSI_ENABLE != 0, address, data as u16))
+    }
+
+    /// What guest/bin's stubs do: the DMA-done one reads the TSC first, counts, acks edu's
+    /// interrupt status and EOIs; the other one counts and EOIs.
+    fn handler(&self, vector: u8, bar: u64) {
+        let mut r = self.record.get();
+        if vector == lazaret_guest_abi::interrupts::DMA_DONE_VECTOR {
+            r.last_tsc = self.rdtsc();
+            r.dma_done += 1;
+            let mapped = self.bars.borrow().first().copied();
+            assert_eq!(Some(bar), mapped, "the handler acks edu at its BAR");
+            let status = self.edu.read32(lazaret_edu::regs::IRQ_STATUS);
+            self.edu.write32(lazaret_edu::regs::IRQ_ACK, status);
+        } else {
+            r.unexpected += 1;
+        }
+        self.record.set(r);
+        self.wrmsr(0x80b, 0);
+    }
 }
 
+/// edu as QEMU builds it: BAR0 and a 64-bit MSI capability without masking (`msi_init(pdev,
+/// 0, 1, true, false)` in hw/misc/edu.c).
+/// Its message registers and Multiple Message Enable start as someone else left them, so a
+/// register the guest forgets to write shows.
 fn edu_function() -> FakeFunction {
+    edu_without_msi().capability(0x05, 0x0080 | (0b010 << 4), &[0x1234_5678, 1, 0x41])
+}
+
+fn edu_without_msi() -> FakeFunction {
     FakeFunction::endpoint(0x1234, 0x11e8, 0x00_ff_00).bar_mem32(0, BAR as u32, 1 << 20, false)
 }
 
@@ -219,6 +445,24 @@ fn fake<'a>(
         forbidden: RefCell::new(Vec::new()),
         invlpgs: RefCell::new(Vec::new()),
         triple_faults: Cell::new(0),
+        msi_at: 0x40,
+        msi: RefCell::new(HashMap::new()),
+        msi_writes: RefCell::new(Vec::new()),
+        // Reset: xAPIC mode, globally enabled, BSP; SVR 0xFF (software-disabled).
+        apic_base: Cell::new(0xfee0_0000 | APIC_EN | (1 << 8)),
+        svr: Cell::new(0xff),
+        msr_writes: RefCell::new(Vec::new()),
+        eois: Cell::new(0),
+        handlers: Cell::new(None),
+        record: Cell::new(HandlerRecord::default()),
+        halts: Cell::new(0),
+        halt_ticks: 1_000_000,
+        quiet_halts: Cell::new(0),
+        timer_in_hlt: true,
+        delivery: Delivery::Msi,
+        stamps: RefCell::new(Vec::new()),
+        stamp_result: 0,
+        vbus: None,
     }
 }
 
@@ -310,12 +554,20 @@ fn a_device_that_never_completes_times_out_boundedly() {
     edu.set_completion(Completion::Never);
     let mut f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
     f.tsc_step = 10_000_000;
+    f.timer_in_hlt = false;
     assert_eq!(run(&f, env()), GuestExit::CheckFailed);
-    assert!(f.text().contains("FAIL: DMA RAM->edu"), "{}", f.text());
+    assert!(
+        f.text().contains("FAIL: DMA RAM->edu: no interrupt"),
+        "{}",
+        f.text()
+    );
+    assert!(f.text().contains("polling instead"), "{}", f.text());
+    assert!(f.text().contains("FAIL: DMA RAM->edu from"), "{}", f.text());
     assert!(f.text().contains("did not finish"), "{}", f.text());
+    // One interrupt wait and one poll, each bounded by DMA_TIMEOUT_TICKS (200 clock reads).
     let polls = f.tsc.get() / 10_000_000;
     assert!(
-        polls <= 300,
+        polls <= 450,
         "bounded by the TSC deadline: {polls} clock reads"
     );
 }

@@ -1,5 +1,5 @@
 //! The guest command line (guest contract): space-separated `key=value` pairs,
-//! `variant=good|rogue-dma|rogue-mmio|crash` (default good), `other=0xHPA`, `iommu=0xHPA`.
+//! `variant=good|rogue-dma|rogue-mmio|crash|dma-storm` (default good), `other=0xHPA`, `iommu=0xHPA`.
 //! Unknown keys, repeated keys and bad values are errors the guest reports rather than
 //! guesses past. (The module string that names a guest image is the kernel's:
 //! `kernel/src/guest/spec.rs`.)
@@ -9,7 +9,8 @@ use core::fmt;
 /// What the guest sets out to do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Variant {
-    /// DMA round trip through its own RAM; exit 0 only if the data came back.
+    /// DMA round trip through its own RAM, each DMA awaited by its completion interrupt
+    /// ([`crate::interrupts`]); exit 0 only if the data came back and every interrupt came.
     #[default]
     Good,
     /// DMA outside its RAM and to another guest's host-physical address.

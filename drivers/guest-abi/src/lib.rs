@@ -7,6 +7,7 @@
 //!   with bounds checks (never a pointer cast);
 //! - [`hypercall`]: VMMCALL numbers, result codes and the guest's exit statuses;
 //! - [`cmdline`]: the guest command line (`variant=`, `other=`, `iommu=`);
+//! - [`interrupts`]: the MSI message a guest asks for and the x2APIC MSRs of its virtual LAPIC;
 //! - [`image`]: the loader of a static x86_64 ELF64 guest image into guest RAM.
 //!
 //! The kernel writes all of it into a fresh guest (`kernel/src/guest/image.rs`), with the

@@ -1,15 +1,19 @@
 //! lazaret-guest: the guest payload. `entry.s` makes sure SSE is on and calls
 //! [`guest_main`]; everything the guest decides is `lazaret_guest::run`, against the real
 //! machine below: port I/O, volatile loads and stores at identity-mapped gpas, VMMCALL and
-//! RDTSC. It ends with `HC_EXIT`; a panic prints itself and exits with `GuestExit::Panic`.
+//! RDTSC, RDMSR/WRMSR, and the IDT of [`idt`] for the interrupt the good variant waits for.
+//! It ends with `HC_EXIT`; a panic or an exception prints itself and exits with
+//! `GuestExit::Panic`.
 #![no_std]
 #![no_main]
 
-use core::arch::asm;
-use core::fmt::Write;
+mod idt;
 
-use lazaret_guest::{Console, Env, Platform};
-use lazaret_guest_abi::hypercall::{HC_CONSOLE_WRITE, HC_EXIT};
+use core::arch::asm;
+use core::fmt::{self, Write};
+
+use lazaret_guest::{Console, Env, HandlerRecord, Platform};
+use lazaret_guest_abi::hypercall::{HC_CONSOLE_WRITE, HC_EXIT, HC_INTERRUPT_STAMP};
 use lazaret_guest_abi::GuestExit;
 use lazaret_types::Mmio;
 
@@ -142,6 +146,40 @@ impl Platform for Machine {
         // be delivered, nor the #DF after it, so the CPU shuts down and Lazaret ends us.
         unsafe { asm!("lidt [{}]", "ud2", in(reg) idtr.as_ptr(), options(nostack)) };
     }
+
+    fn rdmsr(&self, msr: u32) -> u64 {
+        let (lo, hi): (u32, u32);
+        // SAFETY: only the virtual LAPIC's x2APIC MSRs are read; Lazaret intercepts every
+        // MSR, and a #GP would end us through the exception stub, not corrupt anything.
+        unsafe {
+            asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack))
+        };
+        (u64::from(hi) << 32) | u64::from(lo)
+    }
+
+    fn wrmsr(&self, msr: u32, value: u64) {
+        // SAFETY: as in rdmsr; the writes enable the virtual LAPIC, nothing of the host's.
+        unsafe {
+            asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+                 options(nostack))
+        };
+    }
+
+    fn install_interrupt_handlers(&self, edu_bar: u64) {
+        idt::install(edu_bar);
+    }
+
+    fn wait_for_interrupt(&self) {
+        idt::wait_for_interrupt();
+    }
+
+    fn handler_record(&self) -> HandlerRecord {
+        idt::record()
+    }
+
+    fn interrupt_stamp(&self, tsc: u64, vector: u8) -> u64 {
+        vmmcall(HC_INTERRUPT_STAMP, tsc, u64::from(vector), 0)
+    }
 }
 
 fn exit(status: GuestExit) -> ! {
@@ -161,10 +199,15 @@ extern "C" fn guest_main(boot_info_gpa: u64) -> ! {
     ))
 }
 
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo) -> ! {
+/// Prints one line and exits with `GuestExit::Panic`: the end of a panic or an exception.
+fn fail(what: fmt::Arguments) -> ! {
     let mut con = Console::new(&Machine);
-    let _ = writeln!(con, "panic: {info}");
+    let _ = writeln!(con, "{what}");
     drop(con);
     exit(GuestExit::Panic)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    fail(format_args!("panic: {info}"))
 }
