@@ -201,11 +201,18 @@ fn wait_for_interrupt<V: Vendor, C: Vcpu>(
     faults: &mut FaultReport,
 ) {
     let deadline = tsc::deadline_after_ms(WAKE_TIMEOUT_MS);
+    let woken = |guests: &[Guest<C>]| {
+        let mut left = guests.iter().filter(|g| g.ending.is_none());
+        left.clone().count() == 0 || left.any(|g| g.irq.runnable())
+    };
     loop {
+        // The woken guest runs first; the round after it drains the fault log.
         collect_interrupts(guests);
+        if woken(guests) {
+            return;
+        }
         drain(hv, guests, faults);
-        let sleeping = guests.iter().filter(|g| g.ending.is_none());
-        if sleeping.clone().any(|g| g.irq.runnable()) || sleeping.count() == 0 {
+        if woken(guests) {
             return;
         }
         if tsc::passed(deadline) {
