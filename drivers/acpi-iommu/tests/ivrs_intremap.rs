@@ -147,8 +147,5 @@ fn only_the_unit_whose_ivhd_names_no_ioapic_is_doubted() {
     }
     acpi_iommu::sdt::fix_checksum(&mut table);
     assert_eq!(doubts(&table, None), [None, Some(RemapDoubt::NoIoapic)]);
-    assert_eq!(
-        RemapDoubt::NoIoapic.to_string(),
-        "its IVRS lists no IOAPIC"
-    );
+    assert_eq!(RemapDoubt::NoIoapic.to_string(), "its IVRS lists no IOAPIC");
 }

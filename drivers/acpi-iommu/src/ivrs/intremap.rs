@@ -69,7 +69,10 @@ pub fn remapping_doubt(
     if unit.ioapics().next().is_none() {
         return Some(RemapDoubt::NoIoapic);
     }
-    let named = |id: u8| all.iter().any(|h| h.ioapics().any(|(handle, _)| handle == id));
+    let named = |id: u8| {
+        all.iter()
+            .any(|h| h.ioapics().any(|(handle, _)| handle == id))
+    };
     madt_ioapics?
         .iter()
         .find(|id| !named(**id))
