@@ -235,15 +235,33 @@ pub fn vtd(
     })
 }
 
-/// Brings up AMD-Vi from the IVRS table: per IOMMU (the most complete IVHD of each), its
-/// device table sized to the largest requester ID the IVRS or PCI names, the command buffer
-/// and event log, then translation on with every entry blocking.
+/// [`amd_with_madt`] without the MADT: every IVHD must name an IOAPIC of its own.
 pub fn amd(
     ivrs_bytes: &[u8],
     pci: &Enumeration,
     frames: &mut Frames,
 ) -> Result<Discovered<KernelAmd>, String> {
+    amd_with_madt(ivrs_bytes, None, pci, frames)
+}
+
+/// Brings up AMD-Vi from the IVRS table: per IOMMU (the most complete IVHD of each), its
+/// device table sized to the largest requester ID the IVRS or PCI names, the command buffer
+/// and event log, then translation on with every entry blocking. `madt_bytes` (the raw
+/// MADT) lets the interrupt-remapping check also demand that every IOAPIC it lists is
+/// named by some IVHD; unreadable or absent, IOAPICs are assumed and only each IVHD's own
+/// entries are checked.
+pub fn amd_with_madt(
+    ivrs_bytes: &[u8],
+    madt_bytes: Option<&[u8]>,
+    pci: &Enumeration,
+    frames: &mut Frames,
+) -> Result<Discovered<KernelAmd>, String> {
     let ivrs = Ivrs::parse(ivrs_bytes).map_err(|e| format!("IVRS rejected: {e}"))?;
+    let madt_ioapics = madt_bytes.and_then(|m| {
+        acpi_iommu::madt::ioapic_ids(m)
+            .map_err(|e| log::warn!("amd-vi: MADT unreadable ({e}); IOAPICs assumed"))
+            .ok()
+    });
     let found = defects::ivrs_defects(&ivrs);
     for d in &found {
         log::warn!("ivrs: [{}] {} -> {}", d.code, d.message, d.action);
@@ -296,9 +314,8 @@ pub fn amd(
         let blocked =
             amd::block_interrupts_before_enable(&table, &DIRECT_MAP, named.blocked_ids())?;
         // Doubted, the unit's `interrupt_remapping` is false and the core refuses assignment
-        // behind it as on VT-d without IR. The MADT's IOAPIC IDs are not known here (`None`:
-        // IOAPICs assumed), so the check is the IVHD's own IOAPIC entries.
-        let doubt = remapping_doubt(ivhd, &units, None);
+        // behind it as on VT-d without IR.
+        let doubt = remapping_doubt(ivhd, &units, madt_ioapics.as_deref());
         intremap_lines.push(amd_intremap_line(
             Sbdf::new(ivhd.segment, ivhd.iommu_bdf),
             doubt,
