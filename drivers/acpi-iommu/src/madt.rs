@@ -50,18 +50,10 @@ mod tests {
     use super::*;
     use crate::sdt::fix_checksum;
 
-    /// A MADT around `entries`, with a valid header.
+    /// A MADT around `entries`: local APIC address 0xfee00000, flags PCAT_COMPAT.
     fn madt(entries: &[u8]) -> std::vec::Vec<u8> {
-        let mut t = std::vec![0u8; MADT_ENTRIES_OFFSET];
-        t[..4].copy_from_slice(b"APIC");
-        t[8] = 3;
-        t[36..40].copy_from_slice(&0xfee0_0000u32.to_le_bytes());
-        t[40] = 1; // PCAT_COMPAT
-        t.extend_from_slice(entries);
-        let len = t.len() as u32;
-        t[4..8].copy_from_slice(&len.to_le_bytes());
-        fix_checksum(&mut t);
-        t
+        let fixed = [0, 0, 0xe0, 0xfe, 1, 0, 0, 0];
+        crate::sdt::sealed(b"APIC", &[&fixed[..], entries].concat())
     }
 
     /// What QEMU's q35 writes for one CPU: a local APIC, the IOAPIC (ID 0 at 0xfec00000), an
