@@ -1,5 +1,7 @@
 //! From firmware tables to a running IOMMU: which units exist, which unit covers each PCI
-//! function, and which reserved ranges (RMRR) each function needs.
+//! function, which reserved ranges (RMRR) each function needs, and — on AMD-Vi, where no
+//! register says so — whether a unit's interrupt remapping can be relied on (its IVHD must
+//! name the IOAPICs, `acpi_iommu::ivrs::remapping_doubt`).
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
