@@ -14,6 +14,7 @@ extern crate alloc;
 
 mod entry;
 mod facts;
+mod intremap;
 mod ivhd;
 mod ivmd;
 
@@ -25,6 +26,7 @@ pub use entry::{
     SpecialVariety, UidFormat,
 };
 pub use facts::{DeviceFact, DeviceFacts, FactError, FactKind};
+pub use intremap::{remapping_doubt, RemapDoubt};
 pub use ivhd::{IommuInfo, Ivhd, IvhdFlags, IvhdType, IVHD_10H_HEADER_LEN, IVHD_11H_HEADER_LEN};
 pub use ivmd::{Ivmd, IvmdFlags, IvmdType, IVMD_LEN};
 

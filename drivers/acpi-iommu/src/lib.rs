@@ -1,5 +1,5 @@
-//! DMAR and IVRS, the ACPI tables through which firmware describes IOMMUs, and SPCR, which
-//! names the serial console.
+//! DMAR and IVRS, the ACPI tables through which firmware describes IOMMUs, SPCR, which
+//! names the serial console, and the MADT's I/O APICs, which an IVRS must name.
 //!
 //! The `acpi` crate knows neither, and firmware gets both wrong often enough that nothing in a
 //! table is trusted: every length and offset is checked against the bytes actually present
@@ -9,6 +9,7 @@
 
 pub mod dmar;
 pub mod ivrs;
+pub mod madt;
 pub mod reader;
 pub mod sdt;
 pub mod spcr;

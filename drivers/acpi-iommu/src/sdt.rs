@@ -67,18 +67,25 @@ pub fn fix_checksum(table: &mut [u8]) {
     }
 }
 
+/// A table with signature `sig`, `body` after the header, length and checksum set: for the
+/// crate's unit tests.
+#[cfg(test)]
+pub(crate) fn sealed(sig: &[u8; 4], body: &[u8]) -> std::vec::Vec<u8> {
+    let mut t = std::vec![0u8; SDT_HEADER_LEN];
+    t[..4].copy_from_slice(sig);
+    t.extend_from_slice(body);
+    let len = t.len() as u32;
+    t[4..8].copy_from_slice(&len.to_le_bytes());
+    fix_checksum(&mut t);
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn table(sig: &[u8; 4], body: &[u8]) -> std::vec::Vec<u8> {
-        let mut t = std::vec![0u8; SDT_HEADER_LEN];
-        t[..4].copy_from_slice(sig);
-        t.extend_from_slice(body);
-        let len = t.len() as u32;
-        t[4..8].copy_from_slice(&len.to_le_bytes());
-        fix_checksum(&mut t);
-        t
+        sealed(sig, body)
     }
 
     #[test]

@@ -237,3 +237,33 @@ fn qemu_with_no_devices_falls_back_to_select_all() {
     assert!(facts.covering(bdf(0xff, 0x1f, 7)).is_some());
     assert!(facts.covering(bdf(0, 0, 0)).is_some());
 }
+
+/// QEMU names the IOAPIC exactly when `intremap=on`; without it, its amd-iommu does not remap
+/// MSIs whatever the DTE says, and the IVRS shows it: no IOAPIC, remapping doubted.
+#[test]
+fn qemu_without_intremap_lists_no_ioapic_and_its_remapping_is_doubted() {
+    use acpi_iommu::ivrs::{remapping_doubt, RemapDoubt};
+    for qemu9 in [false, true] {
+        for (intremap, want) in [(true, None), (false, Some(RemapDoubt::NoIoapic))] {
+            let table = qemu_ivrs(&q35_devices(), intremap, qemu9);
+            let ivrs = Ivrs::parse(&table).expect("valid");
+            let units = ivrs.selected_ivhds();
+            assert_eq!(units.len(), 1);
+            let ioapics: Vec<_> = units[0].ioapics().collect();
+            let named = if intremap {
+                vec![(0, bdf(0, 0x14, 0))]
+            } else {
+                vec![]
+            };
+            assert_eq!(ioapics, named, "qemu9 {qemu9} intremap {intremap}");
+            // QEMU's MADT has one IOAPIC, ID 0.
+            for madt in [None, Some(&[0u8][..])] {
+                assert_eq!(
+                    remapping_doubt(units[0], &units, madt),
+                    want,
+                    "qemu9 {qemu9} intremap {intremap} madt {madt:?}"
+                );
+            }
+        }
+    }
+}

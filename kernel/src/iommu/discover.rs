@@ -1,5 +1,7 @@
 //! From firmware tables to a running IOMMU: which units exist, which unit covers each PCI
-//! function, and which reserved ranges (RMRR) each function needs.
+//! function, which reserved ranges (RMRR) each function needs, and — on AMD-Vi, where no
+//! register says so — whether a unit's interrupt remapping can be relied on (its IVHD must
+//! name the IOAPICs, `acpi_iommu::ivrs::remapping_doubt`).
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
@@ -7,7 +9,8 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use acpi_iommu::dmar::{covering_unit, ResolvedScope, ResolvedUnit};
-use acpi_iommu::{defects, Dmar, Ivrs};
+use acpi_iommu::ivrs::{remapping_doubt, RemapDoubt};
+use acpi_iommu::{defects, Dmar, Ivhd, Ivrs};
 use lazaret_pci::{Enumeration, HeaderKind};
 use lazaret_types::{Bdf, FrameAllocator, Sbdf, PAGE_SIZE};
 
@@ -49,6 +52,24 @@ fn vtd_intremap_line((entries, without): (u32, usize)) -> String {
         ),
         (_, n) => format!(
             "interrupt remapping: on, {entries} entries, compatibility format blocked; OFF on {n} unit(s): their devices can raise any host interrupt and are not assigned unless intremap=off"
+        ),
+    }
+}
+
+/// The AMD-Vi console line for one IOMMU: on, or OFF with what the IVRS lacks (QEMU's
+/// amd-iommu without `intremap=on` lists no IOAPIC and does not remap MSIs).
+fn amd_intremap_line(
+    iommu: Sbdf,
+    doubt: Option<RemapDoubt>,
+    blocked: usize,
+    passed: u32,
+) -> String {
+    match doubt {
+        None => format!(
+            "interrupt remapping: on (IOMMU {iommu}), per-device tables; {blocked} DeviceID(s) blocked until a device is added, {passed} IOAPIC/HPET ID(s) passed"
+        ),
+        Some(doubt) => format!(
+            "interrupt remapping: OFF on IOMMU {iommu}: {doubt}, the unit may pass every MSI; assignment is refused unless intremap=off"
         ),
     }
 }
@@ -216,15 +237,33 @@ pub fn vtd(
     })
 }
 
-/// Brings up AMD-Vi from the IVRS table: per IOMMU (the most complete IVHD of each), its
-/// device table sized to the largest requester ID the IVRS or PCI names, the command buffer
-/// and event log, then translation on with every entry blocking.
+/// [`amd_with_madt`] without the MADT: every IVHD must name an IOAPIC of its own.
 pub fn amd(
     ivrs_bytes: &[u8],
     pci: &Enumeration,
     frames: &mut Frames,
 ) -> Result<Discovered<KernelAmd>, String> {
+    amd_with_madt(ivrs_bytes, None, pci, frames)
+}
+
+/// Brings up AMD-Vi from the IVRS table: per IOMMU (the most complete IVHD of each), its
+/// device table sized to the largest requester ID the IVRS or PCI names, the command buffer
+/// and event log, then translation on with every entry blocking. `madt_bytes` (the raw
+/// MADT) lets the interrupt-remapping check also demand that every IOAPIC it lists is
+/// named by some IVHD; unreadable or absent, IOAPICs are assumed and only each IVHD's own
+/// entries are checked.
+pub fn amd_with_madt(
+    ivrs_bytes: &[u8],
+    madt_bytes: Option<&[u8]>,
+    pci: &Enumeration,
+    frames: &mut Frames,
+) -> Result<Discovered<KernelAmd>, String> {
     let ivrs = Ivrs::parse(ivrs_bytes).map_err(|e| format!("IVRS rejected: {e}"))?;
+    let madt_ioapics = madt_bytes.and_then(|m| {
+        acpi_iommu::madt::ioapic_ids(m)
+            .map_err(|e| log::warn!("amd-vi: MADT unreadable ({e}); IOAPICs assumed"))
+            .ok()
+    });
     let found = defects::ivrs_defects(&ivrs);
     for d in &found {
         log::warn!("ivrs: [{}] {} -> {}", d.code, d.message, d.action);
@@ -239,11 +278,12 @@ pub fn amd(
     let mut iommu_functions = Vec::new();
     let mut summary = Vec::new();
     let mut intremap_lines = Vec::new();
-    for ivhd in ivrs
+    let units: Vec<&Ivhd<'_>> = ivrs
         .selected_ivhds()
         .into_iter()
         .filter(|h| !ignored.contains(&h.offset))
-    {
+        .collect();
+    for &ivhd in &units {
         let facts = ivhd
             .device_facts()
             .map_err(|e| format!("IVHD at {:#x}: {e}", ivhd.offset))?;
@@ -271,12 +311,18 @@ pub fn amd(
         let table = DeviceTable::new(&DIRECT_MAP, base, max_rid)
             .map_err(|e| format!("device table: {e}"))?;
         let named = named_device_ids(facts.as_slice());
+        // Blocked even on a unit whose remapping is doubted: whatever it does honour of the
+        // DTE then blocks too.
         let blocked =
             amd::block_interrupts_before_enable(&table, &DIRECT_MAP, named.blocked_ids())?;
-        intremap_lines.push(format!(
-            "interrupt remapping: on (IOMMU {}), per-device tables; {blocked} DeviceID(s) blocked until a device is added, {} IOAPIC/HPET ID(s) passed",
+        // Doubted, the unit's `interrupt_remapping` is false and the core refuses assignment
+        // behind it as on VT-d without IR.
+        let doubt = remapping_doubt(ivhd, &units, madt_ioapics.as_deref());
+        intremap_lines.push(amd_intremap_line(
             Sbdf::new(ivhd.segment, ivhd.iommu_bdf),
-            named.special_count()
+            doubt,
+            blocked,
+            named.special_count(),
         ));
         let setup = amd::bring_up(
             regs,
