@@ -237,22 +237,13 @@ pub fn vtd(
     })
 }
 
-/// [`amd_with_madt`] without the MADT: every IVHD must name an IOAPIC of its own.
-pub fn amd(
-    ivrs_bytes: &[u8],
-    pci: &Enumeration,
-    frames: &mut Frames,
-) -> Result<Discovered<KernelAmd>, String> {
-    amd_with_madt(ivrs_bytes, None, pci, frames)
-}
-
 /// Brings up AMD-Vi from the IVRS table: per IOMMU (the most complete IVHD of each), its
 /// device table sized to the largest requester ID the IVRS or PCI names, the command buffer
 /// and event log, then translation on with every entry blocking. `madt_bytes` (the raw
 /// MADT) lets the interrupt-remapping check also demand that every IOAPIC it lists is
 /// named by some IVHD; unreadable or absent, IOAPICs are assumed and only each IVHD's own
 /// entries are checked.
-pub fn amd_with_madt(
+pub fn amd(
     ivrs_bytes: &[u8],
     madt_bytes: Option<&[u8]>,
     pci: &Enumeration,

@@ -45,7 +45,7 @@ pub fn bring_up(
             intremap,
         )),
         (None, Some(ivrs)) => Passthrough::Amd(quarantine_all(
-            discover::amd(ivrs, pci, frames)?,
+            discover::amd(ivrs, platform.raw_table(b"APIC"), pci, frames)?,
             pci,
             frames,
             mode,
