@@ -167,6 +167,7 @@ fn all_pass_but_the_window_defect(out: &Outcome, iommu: &str) {
         "guest-interrupts",
         "rogue-irq-stopped",
         "guest-destroyed",
+        "all-back-in-quarantine",
     ] {
         assert!(
             results.iter().any(|r| r.name == name),
@@ -203,6 +204,8 @@ on_every_qemu! {
             let stopped = out.results().into_iter().find(|r| r.name == "rogue-irq-stopped");
             assert!(
                 stopped.is_some_and(|r| r.details.contains("Lazaret refused 3;")
+                    && r.details.contains("took 2 host interrupt(s)")
+                    && r.details.contains("raised 2 and delivered 2;")
                     && r.details.contains("exited with status 0x10")),
                 "{iommu}\n{}",
                 out.transcript()

@@ -39,13 +39,50 @@ pub fn before_run() -> Counts {
     taken_snapshot()
 }
 
-/// The check, RESULT `rogue-irq-stopped`. `amd` picks which QEMU defect the sentence names.
-pub fn check(g: &Guest<SvmVcpu>, before: &Counts, amd: bool, checks: &mut Checks) -> bool {
-    // An interrupt still pending at the local APIC arrived during the run too.
-    take_pending_interrupts();
-    let after = taken_snapshot();
-    let own: Vec<u8> = g.irq.routes().iter().map(|r| r.host_vector).collect();
-    let foreign: Vec<(u8, u64)> = (32..=255u8)
+/// What the host saw of one rogue-irq run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Seen {
+    /// It ended by its own HC_EXIT with the "done trying" status.
+    exited: bool,
+    refused: u64,
+    /// Host interrupts on its route's vector(s), passed to its virtual LAPIC.
+    routed: u64,
+    raised: u64,
+    delivered: u64,
+    /// (vector, interrupts) on host vectors outside its route during its run.
+    foreign: Vec<(u8, u64)>,
+}
+
+impl Seen {
+    fn all_refused(&self) -> bool {
+        self.refused == FORGED_REQUESTS
+    }
+
+    /// Its vLAPIC raised and delivered exactly what its route's host interrupts brought: one
+    /// per legal raise.
+    fn only_own(&self) -> bool {
+        self.routed == LEGAL_RAISES && self.raised == self.routed && self.delivered == self.raised
+    }
+
+    fn stopped(&self) -> bool {
+        self.exited && self.all_refused() && self.only_own() && self.foreign.is_empty()
+    }
+
+    /// Failed only by what QEMU's IOMMUs pass: interrupts on the window DMA's vector alone, at
+    /// most one per write, with everything else held.
+    fn only_qemu_window(&self) -> bool {
+        let window = |&(v, n): &(u8, u64)| v == WINDOW_VECTOR && n <= WINDOW_WRITES;
+        self.exited
+            && self.all_refused()
+            && self.only_own()
+            && !self.foreign.is_empty()
+            && self.foreign.iter().all(window)
+    }
+}
+
+/// Vectors 32–255 but the spurious one and `own` that took interrupts between two snapshots.
+fn foreign(before: &Counts, after: &Counts, own: &[u8]) -> Vec<(u8, u64)> {
+    (32..=255u8)
         .filter(|v| *v != SPURIOUS && !own.contains(v))
         .map(|v| {
             (
@@ -54,45 +91,164 @@ pub fn check(g: &Guest<SvmVcpu>, before: &Counts, amd: bool, checks: &mut Checks
             )
         })
         .filter(|(_, n)| *n > 0)
-        .collect();
+        .collect()
+}
+
+/// The check, RESULT `rogue-irq-stopped`. `amd` picks which QEMU defect the sentence names.
+pub fn check(g: &Guest<SvmVcpu>, before: &Counts, amd: bool, checks: &mut Checks) -> bool {
+    // An interrupt still pending at the local APIC arrived during the run too.
+    take_pending_interrupts();
+    let after = taken_snapshot();
+    let own: Vec<u8> = g.irq.routes().iter().map(|r| r.host_vector).collect();
     let v = g.irq.vlapic.counts();
-    let routed = g.irq.host_interrupts;
-    let refused = g.irq.refused;
-    let exited = g.ending == Some(Ending::Exited(GuestExit::RogueDmaTried.code()));
-    let all_refused = refused == FORGED_REQUESTS;
-    let only_own = routed == LEGAL_RAISES && v.raised == routed && v.delivered == v.raised;
-    let qemu_window = !foreign.is_empty()
-        && foreign
-            .iter()
-            .all(|&(vec, n)| vec == WINDOW_VECTOR && n <= WINDOW_WRITES);
+    let seen = Seen {
+        exited: g.ending == Some(Ending::Exited(GuestExit::RogueDmaTried.code())),
+        refused: g.irq.refused,
+        routed: g.irq.host_interrupts,
+        raised: v.raised,
+        delivered: v.delivered,
+        foreign: foreign(before, &after, &own),
+    };
     let said = g
         .ending
         .as_ref()
         .map_or_else(|| String::from("still running"), |e| alloc::format!("{e}"));
     let mut hit = String::new();
-    for (vec, n) in &foreign {
+    for (vec, n) in &seen.foreign {
         let _ = write!(hit, " {n} on {vec:#x}");
     }
     if hit.is_empty() {
         hit.push_str(" none");
     }
-    let defect = match (qemu_window && exited && all_refused && only_own, amd) {
+    let mut own_vectors = String::new();
+    for h in &own {
+        let _ = write!(own_vectors, " {h:#x}");
+    }
+    let defect = match (seen.only_qemu_window(), amd) {
         (false, _) => "",
         (true, true) => " (its DMA into the window: QEMU's amd-iommu takes device DMA without a requester ID as the IOAPIC's, whose interrupts pass: a QEMU defect; hardware tags it with the device's requester ID)",
         (true, false) => " (its DMA into the window: QEMU's intel-iommu passes the compatibility-format write, source ID 0xffff, on: a QEMU defect; hardware blocks it, fault 0x25)",
     };
     checks.check(
         "rogue-irq-stopped",
-        exited && all_refused && only_own && foreign.is_empty(),
+        seen.stopped(),
         format_args!(
-            "guest {} {said}; of its {FORGED_REQUESTS} forged MSI requests (another CPU, an exception vector, outside the interrupt window) Lazaret refused {refused}; its own route (host vector{}) took {routed} host interrupt(s) for its {LEGAL_RAISES} legal raises, and its virtual LAPIC raised {} and delivered {}; host vectors outside its route that took interrupts during its run:{hit}{defect}; Lazaret carries on",
-            g.spec.name,
-            own.iter().fold(String::new(), |mut s, h| {
-                let _ = write!(s, " {h:#x}");
-                s
-            }),
-            v.raised,
-            v.delivered,
+            "guest {} {said}; of its {FORGED_REQUESTS} forged MSI requests (another CPU, an exception vector, outside the interrupt window) Lazaret refused {}; its own route (host vector{own_vectors}) took {} host interrupt(s) for its {LEGAL_RAISES} legal raises, and its virtual LAPIC raised {} and delivered {}; host vectors outside its route that took interrupts during its run:{hit}{defect}; Lazaret carries on",
+            g.spec.name, seen.refused, seen.routed, seen.raised, seen.delivered,
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held() -> Seen {
+        Seen {
+            exited: true,
+            refused: 3,
+            routed: 2,
+            raised: 2,
+            delivered: 2,
+            foreign: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn stopped_only_when_every_part_held() {
+        assert!(held().stopped());
+        let broken = [
+            Seen {
+                exited: false,
+                ..held()
+            },
+            Seen {
+                refused: 2,
+                ..held()
+            },
+            Seen {
+                refused: 4,
+                ..held()
+            },
+            Seen {
+                routed: 3,
+                raised: 3,
+                delivered: 3,
+                ..held()
+            },
+            Seen {
+                raised: 3,
+                ..held()
+            },
+            Seen {
+                delivered: 1,
+                ..held()
+            },
+            Seen {
+                foreign: alloc::vec![(0x30, 1)],
+                ..held()
+            },
+        ];
+        for s in broken {
+            assert!(!s.stopped(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_qemu_window_defect_is_exactly_the_window_vector_with_all_else_held() {
+        assert!(!held().only_qemu_window(), "nothing to excuse");
+        assert!(Seen {
+            foreign: alloc::vec![(0x30, 1)],
+            ..held()
+        }
+        .only_qemu_window());
+        assert!(Seen {
+            foreign: alloc::vec![(0x30, 2)],
+            ..held()
+        }
+        .only_qemu_window());
+        for s in [
+            Seen {
+                foreign: alloc::vec![(0x30, 3)],
+                ..held()
+            },
+            Seen {
+                foreign: alloc::vec![(0x31, 1)],
+                ..held()
+            },
+            Seen {
+                foreign: alloc::vec![(0x30, 1), (0x80, 1)],
+                ..held()
+            },
+            Seen {
+                foreign: alloc::vec![(0x30, 1)],
+                refused: 2,
+                ..held()
+            },
+            Seen {
+                foreign: alloc::vec![(0x30, 1)],
+                delivered: 3,
+                ..held()
+            },
+            Seen {
+                foreign: alloc::vec![(0x30, 1)],
+                exited: false,
+                ..held()
+            },
+        ] {
+            assert!(!s.only_qemu_window(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn foreign_vectors_leave_out_the_route_the_spurious_vector_and_exceptions() {
+        let before = [5u64; 256];
+        let mut after = before;
+        for v in [0x0e, 0x30, 0x81, 0x90, 0xff] {
+            after[v] += 1;
+        }
+        after[0x90] += 1;
+        assert_eq!(foreign(&before, &after, &[0x81]), [(0x30, 1), (0x90, 2)]);
+        assert_eq!(foreign(&before, &before, &[]), []);
+    }
 }
