@@ -12,7 +12,7 @@ use lazaret_guest_abi::interrupts::{
     X2APIC_SVR, X2APIC_TPR,
 };
 
-use crate::{Platform, DMA_TIMEOUT_TICKS};
+use crate::{HandlerRecord, Platform, DMA_TIMEOUT_TICKS};
 
 /// Halts one wait may take before it gives up even if the TSC says there is time left (a TSC
 /// that stands still must not make the wait endless). Each HLT ends with an interrupt or
@@ -73,13 +73,32 @@ impl fmt::Display for NoInterrupt {
 
 /// Sleeps in `sti; hlt` until the DMA-completion handler has run since its count was
 /// `before` (read before the DMA started, so an early interrupt is not missed); returns the
-/// halts it took. The count is checked with interrupts off before every halt, and STI's shadow
-/// keeps an interrupt that arrives after the check pending into the HLT.
+/// halts it took.
 pub fn wait_for_dma_interrupt<P: Platform>(p: &P, before: u64) -> Result<u32, NoInterrupt> {
+    wait_until(p, |r| r.dma_done != before)
+}
+
+/// Sleeps in `sti; hlt` until the handlers' record differs from `before` on any vector (the
+/// rogue-irq variant, whose legal messages may name a vector other than the DMA-done one).
+pub fn wait_for_any_interrupt<P: Platform>(
+    p: &P,
+    before: HandlerRecord,
+) -> Result<u32, NoInterrupt> {
+    wait_until(p, |r| {
+        r.dma_done != before.dma_done || r.unexpected != before.unexpected
+    })
+}
+
+/// The bounded wait both use: `moved` is checked with interrupts off before every halt, and
+/// STI's shadow keeps an interrupt that arrives after the check pending into the HLT.
+fn wait_until<P: Platform>(
+    p: &P,
+    moved: impl Fn(&HandlerRecord) -> bool,
+) -> Result<u32, NoInterrupt> {
     let start = p.rdtsc();
     let mut halts = 0;
     loop {
-        if p.handler_record().dma_done != before {
+        if moved(&p.handler_record()) {
             return Ok(halts);
         }
         let ticks = p.rdtsc().wrapping_sub(start);

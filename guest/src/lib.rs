@@ -125,5 +125,6 @@ pub fn run<P: Platform>(p: &P, env: Env) -> GuestExit {
         Variant::RogueMmio => g.rogue_mmio(),
         Variant::Crash => g.crash(),
         Variant::DmaStorm => g.dma_storm(),
+        Variant::RogueIrq => g.rogue_irq(),
     }
 }

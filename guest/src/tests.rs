@@ -19,6 +19,7 @@ use lazaret_types::{Bdf, Mmio, PhysAddr, PhysMem, Sbdf};
 use crate::{run, Console, Env, HandlerRecord, Platform, DMA_LEN};
 
 mod irq;
+mod rogue_irq;
 
 const MEMORY: u64 = DEFAULT_MEMORY_SIZE;
 const IMAGE_END: u64 = IMAGE_BASE_GPA + 0x9800;
@@ -32,6 +33,8 @@ struct Fake<'a> {
     ram: &'a SimMemory,
     edu: &'a SimEdu<'a>,
     edu_reads: &'a Cell<u64>,
+    /// MSI enables and edu interrupt raises, in the order the guest made them.
+    events: &'a RefCell<Vec<Event>>,
     lines: RefCell<Vec<String>>,
     tsc: Cell<u64>,
     tsc_step: u64,
@@ -66,6 +69,15 @@ struct Fake<'a> {
     vbus: Option<(RefCell<VirtualBus>, Sbdf)>,
 }
 
+/// What the guest did to its device's interrupts, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    /// MSI Enable written as 1 with this Message Address and Data.
+    MsiOn { address: u64, data: u16 },
+    /// A write to edu's IRQ_RAISE (0x60).
+    Raise,
+}
+
 /// What the fake Lazaret does with edu's MSI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Delivery {
@@ -90,7 +102,7 @@ const APIC_EXTD: u64 = 1 << 10;
 const APIC_SW_ENABLE: u64 = 1 << 8;
 
 /// edu's registers, with a watchdog: an unbounded poll panics instead of hanging the test.
-struct Watched<'a>(&'a SimEdu<'a>, &'a Cell<u64>);
+struct Watched<'a>(&'a SimEdu<'a>, &'a Cell<u64>, &'a RefCell<Vec<Event>>);
 
 impl Watched<'_> {
     fn tick(&self) {
@@ -105,6 +117,9 @@ impl Mmio for Watched<'_> {
         self.0.read32(offset)
     }
     fn write32(&self, offset: usize, value: u32) {
+        if offset == lazaret_edu::regs::IRQ_RAISE {
+            self.2.borrow_mut().push(Event::Raise);
+        }
         self.0.write32(offset, value)
     }
     fn read64(&self, offset: usize) -> u64 {
@@ -177,7 +192,7 @@ impl<'a> Platform for Fake<'a> {
 
     fn bar(&self, gpa: u64) -> Self::Bar {
         self.bars.borrow_mut().push(gpa);
-        Watched(self.edu, self.edu_reads)
+        Watched(self.edu, self.edu_reads, self.events)
     }
 
     fn forbidden_read32(&self, gpa: u64) -> u32 {
@@ -341,6 +356,13 @@ impl Fake<'_> {
         let mut regs = self.msi_of(at);
         regs[usize::from(rel / 4)] = value;
         self.msi.borrow_mut().insert(at, regs);
+        if rel == 0 && value & MSI_ENABLE != 0 {
+            if let Some((_, address, data)) = self.guest_msi() {
+                self.events
+                    .borrow_mut()
+                    .push(Event::MsiOn { address, data });
+            }
+        }
     }
 
     /// (enabled, address, data) of the guest's MSI on the one edu-like function with MSI.
@@ -438,6 +460,7 @@ fn fake<'a>(
         ram,
         edu,
         edu_reads: Box::leak(Box::new(Cell::new(0))),
+        events: Box::leak(Box::new(RefCell::new(Vec::new()))),
         lines: RefCell::new(Vec::new()),
         tsc: Cell::new(0x1234_5678),
         tsc_step: 1_000,

@@ -13,6 +13,8 @@ use crate::paging::{self, PagePool};
 use crate::pci::{self, Config, Function, MemoryBar};
 use crate::{Console, Platform, Scratch, DMA_LEN, DMA_TIMEOUT_TICKS};
 
+mod rogue_irq;
+
 /// How many faulting DMAs *dma-storm* issues before it gives up waiting to be stopped.
 pub const STORM_DMAS: u32 = 256;
 

@@ -1,5 +1,5 @@
 //! The guest command line (guest contract): space-separated `key=value` pairs,
-//! `variant=good|rogue-dma|rogue-mmio|crash|dma-storm` (default good), `other=0xHPA`, `iommu=0xHPA`.
+//! `variant=good|rogue-dma|rogue-mmio|crash|dma-storm|rogue-irq` (default good), `other=0xHPA`, `iommu=0xHPA`.
 //! Unknown keys, repeated keys and bad values are errors the guest reports rather than
 //! guesses past. (The module string that names a guest image is the kernel's:
 //! `kernel/src/guest/spec.rs`.)
@@ -22,6 +22,10 @@ pub enum Variant {
     /// DMA past its RAM again and again: Lazaret must stop it once its device crosses the
     /// fault threshold.
     DmaStorm,
+    /// Asks for MSIs Lazaret must refuse (another CPU, an exception vector, an address outside
+    /// the interrupt window), then legal ones, and DMAs into the interrupt window: only its
+    /// own route's interrupts may reach it, and none a host vector.
+    RogueIrq,
 }
 
 impl Variant {
@@ -32,6 +36,7 @@ impl Variant {
             Variant::RogueMmio => "rogue-mmio",
             Variant::Crash => "crash",
             Variant::DmaStorm => "dma-storm",
+            Variant::RogueIrq => "rogue-irq",
         }
     }
 
@@ -42,6 +47,7 @@ impl Variant {
             Variant::RogueMmio,
             Variant::Crash,
             Variant::DmaStorm,
+            Variant::RogueIrq,
         ]
         .into_iter()
         .find(|v| v.name() == s)
@@ -143,10 +149,21 @@ mod tests {
         assert_eq!(a.variant, Variant::RogueDma);
         assert_eq!(a.other, Some(0x123_4000));
         assert_eq!(a.iommu, Some(0xfed9_0000));
-        for v in ["good", "rogue-dma", "rogue-mmio", "crash"] {
+        for v in [
+            "good",
+            "rogue-dma",
+            "rogue-mmio",
+            "crash",
+            "dma-storm",
+            "rogue-irq",
+        ] {
             let line = format!("variant={v}");
             assert_eq!(GuestArgs::parse(&line).unwrap().variant.name(), v);
         }
+        assert_eq!(
+            GuestArgs::parse("variant=rogue-irq").unwrap().variant,
+            Variant::RogueIrq
+        );
         assert_eq!(GuestArgs::parse("other=4096").unwrap().other, Some(4096));
     }
 

@@ -151,6 +151,12 @@ pub fn interrupts_taken(vector: u8) -> u64 {
     TAKEN[usize::from(vector)].load(Ordering::SeqCst)
 }
 
+/// Interrupts taken on every vector since boot, by vector: compare two to see what arrived
+/// in between.
+pub fn taken_snapshot() -> [u64; 256] {
+    core::array::from_fn(|v| TAKEN[v].load(Ordering::SeqCst))
+}
+
 /// The TSC at which `vector` was last taken (0: never).
 pub fn last_taken_at(vector: u8) -> u64 {
     TAKEN_AT[usize::from(vector)].load(Ordering::SeqCst)

@@ -24,6 +24,7 @@ use super::groups;
 use super::guest_interrupts;
 use super::memory::{fresh_pattern, read_page};
 use super::quarantine_dma::DMA_LEN;
+use super::rogue_irq;
 use super::story::{phase, say, Table};
 use crate::arch::tsc;
 use crate::domain::DomainId;
@@ -457,6 +458,7 @@ fn rogue_guest<V: Inspect>(
     let Some(mut g) = start(hv, svm, p, checks) else {
         return;
     };
+    let irq_before = rogue_irq::before_run();
     let report = run_all(hv, core::slice::from_mut(&mut g));
     let ending = g.ending.clone();
     let name = String::from(g.spec.name.as_str());
@@ -535,6 +537,7 @@ fn rogue_guest<V: Inspect>(
                 ),
             )
         }
+        Variant::RogueIrq => rogue_irq::check(&g, &irq_before, is_amd(hv), checks),
         Variant::Good => false,
     };
     tallies.push(finish(hv, svm, g, &report.faults, checks));

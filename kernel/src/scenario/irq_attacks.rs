@@ -19,7 +19,7 @@ use lazaret_types::{PhysMem, Sbdf};
 
 use super::checks::{Checks, YesNo};
 use super::edu::{self, EduDevice};
-use crate::arch::idt::{interrupts_taken, take_pending_interrupts};
+use crate::arch::idt::{take_pending_interrupts, taken_snapshot};
 use crate::arch::lapic::SPURIOUS;
 use crate::arch::mmio::MmioRegion;
 use crate::arch::percpu::this_apic_id;
@@ -325,7 +325,7 @@ fn reassigned<V: Inspect>(
     };
     // The old message, still in the device: the first guest's entry must be blocked.
     program_msi(cfg, dev.sbdf, msi, message);
-    let before = snapshot();
+    let before = taken_snapshot();
     raise_and_count(dev, SPURIOUS);
     let (stale, stale_any) = delta(before, HOST_VECTOR);
     let target = InterruptTarget {
@@ -484,7 +484,7 @@ fn program_msi(cfg: &dyn ConfigSpace, sbdf: Sbdf, cap: u16, m: MsiAddress) {
 /// Raises edu's interrupt once, opens an interrupt window, acknowledges it at the device;
 /// returns (interrupts on `vector`, interrupts on every other vector but the spurious one).
 fn raise_and_count(d: &EduDevice, vector: u8) -> (u64, u64) {
-    let before = snapshot();
+    let before = taken_snapshot();
     d.edu.raise_interrupt(CAUSE);
     take_pending_interrupts();
     d.edu.ack_interrupt(CAUSE);
@@ -496,7 +496,7 @@ fn raise_and_count(d: &EduDevice, vector: u8) -> (u64, u64) {
 /// in the interrupt window; returns whether the DMA completed and how many interrupts arrived
 /// on any vector.
 fn dma_into_window(d: &EduDevice, target: u64) -> (bool, u64) {
-    let before = snapshot();
+    let before = taken_snapshot();
     let done = d.edu.dma_to_ram(target, 0, 4, edu::deadline()).is_ok();
     take_pending_interrupts();
     (done, delta(before, SPURIOUS).1)
@@ -504,17 +504,9 @@ fn dma_into_window(d: &EduDevice, target: u64) -> (bool, u64) {
 
 type Counts = [u64; 256];
 
-fn snapshot() -> Counts {
-    let mut c = [0; 256];
-    for (v, n) in c.iter_mut().enumerate() {
-        *n = interrupts_taken(v as u8);
-    }
-    c
-}
-
 /// (new interrupts on `vector`, new interrupts on the other device vectors but spurious).
 fn delta(before: Counts, vector: u8) -> (u64, u64) {
-    let now = snapshot();
+    let now = taken_snapshot();
     let new = |v: usize| now[v] - before[v];
     let others = (32..256)
         .filter(|&v| v != usize::from(vector) && v != usize::from(SPURIOUS))

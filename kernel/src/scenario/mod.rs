@@ -12,6 +12,7 @@ mod irq_attacks;
 mod memory;
 mod quarantine_dma;
 mod reassign;
+mod rogue_irq;
 pub mod story;
 mod vcpu_smoke;
 
