@@ -408,6 +408,14 @@ mod tests {
         let mut regs = GuestRegs {
             rax: HC_CONSOLE_WRITE,
             rdi: 0x4000,
+            rsi: CONSOLE_WRITE_MAX as u64,
+            ..Default::default()
+        };
+        handle(&Exit::Hypercall, &mut regs, &mut env);
+        assert_eq!(regs.rax, HC_OK, "exactly the maximum is accepted");
+        let mut regs = GuestRegs {
+            rax: HC_CONSOLE_WRITE,
+            rdi: 0x4000,
             rsi: 257,
             ..Default::default()
         };
@@ -415,7 +423,7 @@ mod tests {
         assert_eq!(regs.rax, HC_ERROR_TOO_LONG);
         assert_eq!(
             env.console.len(),
-            1,
+            2,
             "refused writes never reach the console"
         );
         let mut regs = GuestRegs {

@@ -113,15 +113,20 @@ impl GuestInterrupts {
     /// Host interrupts taken since the last call raise the routed guest vectors. Returns
     /// whether any did.
     pub fn collect(&mut self) -> bool {
+        self.collect_from(&|v| (interrupts_taken(v), last_taken_at(v)))
+    }
+
+    /// [`Self::collect`] over `taken(host vector)` = (interrupts taken so far, TSC of the last).
+    fn collect_from(&mut self, taken: &dyn Fn(u8) -> (u64, u64)) -> bool {
         let mut any = false;
         for r in &mut self.routes {
-            let taken = interrupts_taken(r.host_vector);
-            if taken == r.seen {
+            let (count, at) = taken(r.host_vector);
+            if count == r.seen {
                 continue;
             }
-            self.host_interrupts += taken.wrapping_sub(r.seen);
-            r.seen = taken;
-            r.taken_at = last_taken_at(r.host_vector);
+            self.host_interrupts += count.wrapping_sub(r.seen);
+            r.seen = count;
+            r.taken_at = at;
             if let Some(v) = r.guest_vector {
                 any |= self.vlapic.raise(v);
             }
@@ -321,12 +326,8 @@ mod tests {
     fn latency_is_one_sample_per_host_interrupt() {
         let mut irq = GuestInterrupts::default();
         irq.routes.push(MsiRoute {
-            sbdf: Sbdf::new(0, lazaret_types::Bdf::new(0, 3, 0).unwrap()),
-            host_vector: 0x80,
-            guest_vector: Some(0x50),
-            message: None,
-            seen: 0,
             taken_at: 1000,
+            ..route(0x80, Some(0x50), 0)
         });
         irq.stamp(1500, 0x51);
         assert_eq!(irq.latency.samples, 0, "another vector");
@@ -350,6 +351,154 @@ mod tests {
         irq.routes[0].taken_at = 3000;
         irq.stamp(3200, 0x50);
         assert_eq!((irq.latency.min, irq.latency.max), (200, 500));
+    }
+
+    fn route(host_vector: u8, guest_vector: Option<u8>, seen: u64) -> MsiRoute {
+        MsiRoute {
+            sbdf: Sbdf::new(0, lazaret_types::Bdf::new(0, 3, 0).unwrap()),
+            host_vector,
+            guest_vector,
+            message: None,
+            seen,
+            taken_at: 0,
+        }
+    }
+
+    #[test]
+    fn host_interrupts_raise_only_their_routes_guest_vector() {
+        let mut irq = GuestInterrupts::default();
+        irq.routes.push(route(0x80, Some(0x50), 1));
+        irq.routes.push(route(0x81, None, 0));
+        let taken = |v: u8| match v {
+            0x80 => (3, 1000),
+            0x81 => (1, 2000),
+            _ => (7, 9),
+        };
+        assert!(irq.collect_from(&taken));
+        assert_eq!(
+            irq.host_interrupts, 3,
+            "two on 0x80 since seen, one on 0x81"
+        );
+        assert_eq!(irq.vlapic.pending(), Some(0x50));
+        assert_eq!(
+            irq.vlapic.counts().raised,
+            1,
+            "coalesced, and 0x81 routes nowhere"
+        );
+        assert_eq!(irq.routes[0].taken_at, 1000);
+        irq.vlapic.accept(0x50);
+        assert!(!irq.collect_from(&taken), "nothing new");
+        assert_eq!(irq.host_interrupts, 3);
+        assert_eq!(irq.vlapic.pending(), None);
+        irq.stamp(1500, 0x50);
+        assert_eq!(
+            irq.latency.samples, 1,
+            "the stamp starts from the collected TSC"
+        );
+        assert_eq!(irq.latency.min, 500);
+    }
+
+    /// A vCPU that takes an injection only when told to.
+    struct FakeVcpu {
+        takes: bool,
+        injected: Vec<u8>,
+        regs: crate::vcpu::GuestRegs,
+        counts: crate::vcpu::ExitCounts,
+    }
+
+    impl Vcpu for FakeVcpu {
+        fn run(&mut self) -> crate::vcpu::Exit {
+            crate::vcpu::Exit::Hlt
+        }
+        fn regs(&self) -> &crate::vcpu::GuestRegs {
+            &self.regs
+        }
+        fn regs_mut(&mut self) -> &mut crate::vcpu::GuestRegs {
+            &mut self.regs
+        }
+        fn rip(&self) -> u64 {
+            0
+        }
+        fn rsp(&self) -> u64 {
+            0
+        }
+        fn complete(&mut self, _: Option<u32>) -> Result<(), crate::vcpu::VcpuError> {
+            Ok(())
+        }
+        fn inject_exception(&mut self, _: u8, _: u32) -> Result<(), crate::vcpu::VcpuError> {
+            Ok(())
+        }
+        fn exit_counts(&self) -> &crate::vcpu::ExitCounts {
+            &self.counts
+        }
+        fn interrupts_enabled(&self) -> bool {
+            self.takes
+        }
+        fn inject_interrupt(&mut self, vector: u8) -> Result<bool, crate::vcpu::VcpuError> {
+            self.injected.push(vector);
+            Ok(self.takes)
+        }
+    }
+
+    #[test]
+    fn an_offered_interrupt_is_in_service_only_once_the_vcpu_took_it() {
+        let mut vcpu = FakeVcpu {
+            takes: false,
+            injected: Vec::new(),
+            regs: Default::default(),
+            counts: Default::default(),
+        };
+        let mut irq = GuestInterrupts::default();
+        irq.offer(&mut vcpu);
+        assert!(vcpu.injected.is_empty(), "nothing pending, nothing offered");
+        irq.vlapic.raise(0x50);
+        irq.offer(&mut vcpu);
+        assert_eq!(irq.vlapic.pending(), Some(0x50), "refused: still requested");
+        vcpu.takes = true;
+        irq.offer(&mut vcpu);
+        assert_eq!(vcpu.injected, [0x50, 0x50]);
+        assert_eq!(irq.vlapic.pending(), None);
+        assert_eq!(irq.vlapic.counts().delivered, 1);
+    }
+
+    #[test]
+    fn latencies_add_up_across_guests() {
+        let mut total = Latency::default();
+        assert_eq!(total.mean(), None);
+        total.add(&Latency::default());
+        assert_eq!(
+            total,
+            Latency::default(),
+            "an empty sample set changes nothing"
+        );
+        let a = Latency {
+            samples: 2,
+            min: 100,
+            max: 300,
+            sum: 400,
+        };
+        let b = Latency {
+            samples: 1,
+            min: 50,
+            max: 60,
+            sum: 60,
+        };
+        total.add(&a);
+        assert_eq!(total, a);
+        total.add(&b);
+        assert_eq!(
+            total,
+            Latency {
+                samples: 3,
+                min: 50,
+                max: 300,
+                sum: 460
+            }
+        );
+        assert_eq!(total.mean(), Some(153));
+        let mut c = b;
+        c.add(&a);
+        assert_eq!((c.min, c.max), (50, 300));
     }
 
     #[test]
