@@ -555,13 +555,21 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
         self.program_irte(unit, irq, entry, None).map(drop)
     }
 
-    fn block_all_interrupts(
+    fn block_interrupts(
         &mut self,
         _held: &LockHeld,
         unit: usize,
+        batch: &mut SwitchBatch,
         irq: &VtdInterrupts,
     ) -> Result<(), IommuError> {
-        self.block_irte_range(unit, irq.range)
+        let tm = self.tm();
+        let Some(table) = self.unit(unit)?.interrupts.as_ref() else {
+            return Ok(());
+        };
+        // Invalidated even if a store failed: what did get blocked must not stay cached.
+        let blocked = table.block_range(tm, irq.range).map_err(intremap_error);
+        batch.interrupt_entries_changed(irq.range.scope());
+        blocked
     }
 
     fn free_interrupts(

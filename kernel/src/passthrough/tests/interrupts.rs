@@ -13,7 +13,6 @@ use super::fixture::*;
 use crate::cmdline::QuarantineMode;
 use crate::mm::heap::counting::heap_allocations_during;
 use crate::passthrough::faults::THRESHOLD;
-use crate::passthrough::interrupts::block_group_interrupts;
 use crate::passthrough::iommu::{FaultKind, InterruptTarget};
 use crate::passthrough::{self, PassthroughError};
 
@@ -181,13 +180,14 @@ fn blocking_a_group_on_quarantine_allocates_no_heap_and_no_frames() {
     for i in [3, 4] {
         passthrough::program_interrupt(&mut g, dom, cast(i).sbdf, 0, TARGET).unwrap();
     }
-    let group = g.state().group_of(cast(3).sbdf);
     let attempts = alloc.allocation_attempts();
-    let ((), heap) = heap_allocations_during(|| {
-        let (held, s) = g.split();
-        block_group_interrupts(held, s, &group)
-    });
-    assert_eq!(heap, 0, "blocking interrupts allocated on the heap");
+    let leader = cast(3).sbdf;
+    let (report, heap) =
+        heap_allocations_during(|| passthrough::deassign(&mut g, dom, leader).unwrap());
+    assert_eq!(
+        heap, 0,
+        "deassign (blocking interrupts) allocated on the heap"
+    );
     assert_eq!(
         alloc.allocation_attempts(),
         attempts,
@@ -196,9 +196,63 @@ fn blocking_a_group_on_quarantine_allocates_no_heap_and_no_frames() {
     for rid in cast(3).rids.iter().chain(&cast(4).rids) {
         assert_eq!(delivering_indices(&sim, *rid), [], "{rid}");
     }
-    // The whole deassign allocates no frames either.
-    passthrough::deassign(&mut g, dom, cast(3).sbdf).unwrap();
-    assert_eq!(alloc.allocation_attempts(), attempts);
+    assert_eq!(report.cost.waits, 1, "the whole group in one wait");
+}
+
+/// Descriptor type 4 (§6.5.2.7), decoded here from the spec.
+fn is_iec(d: u128) -> bool {
+    d as u64 & 0xf == 4
+}
+
+/// Wait descriptor (type 5, §6.5.2.8).
+fn is_wait(d: u128) -> bool {
+    d as u64 & 0xf == 5
+}
+
+#[test]
+fn deassign_and_destroy_block_interrupts_in_the_switch_batch_with_one_wait() {
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let dev = cast(0);
+    add(&mut g, &mut alloc, &dev).unwrap();
+    for destroy in [false, true] {
+        let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 8).unwrap();
+        passthrough::assign(&mut g, &mut alloc, dom, dev.sbdf).unwrap();
+        let msi = passthrough::program_interrupt(&mut g, dom, dev.sbdf, 0, TARGET).unwrap();
+        assert!(sim.msi(dev.rids[0], msi.address, msi.data).is_ok());
+        let before = sim.effects().len();
+        let report = if destroy {
+            passthrough::destroy_domain(&mut g, &mut alloc, dom).unwrap();
+            None
+        } else {
+            Some(passthrough::deassign(&mut g, dom, dev.sbdf).unwrap())
+        };
+        let effects = sim.effects()[before..].to_vec();
+        let iec = effects.iter().filter(|d| is_iec(**d)).count();
+        assert_eq!(iec, 1, "one IEC descriptor: {effects:x?}");
+        // The switch batch: context, fence, IOTLB and IEC, final wait (destroy then flushes
+        // the guest's domain ID in a batch of its own): at most the fence precedes the IEC.
+        let at = effects.iter().position(|d| is_iec(*d)).unwrap();
+        let waits_before = effects[..at].iter().filter(|d| is_wait(**d)).count();
+        assert!(
+            waits_before <= 1,
+            "the IEC descriptor rides in the switch batch: {effects:x?}"
+        );
+        if let Some(r) = report {
+            assert_eq!(
+                (r.cost.descriptors, r.cost.waits, r.cost.mmio_writes),
+                (3, 1, 1),
+                "context + IOTLB + IEC, one wait, one doorbell"
+            );
+        }
+        assert_eq!(
+            sim.msi(dev.rids[0], msi.address, msi.data)
+                .map_err(|f| f.reason),
+            Err(0x22)
+        );
+    }
 }
 
 #[test]
