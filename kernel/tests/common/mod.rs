@@ -33,6 +33,12 @@ pub trait Vendor {
     fn set_dma_during_invalidation(sim: &Self::Sim, dma: Option<(Bdf, u64, bool)>);
     /// Where those DMAs landed since the last call.
     fn take_dmas_during_invalidation(sim: &Self::Sim) -> Vec<Result<PhysAddr, String>>;
+    /// An MSI — `data` written to `address` — from `rid` as the simulated unit handles it now,
+    /// through its interrupt entry cache: the vector delivered, or why not.
+    fn msi(sim: &Self::Sim, rid: Bdf, address: u64, data: u32) -> Result<u8, String>;
+    /// Whether the unit's source check can tell `rid` from a device with requester IDs
+    /// `rids` (false: `rid` may use that device's entries).
+    fn may_use(rids: &[Bdf], rid: Bdf) -> bool;
 }
 
 pub mod heap_count {
