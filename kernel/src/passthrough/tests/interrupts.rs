@@ -339,3 +339,35 @@ fn a_bridged_device_delivers_through_its_alias_and_its_neighbours_do_not() {
         Err(0x26)
     );
 }
+
+#[test]
+fn a_deassign_whose_wait_times_out_is_counted_and_its_blocks_complete_with_the_queue() {
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let (dev, other) = (cast(0), cast(2));
+    add(&mut g, &mut alloc, &dev).unwrap();
+    add(&mut g, &mut alloc, &other).unwrap();
+    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 8).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, dev.sbdf).unwrap();
+    let msi = passthrough::program_interrupt(&mut g, dom, dev.sbdf, 0, TARGET).unwrap();
+    assert!(sim.msi(dev.rids[0], msi.address, msi.data).is_ok());
+    sim.set_dead(lazaret_vtd::sim_device::DEAD_QUEUE);
+    let back = passthrough::deassign(&mut g, dom, dev.sbdf).unwrap();
+    assert!(back.timed_out.is_some(), "{back:?}");
+    let stats = g.state().stats();
+    assert_eq!(
+        (stats.switch_timeouts, stats.interrupt_block_failures),
+        (1, 1)
+    );
+    assert_eq!(g.state().owner_of(dev.sbdf), Some(g.state().dom_io()));
+    // The queue comes back: the next switch's wait covers what was left in it.
+    sim.set_dead(0);
+    passthrough::assign(&mut g, &mut alloc, dom, other.sbdf).unwrap();
+    assert_eq!(
+        sim.msi(dev.rids[0], msi.address, msi.data)
+            .map_err(|f| f.reason),
+        Err(0x22)
+    );
+}
