@@ -137,9 +137,10 @@ impl SwitchBatch {
             .iter()
             .copied()
             .filter(move |_| one_by_one(self.every_device));
-        let every_device = (0..device_ids)
-            .filter(move |_| !all && self.every_device)
-            .map(|id| id as u16);
+        // Empty ranges when not owed: a filtered range would still be walked, 64 Ki steps
+        // inside every deassign.
+        let every = move |owed: bool, n: u32| 0..if !all && owed { n } else { 0 };
+        let every_device = every(self.every_device, device_ids).map(|id| id as u16);
         let dtes = devices
             .chain(every_device)
             .map(|device_id| Command::InvalidateDevtabEntry { device_id });
@@ -155,7 +156,7 @@ impl SwitchBatch {
             .iter()
             .copied()
             .filter(move |_| one_by_one(self.every_domain));
-        let every_domain = (0..=u16::MAX).filter(move |_| !all && self.every_domain);
+        let every_domain = every(self.every_domain, 1 << 16).map(|id| id as u16);
         let pages = domains
             .chain(every_domain)
             .map(|domain_id| Command::InvalidateIommuPages {
@@ -167,9 +168,7 @@ impl SwitchBatch {
             .iter()
             .copied()
             .filter(move |_| one_by_one(self.every_interrupt_table));
-        let every_table = (0..device_ids)
-            .filter(move |_| !all && self.every_interrupt_table)
-            .map(|id| id as u16);
+        let every_table = every(self.every_interrupt_table, device_ids).map(|id| id as u16);
         let tables = tables
             .chain(every_table)
             .map(|device_id| Command::InvalidateInterruptTable { device_id });
