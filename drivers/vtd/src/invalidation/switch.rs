@@ -222,24 +222,20 @@ impl SwitchBatch {
         cap: Capabilities,
         out: &mut [Invalidation; MAX_LATE_INVALIDATIONS],
     ) -> usize {
-        let global_iotlb = self.global_iotlb.then_some(IotlbScope::Global);
-        let iotlbs = self
-            .iotlb_domains
-            .as_slice()
-            .iter()
-            .filter(|_| !self.global_iotlb)
-            .map(|&did| IotlbScope::Domain { did })
-            .chain(global_iotlb)
-            .map(|scope| iotlb_drained(cap, scope));
-        let global_interrupts = self.global_interrupts.then_some(InterruptScope::Global);
-        let interrupts = self
-            .interrupts
-            .as_slice()
-            .iter()
-            .filter(|_| !self.global_interrupts)
-            .map(|&(index, index_mask)| InterruptScope::Entries { index, index_mask })
-            .chain(global_interrupts)
-            .map(Invalidation::InterruptEntry);
+        let iotlbs = listed_or_global(
+            self.iotlb_domains.as_slice(),
+            self.global_iotlb,
+            |did| IotlbScope::Domain { did },
+            IotlbScope::Global,
+        )
+        .map(|scope| iotlb_drained(cap, scope));
+        let interrupts = listed_or_global(
+            self.interrupts.as_slice(),
+            self.global_interrupts,
+            |(index, index_mask)| InterruptScope::Entries { index, index_mask },
+            InterruptScope::Global,
+        )
+        .map(Invalidation::InterruptEntry);
         let mut n = 0;
         for (slot, inv) in out.iter_mut().zip(iotlbs.chain(interrupts)) {
             *slot = inv;
@@ -247,6 +243,20 @@ impl SwitchBatch {
         }
         n
     }
+}
+
+/// `each` of `items`, or `all` alone once the set overflowed.
+fn listed_or_global<'a, T: Copy, S: 'a>(
+    items: &'a [T],
+    global: bool,
+    each: impl Fn(T) -> S + 'a,
+    all: S,
+) -> impl Iterator<Item = S> + 'a {
+    items
+        .iter()
+        .filter(move |_| !global)
+        .map(move |&t| each(t))
+        .chain(global.then_some(all))
 }
 
 /// An IOTLB invalidation requesting every drain the unit supports.
