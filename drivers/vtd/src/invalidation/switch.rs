@@ -155,6 +155,15 @@ impl SwitchBatch {
         }
     }
 
+    /// Everything the unit may cache: global context-cache, IOTLB and (when the unit remaps
+    /// interrupts) interrupt entry cache invalidations — after a batch that did not complete,
+    /// whose descriptors the unit may have dropped (§6.5.2.10: an invalid one is skipped).
+    pub fn invalidate_everything(&mut self, interrupt_entries: bool) {
+        self.global_context = true;
+        self.global_iotlb = true;
+        self.global_interrupts |= interrupt_entries;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.devices.len == 0
             && self.context_domains.len == 0

@@ -345,3 +345,35 @@ fn a_deassign_whose_wait_times_out_is_counted_and_its_blocks_complete_with_the_q
         Err(0x22)
     );
 }
+
+#[test]
+fn an_iec_descriptor_the_unit_skipped_is_redone_by_the_next_flush() {
+    use lazaret_vtd::sim_device::QueueFault;
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let (dev, other) = (cast(0), cast(2));
+    add(&mut g, &mut alloc, &dev).unwrap();
+    add(&mut g, &mut alloc, &other).unwrap();
+    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 8).unwrap();
+    passthrough::assign(&mut g, &mut alloc, dom, dev.sbdf).unwrap();
+    let msi = passthrough::program_interrupt(&mut g, dom, dev.sbdf, 0, TARGET).unwrap();
+    assert!(sim.msi(dev.rids[0], msi.address, msi.data).is_ok());
+    // The deassign's IEC descriptor is refused (IQE) and skipped: the cache keeps the entry.
+    sim.inject_queue_fault(QueueFault::InvalidInterruptEntry);
+    let back = passthrough::deassign(&mut g, dom, dev.sbdf).unwrap();
+    assert!(back.timed_out.is_some(), "{back:?}");
+    assert_eq!(g.state().stats().interrupt_block_failures, 1);
+    assert!(
+        sim.msi(dev.rids[0], msi.address, msi.data).is_ok(),
+        "the simulator kept the stale entry"
+    );
+    // The next flush, whatever it is for, invalidates every cache first.
+    passthrough::assign(&mut g, &mut alloc, dom, other.sbdf).unwrap();
+    assert_eq!(
+        sim.msi(dev.rids[0], msi.address, msi.data)
+            .map_err(|f| f.reason),
+        Err(0x22)
+    );
+}
