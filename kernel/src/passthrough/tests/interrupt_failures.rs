@@ -10,9 +10,9 @@ use lazaret_types::sim::{SimFrameAllocator, SimMemory};
 use lazaret_types::{PhysAddr, PhysMem};
 use lazaret_vtd::sim_device::SimVtd;
 
-use super::fixture::{cast, new_alloc, Regs};
+use super::fixture::{cast, new_alloc, unit_config};
 use crate::cmdline::QuarantineMode;
-use crate::iommu::vtd::{UnitConfig, VtdIommu};
+use crate::iommu::vtd::VtdIommu;
 use crate::passthrough::iommu::InterruptTarget;
 use crate::passthrough::registry::DeviceKind;
 use crate::passthrough::{self, DeviceLock};
@@ -62,19 +62,11 @@ fn an_entry_that_cannot_be_blocked_is_counted_and_the_deassign_completes() {
         mem: &sim.mem,
         armed: Cell::new(false),
     };
-    let unit = UnitConfig {
-        regs: Regs(sim.mmio()),
-        segment: 0,
-        register_base: PhysAddr(0xfed9_0000),
-        window_bytes: 0x1000,
-        include_all: true,
-    };
-    let clock = StepClock::default();
     let iommu = VtdIommu::new(
         &mem,
         &lazaret_vtd::Coherent,
-        clock,
-        vec![unit],
+        StepClock::default(),
+        vec![unit_config(&sim)],
         BTreeMap::new(),
         &mut alloc,
     )
