@@ -11,7 +11,7 @@ use common::{device, new_alloc, sbdf, Uncounted, Vendor, RMRR, SAMPLES};
 use lazaret_amd_vi::sim_device::SimAmdVi;
 use lazaret_amd_vi::{AmdViUnit, DeviceTable};
 use lazaret_kernel::cmdline::QuarantineMode;
-use lazaret_kernel::iommu::amd::{AmdViIommu, UnitSetup};
+use lazaret_kernel::iommu::amd::{block_interrupts_before_enable, AmdViIommu, UnitSetup};
 use lazaret_kernel::passthrough::iommu::IommuError;
 use lazaret_kernel::passthrough::{self, DeviceLock};
 use lazaret_types::poll::StepClock;
@@ -58,6 +58,9 @@ impl Vendor for Amd {
             .expect("one IOMMU per simulated unit");
         let hw = AmdViUnit::new(Uncounted(regs), mem, alloc, 1000).expect("unit");
         let table = DeviceTable::new(mem, PhysAddr(0x80_0000), 0xff).expect("device table");
+        // As the kernel's bring-up: every DeviceID's interrupts aborted (IV = 1, IntCtl = 00b)
+        // before the unit is enabled — an IV = 0 DTE passes MSIs through untranslated.
+        block_interrupts_before_enable(&table, mem, 0..=0xff).expect("interrupts blocked");
         hw.set_device_table(&table);
         hw.enable(&StepClock::default()).expect("enable");
         let coverage: BTreeMap<_, _> = (1..=5).map(|i| (sbdf(i), 0)).collect();
@@ -92,11 +95,24 @@ impl Vendor for Amd {
             .map(|r| r.map_err(|f| f.to_string()))
             .collect()
     }
+
+    fn msi(sim: &Sim, rid: Bdf, address: u64, data: u32) -> Result<u8, String> {
+        sim.unit
+            .msi(rid.requester_id(), address, data)
+            .map(|i| i.vector)
+            .map_err(|f| format!("{f:?}"))
+    }
+
+    /// Each DeviceID's DTE names its own interrupt table (§2.2.5): only the device's own IDs.
+    fn may_use(rids: &[Bdf], rid: Bdf) -> bool {
+        rids.contains(&rid)
+    }
 }
 
 // VT-d: device context-cache + domain IOTLB descriptors; AMD-Vi: INVALIDATE_DEVTAB_ENTRY, a
 // fencing COMPLETION_WAIT, INVALIDATE_IOMMU_PAGES and the polled COMPLETION_WAIT.
-vendor_tests!(Amd, commands_per_switch: 4);
+// Back to quarantine: one INVALIDATE_INTERRUPT_TABLE per DeviceID of the device.
+vendor_tests!(Amd, commands_per_switch: 4, interrupt_commands: 1);
 
 #[test]
 fn basic_mode_has_an_empty_root_and_none_mode_blocks() {

@@ -11,6 +11,11 @@
 //! every INVALIDATE_DEVTAB_ENTRY, then an (unpolled) COMPLETION_WAIT fence, then the
 //! INVALIDATE_IOMMU_PAGES; the caller appends the one COMPLETION_WAIT it polls.
 //!
+//! A device entering quarantine also has its interrupt remapping table blocked in memory; the
+//! INVALIDATE_INTERRUPT_TABLE each of its DeviceIDs owes (§2.4.5) rides in the same batch,
+//! after the fence (like [`crate::AmdViUnit::after_interrupt_dte_change`]: nothing is refilled
+//! through a still-cached DTE), before the one polled COMPLETION_WAIT.
+//!
 //! The batch lives on the stack (owner switches run inside deassign and destroy, which must
 //! not allocate). When it overflows it never drops a command: it degrades to
 //! INVALIDATE_IOMMU_ALL (§2.4.8, EFR.IASup) or, without it, to every DTE / every DomainID.
@@ -29,8 +34,11 @@ pub const BATCH_DOMAINS: usize = 8;
 pub struct SwitchBatch {
     devices: heapless::Vec<u16, BATCH_DEVICES>,
     domains: heapless::Vec<u16, BATCH_DOMAINS>,
+    /// DeviceIDs whose interrupt remapping tables changed.
+    interrupt_tables: heapless::Vec<u16, BATCH_DEVICES>,
     every_device: bool,
     every_domain: bool,
+    every_interrupt_table: bool,
 }
 
 /// Whether a DTE can have filled the IOTLB: translation on (V = 1, TV = 1, Mode 1..=6).
@@ -63,10 +71,20 @@ impl SwitchBatch {
         }
     }
 
-    /// Everything the unit may cache: every DTE and every DomainID (bring-up).
+    /// Entries of the interrupt remapping table `device_id`'s DTE names changed (blocked on
+    /// the way into quarantine): INVALIDATE_INTERRUPT_TABLE for it.
+    pub fn interrupt_table_changed(&mut self, device_id: u16) {
+        if !self.every_interrupt_table && !self.interrupt_tables.contains(&device_id) {
+            self.every_interrupt_table = self.interrupt_tables.push(device_id).is_err();
+        }
+    }
+
+    /// Everything the unit may cache: every DTE, every DomainID and every interrupt table
+    /// (bring-up, or after a flush that did not complete).
     pub fn invalidate_everything(&mut self) {
         self.every_device = true;
         self.every_domain = true;
+        self.every_interrupt_table = true;
     }
 
     /// DomainID `did` will be handed out again: all its pages invalidated.
@@ -77,7 +95,10 @@ impl SwitchBatch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.devices.is_empty() && self.domains.is_empty() && !self.overflowed()
+        self.devices.is_empty()
+            && self.domains.is_empty()
+            && self.interrupt_tables.is_empty()
+            && !self.overflowed()
     }
 
     /// DeviceIDs named one by one (meaningless once [`Self::overflowed`]).
@@ -90,9 +111,15 @@ impl SwitchBatch {
         &self.domains
     }
 
+    /// DeviceIDs whose interrupt tables are named one by one (meaningless once
+    /// [`Self::overflowed`]).
+    pub fn interrupt_tables(&self) -> &[u16] {
+        &self.interrupt_tables
+    }
+
     /// More DeviceIDs or DomainIDs than the batch can name: it invalidates everything.
     pub fn overflowed(&self) -> bool {
-        self.every_device || self.every_domain
+        self.every_device || self.every_domain || self.every_interrupt_table
     }
 
     /// The commands in their safe order, without the final (polled) COMPLETION_WAIT.
@@ -110,15 +137,17 @@ impl SwitchBatch {
             .iter()
             .copied()
             .filter(move |_| one_by_one(self.every_device));
-        let every_device = (0..device_ids)
-            .filter(move |_| !all && self.every_device)
-            .map(|id| id as u16);
+        // Empty ranges when not owed: a filtered range would still be walked, 64 Ki steps
+        // inside every deassign.
+        let every = move |owed: bool, n: u32| 0..if !all && owed { n } else { 0 };
+        let every_device = every(self.every_device, device_ids).map(|id| id as u16);
         let dtes = devices
             .chain(every_device)
             .map(|device_id| Command::InvalidateDevtabEntry { device_id });
         let has_dtes = !all && (self.every_device || !self.devices.is_empty());
         let has_pages = !all && (self.every_domain || !self.domains.is_empty());
-        let fence = (has_dtes && has_pages).then_some(Command::CompletionWait {
+        let has_tables = !all && (self.every_interrupt_table || !self.interrupt_tables.is_empty());
+        let fence = (has_dtes && (has_pages || has_tables)).then_some(Command::CompletionWait {
             store: None,
             interrupt: false,
         });
@@ -127,18 +156,28 @@ impl SwitchBatch {
             .iter()
             .copied()
             .filter(move |_| one_by_one(self.every_domain));
-        let every_domain = (0..=u16::MAX).filter(move |_| !all && self.every_domain);
+        let every_domain = every(self.every_domain, 1 << 16).map(|id| id as u16);
         let pages = domains
             .chain(every_domain)
             .map(|domain_id| Command::InvalidateIommuPages {
                 domain_id,
                 scope: PageScope::All,
             });
+        let tables = self
+            .interrupt_tables
+            .iter()
+            .copied()
+            .filter(move |_| one_by_one(self.every_interrupt_table));
+        let every_table = every(self.every_interrupt_table, device_ids).map(|id| id as u16);
+        let tables = tables
+            .chain(every_table)
+            .map(|device_id| Command::InvalidateInterruptTable { device_id });
         all.then_some(Command::InvalidateIommuAll)
             .into_iter()
             .chain(dtes)
             .chain(fence)
             .chain(pages)
+            .chain(tables)
     }
 }
 
@@ -224,5 +263,41 @@ mod tests {
         let every: Vec<_> = d.commands(false, 256).collect();
         assert_eq!(every.len(), 65536);
         assert_eq!(every[65535], pages(u16::MAX));
+    }
+
+    #[test]
+    fn blocked_interrupt_tables_follow_the_fence_and_overflow_to_everything() {
+        let mut b = SwitchBatch::new();
+        b.interrupt_table_changed(0x10);
+        assert!(!b.is_empty());
+        b.entry_changed(0x10, translated(5), DeviceTableEntry::blocking(9));
+        b.interrupt_table_changed(0x10);
+        let table = Command::InvalidateInterruptTable { device_id: 0x10 };
+        assert_eq!(
+            b.commands(true, 256).collect::<Vec<_>>(),
+            [
+                Command::InvalidateDevtabEntry { device_id: 0x10 },
+                FENCE,
+                pages(5),
+                table,
+            ]
+        );
+        let mut alone = SwitchBatch::new();
+        alone.interrupt_table_changed(0x10);
+        assert_eq!(alone.commands(true, 256).collect::<Vec<_>>(), [table]);
+        let mut full = SwitchBatch::new();
+        for id in 0..=BATCH_DEVICES as u16 {
+            full.interrupt_table_changed(id);
+        }
+        assert_eq!(
+            full.commands(true, 256).collect::<Vec<_>>(),
+            [Command::InvalidateIommuAll]
+        );
+        let every: Vec<_> = full.commands(false, 256).collect();
+        assert_eq!(every.len(), 256);
+        assert_eq!(
+            every[255],
+            Command::InvalidateInterruptTable { device_id: 255 }
+        );
     }
 }

@@ -22,7 +22,7 @@ use crate::fault::{drain_faults, DrainSummary, FaultRecord};
 use crate::invalidation::{
     iotlb_drained, ContextScope, CountingMmio, Invalidation, InvalidationError, InvalidationQueue,
     InvalidationStats, Invalidator, IotlbScope, SwitchBatch, MAX_CONTEXT_INVALIDATIONS,
-    SWITCH_DOMAINS,
+    MAX_LATE_INVALIDATIONS,
 };
 use crate::poll::{poll_until, Clock};
 use crate::regs::{
@@ -296,7 +296,8 @@ impl<R: Mmio> VtdUnit<R> {
 
     /// Submits `batch` ordered so that no stale entry can be refilled — every context-cache
     /// invalidation completes (fenced wait descriptor, §6.5.2.8 FN) before the IOTLB
-    /// invalidations are processed — then waits once (bounded). Register-based invalidation
+    /// invalidations and the interrupt entry cache invalidations the batch holds are
+    /// processed — then waits once (bounded). Register-based invalidation
     /// (one command at a time, each polled) when QI is off. Flushes the write buffer first
     /// when the batch says so (CAP.RWBF, an entry became present).
     pub fn flush<M: PhysMem + ?Sized>(
@@ -310,13 +311,13 @@ impl<R: Mmio> VtdUnit<R> {
         }
         let filler = Invalidation::Context(ContextScope::Global);
         let mut contexts = [filler; MAX_CONTEXT_INVALIDATIONS];
-        let mut iotlbs = [filler; SWITCH_DOMAINS];
+        let mut late = [filler; MAX_LATE_INVALIDATIONS];
         let nc = batch.context_invalidations(&mut contexts);
-        let nt = batch.iotlb_invalidations(self.cap, &mut iotlbs);
+        let nt = batch.late_invalidations(self.cap, &mut late);
         Ok(self.invalidator.run_ordered(
             &self.regs,
             mem,
-            &[&contexts[..nc], &iotlbs[..nt]],
+            &[&contexts[..nc], &late[..nt]],
             clock,
             self.timeout_us,
         )?)

@@ -477,15 +477,18 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
         self.invalidate_interrupts(unit, irq)
     }
 
-    fn block_all_interrupts(
+    fn block_interrupts(
         &mut self,
         _held: &LockHeld,
-        unit: usize,
+        _unit: usize,
+        batch: &mut SwitchBatch,
         irq: &AmdInterrupts,
     ) -> Result<(), IommuError> {
-        // Invalidate even if a block failed: what did get blocked must not stay cached.
+        // Invalidated even if a store failed: what did get blocked must not stay cached.
         let blocked = irq.table.block_all(self.mem).map_err(intremap_error);
-        self.invalidate_interrupts(unit, irq)?;
+        for id in &irq.device_ids {
+            batch.interrupt_table_changed(*id);
+        }
         blocked
     }
 

@@ -45,6 +45,9 @@ struct Unit<R: Mmio> {
     /// The unit's interrupt remapping table, while IRE is on (`None`: no ECAP.IR, no queued
     /// invalidation, or enabling failed — said loudly at bring-up).
     interrupts: Option<InterruptTable>,
+    /// A flush failed: the unit may have dropped what it owed (a descriptor skipped after
+    /// IQE), so the next flush invalidates every cache before anything is trusted again.
+    unconfirmed: bool,
 }
 
 /// A device's entries in its unit's interrupt remapping table: an aligned index range
@@ -177,6 +180,7 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> VtdIommu<'m, M, R, C> {
                 segment,
                 include_all,
                 interrupts,
+                unconfirmed: false,
             });
         }
         Ok(VtdIommu {
@@ -377,8 +381,14 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
         self.unit(unit)?;
         let u = &mut self.units[unit];
         let (before, writes_before) = (u.hw.invalidation_stats(), u.hw.mmio_writes());
-        u.hw.flush(mem, batch, clock)
-            .map_err(|e| IommuError::TimedOut(format!("{e}")))?;
+        // A copy of a batch on the stack: no allocation (deassign and destroy flush here).
+        let mut owed = *batch;
+        if u.unconfirmed {
+            owed.invalidate_everything(u.interrupts.is_some());
+        }
+        let flushed = u.hw.flush(mem, &owed, clock);
+        u.unconfirmed = flushed.is_err();
+        flushed.map_err(|e| IommuError::TimedOut(format!("{e}")))?;
         let after = u.hw.invalidation_stats();
         Ok(FlushCost {
             descriptors: after.descriptors - before.descriptors,
@@ -555,13 +565,21 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for VtdIommu<'_, M, R, C> {
         self.program_irte(unit, irq, entry, None).map(drop)
     }
 
-    fn block_all_interrupts(
+    fn block_interrupts(
         &mut self,
         _held: &LockHeld,
         unit: usize,
+        batch: &mut SwitchBatch,
         irq: &VtdInterrupts,
     ) -> Result<(), IommuError> {
-        self.block_irte_range(unit, irq.range)
+        let tm = self.tm();
+        let Some(table) = self.unit(unit)?.interrupts.as_ref() else {
+            return Ok(());
+        };
+        // Invalidated even if a store failed: what did get blocked must not stay cached.
+        let blocked = table.block_range(tm, irq.range).map_err(intremap_error);
+        batch.interrupt_entries_changed(irq.range.scope());
+        blocked
     }
 
     fn free_interrupts(

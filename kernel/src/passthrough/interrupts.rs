@@ -1,6 +1,7 @@
 //! A device's remapped interrupts, vendor-neutral: its entries are built (all blocked) when it
 //! is added; its owner programs entry i → a host vector and gets back the MSI address / data
-//! the device must use; entering quarantine blocks them all again, without allocating.
+//! the device must use; leaving its guest (deassign, destroy, reassign) blocks them all again,
+//! without allocating, their invalidations riding in the owner switch's one batch.
 //!
 //! Only the owning guest's requests are honoured: a quarantined device has no programmable
 //! entries, and the source-ID check (VT-d) or the per-device table (AMD-Vi) keeps another
@@ -70,10 +71,17 @@ fn owned_entry<V: Vendor>(
     }
 }
 
-/// Every entry of every member of `group` blocked and invalidated (the group enters
-/// quarantine). Never allocates, never fails: an invalidation that did not complete is
-/// logged and counted — the entries are blocked in memory, a cache may still hold one.
-pub(super) fn block_group_interrupts<V: Vendor>(held: &LockHeld, s: &mut State<V>, group: &Group) {
+/// Every entry of every member of `group` blocked in memory, their invalidations queued in
+/// the owner switch's `batch` (the group leaves its guest): no interrupt of theirs reaches the
+/// old owner once that batch's one wait completes. Never allocates, never fails: an entry that
+/// could not be blocked is logged and counted; the switch reports a wait that timed out.
+/// Returns whether anything was queued.
+pub(super) fn block_group_interrupts<V: Vendor>(
+    held: &LockHeld,
+    s: &mut State<V>,
+    group: &Group,
+    batch: &mut V::Batch,
+) -> bool {
     let State {
         vendor,
         devices,
@@ -81,13 +89,16 @@ pub(super) fn block_group_interrupts<V: Vendor>(held: &LockHeld, s: &mut State<V
         stats,
         ..
     } = s;
+    let mut queued = false;
     for member in group {
         let (Some(d), Some(irq)) = (devices.get(member), interrupts.get(member)) else {
             continue;
         };
-        if let Err(e) = vendor.block_all_interrupts(held, d.unit, irq) {
+        queued = true;
+        if let Err(e) = vendor.block_interrupts(held, d.unit, batch, irq) {
             stats.interrupt_block_failures += 1;
             log::error!("passthrough: blocking {member}'s interrupts: {e}");
         }
     }
+    queued
 }

@@ -342,13 +342,16 @@ pub trait Vendor {
         irq: &Self::Interrupts,
         entry: u16,
     ) -> Result<(), IommuError>;
-    /// Every entry → blocked, then invalidated with one bounded wait (quarantine). Never
-    /// allocates; `Err` only when the invalidation did not complete (a cached entry may still
-    /// deliver) or the hardware reported an error — the entries are blocked in memory anyway.
-    fn block_all_interrupts(
+    /// Every entry → blocked in memory (atomic stores, no allocation, no wait), and what the
+    /// interrupt caches may still hold of them queued in `batch` — the owner switch that takes
+    /// the device from its guest submits it with its one bounded wait, so a deassign costs one
+    /// doorbell and one wait however many entries it blocks. Queued even when a store failed;
+    /// `Err` only when an entry could not be blocked in memory.
+    fn block_interrupts(
         &mut self,
         held: &LockHeld,
         unit: usize,
+        batch: &mut Self::Batch,
         irq: &Self::Interrupts,
     ) -> Result<(), IommuError>;
     /// Blocks and gives back entries of a device that was never added after all.

@@ -11,7 +11,7 @@
 //! - a domain ID is flushed before it is reused;
 //! - a refused request changes nothing;
 //! - a device's interrupt entries are built (blocked) when it is added, and blocked again
-//!   whenever it enters quarantine — never allocated then.
+//!   whenever it leaves a guest — never allocated then, invalidated in the switch's batch.
 pub mod dids;
 pub mod errors;
 pub mod faults;

@@ -8,7 +8,6 @@ use spinning_top::Spinlock;
 
 use super::dids::allocate_each;
 use super::errors::PassthroughError;
-use super::interrupts::block_group_interrupts;
 use super::iommu::{IommuError, RequesterIds, ReservedRange, Vendor, INTERRUPTS_PER_DEVICE};
 use super::lock::DevicesGuard;
 use super::registry::{Device, DeviceKind, Group, Guest, State, MAX_GROUP};
@@ -422,10 +421,9 @@ fn take_back<V: Vendor>(
     sbdf: Sbdf,
 ) -> SwitchReport {
     let group = s.group_of(sbdf);
+    // The switch blocks whatever the guest programmed, in its one batch.
     let report = switch_group(held, s, &group, Target::Quarantine);
     record(s, &report);
-    // Whatever the guest programmed is blocked, and dropped from the interrupt caches.
-    block_group_interrupts(held, s, &group);
     let dom_io = s.domains.dom_io;
     for member in &group {
         if let Some(d) = s.devices.get_mut(member) {

@@ -140,7 +140,8 @@ pub struct Stats {
     pub switch_failures: u64,
     pub parked_domains: u64,
     pub fault_log: LogLimiter,
-    /// Blocking a device's interrupt entries did not complete its invalidation.
+    /// A device's interrupt entries could not all be blocked in memory, or the switch that
+    /// invalidated them timed out (a cache may still hold one).
     pub interrupt_block_failures: u64,
 }
 

@@ -1,11 +1,13 @@
 //! The owner switch, written once for both vendors (design.md §4): every requester ID of an
 //! alias group is pointed at its new owner with one atomic entry write each — never through
 //! not-present — then what the hardware may cache of the old entries is invalidated in one
-//! ordered batch with one bounded wait.
+//! ordered batch with one bounded wait. When the group leaves a guest, its interrupt entries
+//! are blocked in memory first and their invalidations ride in that same batch: one doorbell,
+//! one wait, and the figures count every descriptor.
 //!
 //! When it does not go to plan, the report says so and the caller acts on it:
 //! - the wait timed out: the entries are switched, but the caches may still hold the previous
-//!   owner's translations, so that owner's frames, tables and domain IDs must not be freed
+//!   owner's translations and interrupt entries (counted as an interrupt block failure too), so that owner's frames, tables and domain IDs must not be freed
 //!   (destroy flushes the owner's domain IDs first, and parks it if that flush fails too);
 //! - an entry could not be written: every entry of the group is set to block, the group is
 //!   marked blocked, and its ownership is not recorded as moved.
@@ -16,6 +18,7 @@
 //! they land in one known scratch page. Every member's scratch page is zeroed first.
 use lazaret_types::Bdf;
 
+use super::interrupts::block_group_interrupts;
 use super::iommu::{FlushCost, IommuError, Vendor};
 use super::registry::{Device, Group, State};
 use super::LockHeld;
@@ -63,6 +66,12 @@ pub(super) fn switch_group<V: Vendor>(
     let mut batch = s.vendor.new_batch();
     let mut failed = None;
     let leader = s.leader(group);
+    let dom_io = s.domains.dom_io;
+    // Whatever the guest programmed must not follow the group out of it.
+    let leaves_guest = group
+        .iter()
+        .filter_map(|m| s.devices.get(m))
+        .any(|d| d.owner != dom_io);
     if target == Target::Quarantine {
         // The scratch pages are data: zeroed before any member returns to them.
         for dev in group.iter().filter_map(|m| s.devices.get(m)) {
@@ -116,6 +125,7 @@ pub(super) fn switch_group<V: Vendor>(
     if failed.is_some() {
         block_group(held, s, group, unit, &mut batch);
     }
+    let interrupts_queued = leaves_guest && block_group_interrupts(held, s, group, &mut batch);
     let flushed = s.vendor.flush(held, unit, &batch);
     let mut report = SwitchReport {
         moved: s.members_of(group, false),
@@ -129,6 +139,9 @@ pub(super) fn switch_group<V: Vendor>(
     }
     if let Some(e) = &report.timed_out {
         s.stats.switch_timeouts += 1;
+        if interrupts_queued {
+            s.stats.interrupt_block_failures += 1;
+        }
         log::error!(
             "passthrough: switch of {}: {e}; entries switched, caches may lag",
             group[0]

@@ -5,6 +5,11 @@
 //! [`Model`] the test keeps itself. The unit reorders unfenced invalidations by a seed and
 //! DMAs between every two of their effects; those landings must be an allowed place too.
 //!
+//! Interrupts too: every assigned device's entry 0 is programmed with a vector of its own, and
+//! after every step every requester ID sends every MSI message ever handed out; only a
+//! vector its current guest-owned device programmed may arrive, and only from an ID the
+//! unit cannot tell from that device's — a stale interrupt entry cache shows here.
+//!
 //! The model learns two facts from the core, once, when they come into being: the scratch
 //! page a device was given when added, and the frames a guest was given when created. From
 //! then on it predicts owners, landings and results by itself.
@@ -13,7 +18,7 @@ use std::sync::OnceLock;
 
 use lazaret_kernel::cmdline::QuarantineMode;
 use lazaret_kernel::domain::DomainId;
-use lazaret_kernel::passthrough::iommu::ReservedRange;
+use lazaret_kernel::passthrough::iommu::{InterruptTarget, ReservedRange};
 use lazaret_kernel::passthrough::{self, DeviceKind, DeviceLock};
 use lazaret_types::sim::SimFrameAllocator;
 use lazaret_types::{Bdf, FrameAllocator, PhysAddr, PhysMem, PAGE_SIZE};
@@ -117,6 +122,10 @@ pub struct Model {
     pub guests: BTreeMap<DomainId, Vec<PhysAddr>>,
     /// Every guest ever created, for stale handles.
     pub created: Vec<DomainId>,
+    /// Devices whose entry 0 their guest programmed → (vector, MSI address, MSI data).
+    pub programmed: BTreeMap<u8, (u8, u64, u32)>,
+    /// Every MSI (address, data) ever handed out.
+    pub messages: BTreeSet<(u64, u32)>,
 }
 
 impl Model {
@@ -128,6 +137,8 @@ impl Model {
             scratch: BTreeMap::new(),
             guests: BTreeMap::new(),
             created: Vec::new(),
+            programmed: BTreeMap::new(),
+            messages: BTreeSet::new(),
         }
     }
 
@@ -350,6 +361,71 @@ fn check<V: Vendor>(
     Ok(())
 }
 
+/// The vector device `i` programs: its own, so an arrival says whose entry delivered.
+fn vector_of(i: u8) -> u8 {
+    0x40 + i
+}
+
+/// Assigns device `i` to guest `d`, whose guest then programs entry 0 of every device that
+/// moved with it; returns (the model accepts, the core accepted).
+fn assign_and_program<U: lazaret_kernel::passthrough::iommu::Vendor>(
+    g: &mut Guard<'_, U>,
+    alloc: &mut SimFrameAllocator<'_>,
+    m: &mut Model,
+    d: DomainId,
+    i: u8,
+) -> Result<(bool, bool), TestCaseError> {
+    let got = passthrough::assign(g, alloc, d, sbdf(i)).is_ok();
+    let want = m.assign(d, i);
+    if !(want && got) {
+        return Ok((want, got));
+    }
+    for j in m.group(i) {
+        let target = InterruptTarget {
+            vector: vector_of(j),
+            apic_id: 0,
+        };
+        let msi = passthrough::program_interrupt(g, d, sbdf(j), 0, target)
+            .map_err(|e| TestCaseError::fail(format!("programming device {j}: {e}")))?;
+        m.programmed
+            .insert(j, (target.vector, msi.address, msi.data));
+        m.messages.insert((msi.address, msi.data));
+    }
+    Ok((want, got))
+}
+
+/// (f) from every requester ID, every MSI ever handed out delivers nothing, or a vector that
+/// a guest-owned device the unit cannot tell that ID from programmed; and each programmed
+/// device's own MSI from its own ID delivers its vector.
+fn check_interrupts<V: Vendor>(sim: &V::Sim, m: &Model) -> Result<(), TestCaseError> {
+    for rid in Model::all_rids() {
+        for &(address, data) in &m.messages {
+            let Ok(vector) = V::msi(sim, rid, address, data) else {
+                continue;
+            };
+            let owner = m.programmed.iter().find(|(i, (v, ..))| {
+                *v == vector
+                    && matches!(m.owners.get(*i), Some(Owner::Guest(_)))
+                    && V::may_use(Model::rids(**i), rid)
+            });
+            prop_assert!(
+                owner.is_some(),
+                "(f) MSI {:#x}/{:#x} from {} delivered vector {:#x}, programmed by no device it may use (programmed: {:?})",
+                address,
+                data,
+                rid,
+                vector,
+                m.programmed
+            );
+        }
+    }
+    for (i, &(vector, address, data)) in &m.programmed {
+        let got = V::msi(sim, Model::rids(*i)[0], address, data);
+        prop_assert_eq!(got, Ok(vector), "(f) device {}'s own MSI", i);
+    }
+    Ok(())
+}
+
 /// (d) the scratch page of every device that just entered quarantine is zero.
 fn check_zeroed<V: Vendor>(sim: &V::Sim, m: &Model, entered: &[u8]) -> Result<(), TestCaseError> {
     for i in entered {
@@ -428,15 +504,13 @@ pub fn run<V: Vendor>(
                 let Some(d) = m.created.get(k).copied() else {
                     continue;
                 };
-                let r = passthrough::assign(&mut g, &mut alloc, d, sbdf(i));
-                Some((m.assign(d, i), r.is_ok()))
+                Some(assign_and_program(&mut g, &mut alloc, &mut m, d, i)?)
             }
             Op::Toggle(i, k) if !matches!(m.owners.get(&i), Some(Owner::Guest(_))) => {
                 let Some(d) = m.created.get(k).copied() else {
                     continue;
                 };
-                let r = passthrough::assign(&mut g, &mut alloc, d, sbdf(i));
-                Some((m.assign(d, i), r.is_ok()))
+                Some(assign_and_program(&mut g, &mut alloc, &mut m, d, i)?)
             }
             Op::Deassign(..) | Op::Release(_) | Op::Toggle(..) => {
                 let (d, i) = match op {
@@ -522,8 +596,13 @@ pub fn run<V: Vendor>(
                 after
             );
         }
+        // Whatever the guest programmed is gone with the device.
+        for i in &entered {
+            m.programmed.remove(i);
+        }
         check_zeroed::<V>(&sim, &m, &entered)?;
         check::<V>(&sim, &g, &m, walker)?;
+        check_interrupts::<V>(&sim, &m)?;
     }
     let switches = g.state().stats().owner_switches;
     for d in m.created.clone() {

@@ -33,6 +33,12 @@ pub trait Vendor {
     fn set_dma_during_invalidation(sim: &Self::Sim, dma: Option<(Bdf, u64, bool)>);
     /// Where those DMAs landed since the last call.
     fn take_dmas_during_invalidation(sim: &Self::Sim) -> Vec<Result<PhysAddr, String>>;
+    /// An MSI — `data` written to `address` — from `rid` as the simulated unit handles it now,
+    /// through its interrupt entry cache: the vector delivered, or why not.
+    fn msi(sim: &Self::Sim, rid: Bdf, address: u64, data: u32) -> Result<u8, String>;
+    /// Whether the unit's source check can tell `rid` from a device with requester IDs
+    /// `rids` (false: `rid` may use that device's entries).
+    fn may_use(rids: &[Bdf], rid: Bdf) -> bool;
 }
 
 pub mod heap_count {
@@ -336,9 +342,13 @@ pub fn config() -> ProptestConfig {
 }
 
 /// One owner switch costs `commands` invalidation requests (the wait included on AMD-Vi,
-/// where COMPLETION_WAIT is a command) and one wait, both ways; deassign and destroy
-/// allocate nothing.
-pub fn an_owner_switch_costs_one_wait_and_deassign_allocates_nothing<V: Vendor>(commands: u64) {
+/// where COMPLETION_WAIT is a command) and one wait, both ways; back from the guest the
+/// device's interrupt entries are blocked too, their `interrupt_commands` in the same batch:
+/// still one wait and one doorbell. Deassign and destroy allocate nothing.
+pub fn an_owner_switch_costs_one_wait_and_deassign_allocates_nothing<V: Vendor>(
+    commands: u64,
+    interrupt_commands: u64,
+) {
     let sim = V::sim();
     let mut alloc = new_alloc(V::mem(&sim));
     let lock = DeviceLock::new(V::iommu(&sim, &mut alloc), QuarantineMode::Scratch);
@@ -353,8 +363,16 @@ pub fn an_owner_switch_costs_one_wait_and_deassign_allocates_nothing<V: Vendor>(
         (commands, 1, None)
     );
     let attempts = alloc.allocation_attempts();
+    let doorbells = cost.cost.mmio_writes;
     let cost = passthrough::deassign(&mut g, d, s).expect("deassign");
-    assert_eq!((cost.cost.descriptors, cost.cost.waits), (commands, 1));
+    assert_eq!(
+        (
+            cost.cost.descriptors,
+            cost.cost.waits,
+            cost.cost.mmio_writes
+        ),
+        (commands + interrupt_commands, 1, doorbells)
+    );
     passthrough::destroy_domain(&mut g, &mut alloc, d).expect("destroy");
     assert_eq!(
         alloc.allocation_attempts(),
@@ -366,10 +384,13 @@ pub fn an_owner_switch_costs_one_wait_and_deassign_allocates_nothing<V: Vendor>(
 /// Instantiates every generic test for a vendor.
 #[macro_export]
 macro_rules! vendor_tests {
-    ($vendor:ty, commands_per_switch: $commands:expr) => {
+    ($vendor:ty, commands_per_switch: $commands:expr, interrupt_commands: $interrupts:expr) => {
         #[test]
         fn an_owner_switch_costs_one_wait_and_deassign_allocates_nothing() {
-            common::an_owner_switch_costs_one_wait_and_deassign_allocates_nothing::<$vendor>($commands);
+            common::an_owner_switch_costs_one_wait_and_deassign_allocates_nothing::<$vendor>(
+                $commands,
+                $interrupts,
+            );
         }
         #[test]
         fn scratch_mode_gives_each_device_levels_plus_one_pages_and_its_own_scratch_page() {

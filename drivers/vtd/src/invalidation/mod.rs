@@ -29,7 +29,8 @@ pub use descriptor::{
 pub use queue::{InvalidationQueue, MAX_BATCH};
 pub use register::invalidate_by_register;
 pub use switch::{
-    iotlb_drained, SwitchBatch, MAX_CONTEXT_INVALIDATIONS, SWITCH_DEVICES, SWITCH_DOMAINS,
+    iotlb_drained, SwitchBatch, MAX_CONTEXT_INVALIDATIONS, MAX_LATE_INVALIDATIONS, SWITCH_DEVICES,
+    SWITCH_DOMAINS, SWITCH_INTERRUPTS,
 };
 
 use crate::poll::Clock;

@@ -16,10 +16,15 @@
 //! fences complete in any order, §6.5.2.8): [`crate::VtdUnit::flush`] fences between them.
 //! If a set overflows, the batch degrades to the global invalidation of that cache: always
 //! safe, never a dropped invalidation.
+//!
+//! Interrupt remapping entries that were blocked with the switch (the device enters
+//! quarantine) owe an interrupt entry cache invalidation (§6.5.2.7); it rides in the same
+//! batch, behind the same final wait, so a deassign costs one doorbell and one status poll.
+//! No order is owed between it and the DMA caches: the IEC is looked up by index alone.
 
 use lazaret_types::Bdf;
 
-use super::descriptor::{ContextScope, Invalidation, IotlbScope};
+use super::descriptor::{ContextScope, InterruptScope, Invalidation, IotlbScope};
 use crate::context::ContextEntry;
 use crate::regs::Capabilities;
 
@@ -29,6 +34,10 @@ pub const SWITCH_DEVICES: usize = 16;
 pub const SWITCH_DOMAINS: usize = 8;
 /// Most context invalidations a batch turns into.
 pub const MAX_CONTEXT_INVALIDATIONS: usize = SWITCH_DEVICES + SWITCH_DOMAINS;
+/// Interrupt entry ranges one batch holds before degrading to a global IEC invalidation.
+pub const SWITCH_INTERRUPTS: usize = 16;
+/// Most IOTLB and interrupt entry cache invalidations a batch turns into (the last segment).
+pub const MAX_LATE_INVALIDATIONS: usize = SWITCH_DOMAINS + SWITCH_INTERRUPTS;
 
 /// A small set on the stack; `insert` reports overflow instead of dropping.
 #[derive(Clone, Copy, Debug)]
@@ -71,8 +80,11 @@ pub struct SwitchBatch {
     devices: StackSet<(u16, Bdf), SWITCH_DEVICES>,
     context_domains: StackSet<u16, SWITCH_DOMAINS>,
     iotlb_domains: StackSet<u16, SWITCH_DOMAINS>,
+    /// (first index, index mask) ranges of the interrupt remapping table.
+    interrupts: StackSet<(u16, u8), SWITCH_INTERRUPTS>,
     global_context: bool,
     global_iotlb: bool,
+    global_interrupts: bool,
     write_buffer: bool,
 }
 
@@ -88,8 +100,10 @@ impl SwitchBatch {
             devices: StackSet::new(),
             context_domains: StackSet::new(),
             iotlb_domains: StackSet::new(),
+            interrupts: StackSet::new(),
             global_context: false,
             global_iotlb: false,
+            global_interrupts: false,
             write_buffer: false,
         }
     }
@@ -128,12 +142,36 @@ impl SwitchBatch {
         self.iotlb_domain(did);
     }
 
+    /// Interrupt remapping entries `scope` changed (blocked when the device entered
+    /// quarantine): the interrupt entry cache may still hold them.
+    pub fn interrupt_entries_changed(&mut self, scope: InterruptScope) {
+        match scope {
+            InterruptScope::Global => self.global_interrupts = true,
+            InterruptScope::Entries { index, index_mask } => {
+                if !self.interrupts.insert((index, index_mask)) {
+                    self.global_interrupts = true;
+                }
+            }
+        }
+    }
+
+    /// Everything the unit may cache: global context-cache, IOTLB and (when the unit remaps
+    /// interrupts) interrupt entry cache invalidations — after a batch that did not complete,
+    /// whose descriptors the unit may have dropped (§6.5.2.10: an invalid one is skipped).
+    pub fn invalidate_everything(&mut self, interrupt_entries: bool) {
+        self.global_context = true;
+        self.global_iotlb = true;
+        self.global_interrupts |= interrupt_entries;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.devices.len == 0
             && self.context_domains.len == 0
             && self.iotlb_domains.len == 0
+            && self.interrupts.len == 0
             && !self.global_context
             && !self.global_iotlb
+            && !self.global_interrupts
             && !self.write_buffer
     }
 
@@ -186,28 +224,48 @@ impl SwitchBatch {
 
     /// The IOTLB invalidations, with drain-reads / drain-writes as CAP.DRD / CAP.DWD allow
     /// (§6.5.2.3: draining makes earlier DMA reads / writes complete before the invalidation
-    /// does, so nothing in flight still uses the old translation after the wait).
-    pub fn iotlb_invalidations(
+    /// does, so nothing in flight still uses the old translation after the wait), then the
+    /// interrupt entry cache invalidations: everything the final wait covers.
+    pub fn late_invalidations(
         &self,
         cap: Capabilities,
-        out: &mut [Invalidation; SWITCH_DOMAINS],
+        out: &mut [Invalidation; MAX_LATE_INVALIDATIONS],
     ) -> usize {
-        let scopes = self
-            .iotlb_domains
-            .as_slice()
-            .iter()
-            .map(|&did| IotlbScope::Domain { did });
-        if self.global_iotlb {
-            out[0] = iotlb_drained(cap, IotlbScope::Global);
-            return 1;
-        }
+        let iotlbs = listed_or_global(
+            self.iotlb_domains.as_slice(),
+            self.global_iotlb,
+            |did| IotlbScope::Domain { did },
+            IotlbScope::Global,
+        )
+        .map(|scope| iotlb_drained(cap, scope));
+        let interrupts = listed_or_global(
+            self.interrupts.as_slice(),
+            self.global_interrupts,
+            |(index, index_mask)| InterruptScope::Entries { index, index_mask },
+            InterruptScope::Global,
+        )
+        .map(Invalidation::InterruptEntry);
         let mut n = 0;
-        for (slot, scope) in out.iter_mut().zip(scopes) {
-            *slot = iotlb_drained(cap, scope);
+        for (slot, inv) in out.iter_mut().zip(iotlbs.chain(interrupts)) {
+            *slot = inv;
             n += 1;
         }
         n
     }
+}
+
+/// `each` of `items`, or `all` alone once the set overflowed.
+fn listed_or_global<'a, T: Copy, S: 'a>(
+    items: &'a [T],
+    global: bool,
+    each: impl Fn(T) -> S + 'a,
+    all: S,
+) -> impl Iterator<Item = S> + 'a {
+    items
+        .iter()
+        .filter(move |_| !global)
+        .map(move |&t| each(t))
+        .chain(global.then_some(all))
 }
 
 /// An IOTLB invalidation requesting every drain the unit supports.
@@ -234,9 +292,9 @@ mod tests {
 
     fn lists(b: &SwitchBatch, cap: Capabilities) -> (Vec<Invalidation>, Vec<Invalidation>) {
         let mut c = [Invalidation::Context(ContextScope::Global); MAX_CONTEXT_INVALIDATIONS];
-        let mut t = [Invalidation::Context(ContextScope::Global); SWITCH_DOMAINS];
+        let mut t = [Invalidation::Context(ContextScope::Global); MAX_LATE_INVALIDATIONS];
         let nc = b.context_invalidations(&mut c);
-        let nt = b.iotlb_invalidations(cap, &mut t);
+        let nt = b.late_invalidations(cap, &mut t);
         (c[..nc].to_vec(), t[..nt].to_vec())
     }
 
@@ -330,5 +388,39 @@ mod tests {
         let (c, t) = lists(&d, PLAIN);
         assert_eq!(c, vec![Invalidation::Context(ContextScope::Global)]);
         assert_eq!(t, vec![iotlb_drained(PLAIN, IotlbScope::Global)]);
+    }
+
+    #[test]
+    fn blocked_interrupt_entries_ride_behind_the_iotlb_and_overflow_to_global() {
+        let dev = Bdf::from_requester_id(0x18);
+        let mut b = SwitchBatch::new();
+        let range = InterruptScope::Entries {
+            index: 8,
+            index_mask: 2,
+        };
+        b.interrupt_entries_changed(range);
+        assert!(!b.is_empty());
+        b.entry_changed(PLAIN, dev, entry(5), entry(9));
+        b.interrupt_entries_changed(range);
+        let (c, t) = lists(&b, PLAIN);
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            t,
+            vec![
+                iotlb_drained(PLAIN, IotlbScope::Domain { did: 5 }),
+                Invalidation::InterruptEntry(range)
+            ]
+        );
+        let mut full = SwitchBatch::new();
+        for index in 0..=SWITCH_INTERRUPTS as u16 {
+            full.interrupt_entries_changed(InterruptScope::Entries {
+                index,
+                index_mask: 0,
+            });
+        }
+        assert_eq!(
+            lists(&full, PLAIN).1,
+            vec![Invalidation::InterruptEntry(InterruptScope::Global)]
+        );
     }
 }

@@ -93,6 +93,8 @@ fn refresh_fsts(r: &mut impl RegMap) {
 pub enum QueueFault {
     /// The descriptor is treated as invalid: FSTS.IQE, the queue stops with IQH at it.
     InvalidDescriptor,
+    /// The same, at the next interrupt entry cache descriptor (§6.5.2.7) fetched.
+    InvalidInterruptEntry,
     /// An invalidation completion error: FSTS.ICE, processing goes on.
     CompletionError,
     /// An invalidation time-out: FSTS.ITE, the segment's waits are aborted, the queue stops.

@@ -49,7 +49,11 @@ pub fn consume(r: &mut impl RegMap, mem: &impl PhysMem, log: &RefCell<Vec<u128>>
         while head != tail {
             let d = mem.read_u128(PhysAddr(base + head as u64 * 16));
             // An injected invalid descriptor stays invalid until software rewrites its slot.
-            let injected = !is_wait(d) && st.inject == Some(QueueFault::InvalidDescriptor);
+            let injected = match st.inject {
+                Some(QueueFault::InvalidDescriptor) => !is_wait(d),
+                Some(QueueFault::InvalidInterruptEntry) => interrupts::is_iec_descriptor(d),
+                _ => false,
+            };
             if injected {
                 st.inject = None;
                 st.poisoned = Some((head, d));

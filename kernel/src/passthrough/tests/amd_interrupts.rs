@@ -180,3 +180,50 @@ fn an_alias_group_delivers_through_its_aliases_only_while_assigned() {
         }
     });
 }
+
+#[test]
+fn deassign_blocks_interrupts_in_the_switch_batch_and_a_lost_batch_is_redone_whole() {
+    use lazaret_amd_vi::Command;
+    both_formats(|sim, g, alloc| {
+        let (dev, other) = (cast(0), cast(2));
+        add(g, alloc, &dev);
+        add(g, alloc, &other);
+        let dom = passthrough::create_domain(g, alloc, "guest", 8).unwrap();
+        passthrough::assign(g, alloc, dom, dev.sbdf).unwrap();
+        let msi = passthrough::program_interrupt(g, dom, dev.sbdf, 0, TARGET).unwrap();
+        let id = dev.rids[0].requester_id();
+        assert!(sim.msi(id, msi.address, msi.data).is_ok());
+        let before = sim.executed().len();
+        let back = passthrough::deassign(g, dom, dev.sbdf).unwrap();
+        let cmds = sim.executed()[before..].to_vec();
+        let polled = |c: &Command| matches!(c, Command::CompletionWait { store: Some(_), .. });
+        assert_eq!(
+            cmds.iter().filter(|c| polled(c)).count(),
+            1,
+            "one polled wait: {cmds:?}"
+        );
+        assert!(polled(cmds.last().unwrap()), "the wait ends the batch");
+        assert!(
+            cmds.contains(&Command::InvalidateInterruptTable { device_id: id }),
+            "the interrupt table rides in the switch batch: {cmds:?}"
+        );
+        assert_eq!((back.cost.descriptors, back.cost.waits), (5, 1), "{back:?}");
+        assert_eq!(delivering(sim, dev.rids[0]), []);
+
+        // A batch the unit refuses: entries blocked in memory, the failure reported and
+        // counted, and the next flush redoes everything, interrupt tables included.
+        passthrough::assign(g, alloc, dom, dev.sbdf).unwrap();
+        let msi = passthrough::program_interrupt(g, dom, dev.sbdf, 0, TARGET).unwrap();
+        assert!(sim.msi(id, msi.address, msi.data).is_ok(), "cached again");
+        sim.inject_illegal_command();
+        let back = passthrough::deassign(g, dom, dev.sbdf).unwrap();
+        assert!(back.timed_out.is_some(), "{back:?}");
+        assert_eq!(g.state().stats().interrupt_block_failures, 1);
+        passthrough::assign(g, alloc, dom, other.sbdf).unwrap();
+        assert_eq!(
+            delivering(sim, dev.rids[0]),
+            [],
+            "the next flush dropped the cached entry"
+        );
+    });
+}

@@ -59,23 +59,27 @@ pub fn new_lock<'a>(
     alloc: &mut SimFrameAllocator<'a>,
     mode: QuarantineMode,
 ) -> Lock<'a> {
-    let unit = UnitConfig {
-        regs: Regs(sim.mmio()),
-        segment: 0,
-        register_base: PhysAddr(0xfed9_0000),
-        window_bytes: 0x1000,
-        include_all: true,
-    };
     let iommu = VtdIommu::new(
         &*sim.mem,
         &lazaret_vtd::Coherent,
         StepClock::default(),
-        vec![unit],
+        vec![unit_config(sim)],
         BTreeMap::new(),
         alloc,
     )
     .unwrap();
     DeviceLock::new(iommu, mode)
+}
+
+/// The simulated unit as the kernel finds it: INCLUDE_PCI_ALL on segment 0.
+pub fn unit_config(sim: &SimVtd) -> UnitConfig<Regs<'_>> {
+    UnitConfig {
+        regs: Regs(sim.mmio()),
+        segment: 0,
+        register_base: PhysAddr(0xfed9_0000),
+        window_bytes: 0x1000,
+        include_all: true,
+    }
 }
 
 pub fn bdf(bus: u8, dev: u8, func: u8) -> Bdf {

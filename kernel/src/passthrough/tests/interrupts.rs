@@ -13,7 +13,6 @@ use super::fixture::*;
 use crate::cmdline::QuarantineMode;
 use crate::mm::heap::counting::heap_allocations_during;
 use crate::passthrough::faults::THRESHOLD;
-use crate::passthrough::interrupts::block_group_interrupts;
 use crate::passthrough::iommu::{FaultKind, InterruptTarget};
 use crate::passthrough::{self, PassthroughError};
 
@@ -135,7 +134,7 @@ fn only_the_owner_programs_and_only_entries_the_device_has() {
 }
 
 #[test]
-fn deassign_and_destroy_block_entries_the_cache_still_holds() {
+fn deassign_and_destroy_block_entries_the_cache_still_holds_in_the_switch_batch() {
     let sim = SimVtd::new();
     let mut alloc = new_alloc(&sim);
     let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
@@ -151,10 +150,20 @@ fn deassign_and_destroy_block_entries_the_cache_still_holds() {
             sim.cached_interrupt_entries() > 0,
             "the IEC holds the entry"
         );
+        let before = sim.effects().len();
         if destroy {
             passthrough::destroy_domain(&mut g, &mut alloc, dom).unwrap();
         } else {
-            passthrough::deassign(&mut g, dom, dev.sbdf).unwrap();
+            let back = passthrough::deassign(&mut g, dom, dev.sbdf).unwrap();
+            assert_eq!(
+                (
+                    back.cost.descriptors,
+                    back.cost.waits,
+                    back.cost.mmio_writes
+                ),
+                (3, 1, 1),
+                "context + IOTLB + IEC descriptors, one wait, one doorbell"
+            );
         }
         assert_eq!(
             sim.msi(dev.rids[0], msi.address, msi.data)
@@ -163,8 +172,28 @@ fn deassign_and_destroy_block_entries_the_cache_still_holds() {
             "blocked after {}",
             if destroy { "destroy" } else { "deassign" }
         );
+        // The switch batch is context, fence, IOTLB and IEC, final wait (destroy then flushes
+        // the guest's domain ID in a batch of its own): one IEC, at most the fence before it.
+        let effects = &sim.effects()[before..];
+        let iec: Vec<usize> = (0..effects.len()).filter(|i| is_iec(effects[*i])).collect();
+        assert_eq!(iec.len(), 1, "one IEC descriptor: {effects:x?}");
+        let waits_before = effects[..iec[0]].iter().filter(|d| is_wait(**d)).count();
+        assert!(
+            waits_before <= 1,
+            "the IEC rides in the switch batch: {effects:x?}"
+        );
     }
     assert_eq!(g.state().stats().interrupt_block_failures, 0);
+}
+
+/// Descriptor type 4 (§6.5.2.7), decoded here from the spec.
+fn is_iec(d: u128) -> bool {
+    d as u64 & 0xf == 4
+}
+
+/// Wait descriptor (type 5, §6.5.2.8).
+fn is_wait(d: u128) -> bool {
+    d as u64 & 0xf == 5
 }
 
 #[test]
@@ -181,13 +210,14 @@ fn blocking_a_group_on_quarantine_allocates_no_heap_and_no_frames() {
     for i in [3, 4] {
         passthrough::program_interrupt(&mut g, dom, cast(i).sbdf, 0, TARGET).unwrap();
     }
-    let group = g.state().group_of(cast(3).sbdf);
     let attempts = alloc.allocation_attempts();
-    let ((), heap) = heap_allocations_during(|| {
-        let (held, s) = g.split();
-        block_group_interrupts(held, s, &group)
-    });
-    assert_eq!(heap, 0, "blocking interrupts allocated on the heap");
+    let leader = cast(3).sbdf;
+    let (report, heap) =
+        heap_allocations_during(|| passthrough::deassign(&mut g, dom, leader).unwrap());
+    assert_eq!(
+        heap, 0,
+        "deassign (blocking interrupts) allocated on the heap"
+    );
     assert_eq!(
         alloc.allocation_attempts(),
         attempts,
@@ -196,9 +226,7 @@ fn blocking_a_group_on_quarantine_allocates_no_heap_and_no_frames() {
     for rid in cast(3).rids.iter().chain(&cast(4).rids) {
         assert_eq!(delivering_indices(&sim, *rid), [], "{rid}");
     }
-    // The whole deassign allocates no frames either.
-    passthrough::deassign(&mut g, dom, cast(3).sbdf).unwrap();
-    assert_eq!(alloc.allocation_attempts(), attempts);
+    assert_eq!(report.cost.waits, 1, "the whole group in one wait");
 }
 
 #[test]
@@ -284,4 +312,52 @@ fn a_bridged_device_delivers_through_its_alias_and_its_neighbours_do_not() {
             .map_err(|f| f.reason),
         Err(0x26)
     );
+}
+
+/// A deassign whose batch does not complete — the queue hangs (its descriptors run later),
+/// or the unit refuses the IEC descriptor and skips it (IQE, §6.5.2.10) — is reported and
+/// counted, and the next flush, whatever it is for, leaves no stale entry behind.
+#[test]
+fn a_deassign_whose_batch_fails_is_counted_and_the_next_flush_drops_the_entry() {
+    use lazaret_vtd::sim_device::{QueueFault, DEAD_QUEUE};
+    for skipped in [false, true] {
+        let sim = SimVtd::new();
+        let mut alloc = new_alloc(&sim);
+        let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+        let mut g = lock.lock();
+        let (dev, other) = (cast(0), cast(2));
+        add(&mut g, &mut alloc, &dev).unwrap();
+        add(&mut g, &mut alloc, &other).unwrap();
+        let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 8).unwrap();
+        passthrough::assign(&mut g, &mut alloc, dom, dev.sbdf).unwrap();
+        let msi = passthrough::program_interrupt(&mut g, dom, dev.sbdf, 0, TARGET).unwrap();
+        assert!(sim.msi(dev.rids[0], msi.address, msi.data).is_ok());
+        if skipped {
+            sim.inject_queue_fault(QueueFault::InvalidInterruptEntry);
+        } else {
+            sim.set_dead(DEAD_QUEUE);
+        }
+        let back = passthrough::deassign(&mut g, dom, dev.sbdf).unwrap();
+        assert!(back.timed_out.is_some(), "{back:?}");
+        let stats = g.state().stats();
+        assert_eq!(
+            (stats.switch_timeouts, stats.interrupt_block_failures),
+            (1, 1)
+        );
+        assert_eq!(g.state().owner_of(dev.sbdf), Some(g.state().dom_io()));
+        if skipped {
+            assert!(
+                sim.msi(dev.rids[0], msi.address, msi.data).is_ok(),
+                "the simulator kept the stale entry"
+            );
+        }
+        sim.set_dead(0);
+        passthrough::assign(&mut g, &mut alloc, dom, other.sbdf).unwrap();
+        assert_eq!(
+            sim.msi(dev.rids[0], msi.address, msi.data)
+                .map_err(|f| f.reason),
+            Err(0x22),
+            "skipped: {skipped}"
+        );
+    }
 }

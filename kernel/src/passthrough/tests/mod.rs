@@ -8,6 +8,7 @@ mod failures;
 mod faults;
 mod fixture;
 mod holes;
+mod interrupt_failures;
 mod interrupts;
 mod props;
 mod reassign;

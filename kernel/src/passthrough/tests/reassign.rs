@@ -119,3 +119,37 @@ fn a_refused_reassign_changes_nothing() {
         })
     );
 }
+
+#[test]
+fn reassign_blocks_the_old_owners_interrupts_in_its_one_switch() {
+    use crate::passthrough::iommu::InterruptTarget;
+    let sim = SimVtd::new();
+    let mut alloc = new_alloc(&sim);
+    let lock = new_lock(&sim, &mut alloc, QuarantineMode::Scratch);
+    let mut g = lock.lock();
+    let d = cast(0);
+    add(&mut g, &mut alloc, &d).unwrap();
+    let a = passthrough::create_domain(&mut g, &mut alloc, "a", 4).unwrap();
+    let b = passthrough::create_domain(&mut g, &mut alloc, "b", 4).unwrap();
+    passthrough::assign(&mut g, &mut alloc, a, d.sbdf).unwrap();
+    // Guest a's vector on guest a's CPU.
+    let target = InterruptTarget {
+        vector: 0x51,
+        apic_id: 1,
+    };
+    let msi = passthrough::program_interrupt(&mut g, a, d.sbdf, 0, target).unwrap();
+    assert_eq!(
+        sim.msi(d.rids[0], msi.address, msi.data).unwrap().vector,
+        0x51
+    );
+    let moved = passthrough::reassign(&mut g, &mut alloc, a, b, d.sbdf).unwrap();
+    assert_eq!(moved.cost.waits, 1, "{moved:?}");
+    assert_eq!(
+        sim.msi(d.rids[0], msi.address, msi.data)
+            .map_err(|f| f.reason),
+        Err(0x22),
+        "a's interrupt does not follow the device to b"
+    );
+    let msi = passthrough::program_interrupt(&mut g, b, d.sbdf, 0, target).unwrap();
+    assert!(sim.msi(d.rids[0], msi.address, msi.data).is_ok(), "b's own");
+}
