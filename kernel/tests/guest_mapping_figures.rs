@@ -167,6 +167,7 @@ fn amd_iommu<'a>(mem: &'a Counting, alloc: &mut SimFrameAllocator<'a>) -> Amd<'a
         table,
         segment: 0,
         base: PhysAddr(0xfed8_0000),
+        interrupt_remapping: true,
     };
     let coverage = [(DEVICE, 0)].into_iter().collect();
     AmdViIommu::new(mem, StepClock::default(), vec![setup], coverage).unwrap()

@@ -69,6 +69,7 @@ impl Vendor for Amd {
             table,
             segment: 0,
             base: PhysAddr(0xfed8_0000),
+            interrupt_remapping: true,
         };
         AmdViIommu::new(mem, StepClock::default(), vec![setup], coverage).expect("bring-up")
     }

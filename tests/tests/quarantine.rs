@@ -121,7 +121,8 @@ on_every_qemu! {
         for (name, value) in [
             ("assign-invalidation-waits", 1.0),
             ("deassign-invalidation-waits", 1.0),
-            ("deassign-invalidation-descriptors", 2.0),
+            // Context cache, domain IOTLB and the interrupt entries (in one batch).
+            ("deassign-invalidation-descriptors", 3.0),
             ("frames-allocated-during-deassign", 0.0),
             ("frames-allocated-during-destroy", 0.0),
         ] {

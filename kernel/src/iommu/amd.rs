@@ -34,12 +34,16 @@ pub struct UnitSetup<R: Mmio> {
     pub table: DeviceTable,
     pub segment: u16,
     pub base: PhysAddr,
+    /// The IVRS lets this unit's interrupt remapping be relied on (it names the IOAPICs:
+    /// `acpi_iommu::ivrs::remapping_doubt`); `false` makes the core refuse assignment behind it.
+    pub interrupt_remapping: bool,
 }
 
 struct Unit<R: Mmio> {
     hw: AmdViUnit<R>,
     table: DeviceTable,
     segment: u16,
+    interrupt_remapping: bool,
     /// A flush failed: the unit may have dropped what it owed (after ILLEGAL_COMMAND the
     /// queued commands are discarded), so the next flush invalidates every DTE and DomainID
     /// before the core frees anything those caches could reach.
@@ -65,6 +69,7 @@ pub fn bring_up<R: Mmio, M: PhysMem + ?Sized>(
         table,
         segment,
         base,
+        interrupt_remapping: true,
     })
 }
 
@@ -97,6 +102,7 @@ impl<'m, M: PhysMem + ?Sized, R: Mmio, C: Clock> AmdViIommu<'m, M, R, C> {
                 hw: s.hw,
                 table: s.table,
                 segment: s.segment,
+                interrupt_remapping: s.interrupt_remapping,
                 unconfirmed: false,
             })
             .collect();
@@ -423,8 +429,9 @@ impl<M: PhysMem + ?Sized, R: Mmio, C: Clock> Vendor for AmdViIommu<'_, M, R, C> 
 
     // Interrupt remapping: thin calls into the `AmdViIommu` interrupt functions below.
     fn interrupt_remapping(&self, unit: usize) -> bool {
-        // Every DTE the kernel writes has IV = 1 and IntCtl remapped or aborted.
-        unit < self.units.len()
+        // Every DTE the kernel writes has IV = 1 and IntCtl remapped or aborted; whether the
+        // unit honours them is what its IVRS says.
+        self.units.get(unit).is_some_and(|u| u.interrupt_remapping)
     }
 
     fn build_interrupts(

@@ -315,7 +315,7 @@ pub fn amd(
             blocked,
             named.special_count(),
         ));
-        let setup = amd::bring_up(
+        let mut setup = amd::bring_up(
             regs,
             &DIRECT_MAP,
             frames,
@@ -324,6 +324,7 @@ pub fn amd(
             ivhd.base_address,
             &TscClock,
         )?;
+        setup.interrupt_remapping = doubt.is_none();
         let unit = setups.len();
         let own = Sbdf::new(ivhd.segment, ivhd.iommu_bdf);
         iommu_functions.push(own);

@@ -40,6 +40,16 @@ fn iommu<'a>(
     regs: SimRegisters,
     alloc: &mut SimFrameAllocator<'a>,
 ) -> Unit<'a> {
+    iommu_trusted(mem, regs, alloc, true)
+}
+
+/// `trusted`: whether the IVRS lets the unit's remapping be relied on.
+fn iommu_trusted<'a>(
+    mem: &'a SimMemory,
+    regs: SimRegisters,
+    alloc: &mut SimFrameAllocator<'a>,
+    trusted: bool,
+) -> Unit<'a> {
     // Buses 0..=2: the cast's devices and bridge aliases.
     let table = DeviceTable::new(mem, PhysAddr(0x80_0000), 0x2ff).unwrap();
     let ids = (0..=0x2ffu16).filter(|id| *id != IOAPIC);
@@ -55,6 +65,7 @@ fn iommu<'a>(
         table,
         segment: 0,
         base: PhysAddr(0xfed8_0000),
+        interrupt_remapping: trusted,
     };
     AmdViIommu::new(mem, clock, vec![setup], coverage).unwrap()
 }
@@ -97,6 +108,30 @@ fn both_formats(
         );
         test(&sim, &mut g, &mut alloc);
     }
+}
+
+#[test]
+fn a_unit_whose_ivrs_is_doubted_does_not_remap_and_assignment_behind_it_is_refused() {
+    let mem = Rc::new(SimMemory::new());
+    let regs = SimRegisters::new();
+    let _sim = SimAmdVi::install(&regs, mem.clone(), HATS);
+    let mut alloc = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 1 << 14);
+    let lock = DeviceLock::new(
+        iommu_trusted(&mem, regs, &mut alloc, false),
+        QuarantineMode::Scratch,
+    );
+    let mut g = lock.lock();
+    let dev = cast(0);
+    add(&mut g, &mut alloc, &dev);
+    let dom = passthrough::create_domain(&mut g, &mut alloc, "guest", 8).unwrap();
+    assert_eq!(
+        passthrough::assign(&mut g, &mut alloc, dom, dev.sbdf).map(drop),
+        Err(passthrough::PassthroughError::NoInterruptRemapping(
+            dev.sbdf
+        ))
+    );
+    g.require_interrupt_remapping(false);
+    assert!(passthrough::assign(&mut g, &mut alloc, dom, dev.sbdf).is_ok());
 }
 
 #[test]
