@@ -252,11 +252,8 @@ mod tests {
         assert!(a.msr_write(IA32_APIC_BASE, a.msr_read(IA32_APIC_BASE).unwrap()));
         assert_eq!(a.msr_read(X2APIC_EOI), None);
         assert_eq!(a.msr_read(0x830), None);
-        // x2APIC mode and enabled, at the architectural base.
-        assert_eq!(
-            a.msr_read(IA32_APIC_BASE).map(|v| v & 0xFFFF_FC00),
-            Some(0xFEE0_0C00)
-        );
+        // The BSP (bit 8), x2APIC mode (10) and enabled (11), at the architectural base.
+        assert_eq!(a.msr_read(IA32_APIC_BASE), Some(0xFEE0_0D00));
         assert_eq!(a.msr_read(X2APIC_ID), Some(0));
     }
 
