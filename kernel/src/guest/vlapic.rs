@@ -256,7 +256,11 @@ mod tests {
         assert_eq!(a.msr_read(IA32_APIC_BASE), Some(0xFEE0_0D00));
         assert_eq!(a.msr_read(X2APIC_ID), Some(0));
         assert_eq!(a.msr_read(X2APIC_VERSION), Some(0x0005_0014));
-        assert_eq!(a.msr_read(X2APIC_SVR), Some(0x1FF), "software-enabled at entry");
+        assert_eq!(
+            a.msr_read(X2APIC_SVR),
+            Some(0x1FF),
+            "software-enabled at entry"
+        );
         assert!(a.msr_write(X2APIC_SVR, 0x10FF));
         assert_eq!(a.msr_read(X2APIC_SVR), Some(0x10FF));
     }
