@@ -55,12 +55,12 @@ impl GuestEnv for Env<'_> {
     }
 
     fn port_read(&mut self, port: u16, size: u8) -> Option<u32> {
-        let cfg = self.config.segment(0)?;
+        let cfg = self.config.segment(self.bus.segment())?;
         VirtualBus::handles_port(port).then(|| self.bus.port_read(cfg, port, size))
     }
 
     fn port_write(&mut self, port: u16, size: u8, value: u32) -> bool {
-        let Some(cfg) = self.config.segment(0) else {
+        let Some(cfg) = self.config.segment(self.bus.segment()) else {
             return false;
         };
         if VirtualBus::handles_port(port) {

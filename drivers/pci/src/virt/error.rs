@@ -12,6 +12,9 @@ pub enum VirtualBusError {
     TooManyFunctions { count: usize },
     /// The same real function assigned twice.
     DuplicateFunction(Sbdf),
+    /// Functions from two PCI segments on one bus: the guest's 0xCF8/0xCFC reach one
+    /// configuration space, so a bus holds one segment's functions.
+    MixedSegments { first: Sbdf, other: Sbdf },
     /// A BAR whose slot, kind or size no header can have (slot past 5, a 64-bit BAR in slot 5,
     /// two BARs in one slot, a size that is not a power of two, an end past 2^64).
     BadBar { function: Sbdf, index: u8 },
@@ -52,6 +55,10 @@ impl fmt::Display for VirtualBusError {
                 super::MAX_VIRTUAL_FUNCTIONS
             ),
             VirtualBusError::DuplicateFunction(at) => write!(f, "{at}: assigned twice"),
+            VirtualBusError::MixedSegments { first, other } => write!(
+                f,
+                "{other} is on another PCI segment than {first}: one virtual bus holds one segment"
+            ),
             VirtualBusError::BadBar { function, index } => {
                 write!(f, "{function}: BAR{index} is malformed")
             }

@@ -48,6 +48,9 @@ pub fn lay_out(
         if functions[..n].iter().any(|&(other, _)| other == real) {
             return Err(VirtualBusError::DuplicateFunction(real));
         }
+        if let Some(&(first, _)) = functions.first().filter(|(f, _)| f.segment != real.segment) {
+            return Err(VirtualBusError::MixedSegments { first, other: real });
+        }
         let mut used = [false; SLOTS];
         for bar in bars {
             check_bar(real, bar, &mut used)?;

@@ -111,6 +111,14 @@ fn construction_errors_are_clean() {
         build(&[(f, one), (f, &[])], WINDOW),
         Err(VirtualBusError::DuplicateFunction(f))
     );
+    let elsewhere = Sbdf::new(1, f.bdf);
+    assert_eq!(
+        build(&[(f, one), (elsewhere, &[])], WINDOW),
+        Err(VirtualBusError::MixedSegments {
+            first: f,
+            other: elsewhere
+        })
+    );
 
     let bar = |bar: Bar| build(&[(f, &[bar])], WINDOW);
     let bad = |index| Err(VirtualBusError::BadBar { function: f, index });

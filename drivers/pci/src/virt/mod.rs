@@ -106,6 +106,12 @@ impl VirtualBus {
         })
     }
 
+    /// The PCI segment of every function on this bus (they share one: [`VirtualBusError::MixedSegments`]);
+    /// the caller answers the guest's configuration accesses from that segment's space.
+    pub fn segment(&self) -> u16 {
+        self.functions.first().map_or(0, |f| f.real.segment)
+    }
+
     /// The BARs the caller maps in nested paging, in function and slot order.
     pub fn mappings(&self) -> &[BarMapping] {
         &self.mappings

@@ -304,3 +304,17 @@ fn virtual_and_real_addresses_translate_both_ways() {
     assert_eq!(bus.real_function(v(3)), None);
     assert_eq!(bus.real_function(Bdf::new(0, 0, 1).unwrap()), None);
 }
+
+#[test]
+fn a_bus_answers_from_the_segment_of_its_functions() {
+    let on = |segment| Sbdf::new(segment, Bdf::new(0, 3, 0).expect("valid"));
+    let window = (0xC000_0000, 0x100_0000);
+    let bus = VirtualBus::new(&[(on(2), &[][..])], window).expect("one function");
+    assert_eq!(bus.segment(), 2);
+    assert_eq!(
+        VirtualBus::new(&[(on(0), &[][..])], window)
+            .expect("one function")
+            .segment(),
+        0
+    );
+}
