@@ -89,11 +89,28 @@ pub fn wait_for_any_interrupt<P: Platform>(
     })
 }
 
+/// With interrupts off so far (the device polled to its end), opens `sti; nop; cli` windows
+/// until the DMA-completion handler has run since its count was `before`; returns the
+/// windows it took (reported as `halts` when it gives up, under the same bounds).
+pub fn take_dma_interrupt_in_window<P: Platform>(p: &P, before: u64) -> Result<u32, NoInterrupt> {
+    bounded(p, |r| r.dma_done != before, || p.interrupt_window())
+}
+
 /// The bounded wait both use: `moved` is checked with interrupts off before every halt, and
 /// STI's shadow keeps an interrupt that arrives after the check pending into the HLT.
 fn wait_until<P: Platform>(
     p: &P,
     moved: impl Fn(&HandlerRecord) -> bool,
+) -> Result<u32, NoInterrupt> {
+    bounded(p, moved, || p.wait_for_interrupt())
+}
+
+/// Checks `moved`, then `open`s the CPU to an interrupt, until it moved or the bounds
+/// ([`MAX_HALTS`] openings, [`DMA_TIMEOUT_TICKS`]) are reached.
+fn bounded<P: Platform>(
+    p: &P,
+    moved: impl Fn(&HandlerRecord) -> bool,
+    open: impl Fn(),
 ) -> Result<u32, NoInterrupt> {
     let start = p.rdtsc();
     let mut halts = 0;
@@ -105,7 +122,7 @@ fn wait_until<P: Platform>(
         if halts >= MAX_HALTS || ticks >= DMA_TIMEOUT_TICKS {
             return Err(NoInterrupt { halts, ticks });
         }
-        p.wait_for_interrupt();
+        open();
         halts += 1;
     }
 }

@@ -71,6 +71,11 @@ pub trait Platform {
     /// lost between a check and the sleep.
     fn wait_for_interrupt(&self);
 
+    /// `sti; nop; cli`: a one-instruction window in which an interrupt already pending is
+    /// taken, without sleeping (the `wait=window` path: Lazaret held the interrupt while the
+    /// guest had interrupts off).
+    fn interrupt_window(&self);
+
     /// What the handlers have recorded so far.
     fn handler_record(&self) -> HandlerRecord;
 

@@ -55,6 +55,8 @@ struct Fake<'a> {
     handlers: Cell<Option<u64>>,
     record: Cell<HandlerRecord>,
     halts: Cell<u32>,
+    /// `sti; nop; cli` windows opened.
+    windows: Cell<u32>,
     /// TSC ticks one HLT sleeps.
     halt_ticks: u64,
     /// HLTs that end with nothing delivered before delivery starts (Lazaret resuming the guest).
@@ -275,6 +277,28 @@ impl<'a> Platform for Fake<'a> {
         if self.timer_in_hlt && self.edu.dma_pending() {
             self.edu.fire_timer();
         }
+        self.deliver_pending();
+    }
+
+    fn interrupt_window(&self) {
+        self.windows.set(self.windows.get() + 1);
+        self.tsc.set(self.tsc.get() + self.halt_ticks);
+        self.deliver_pending();
+    }
+
+    fn handler_record(&self) -> HandlerRecord {
+        self.record.get()
+    }
+
+    fn interrupt_stamp(&self, tsc: u64, vector: u8) -> u64 {
+        self.stamps.borrow_mut().push((tsc, vector));
+        self.stamp_result
+    }
+}
+
+impl Fake<'_> {
+    /// Lazaret's delivery of whatever edu has raised, when the guest can take it.
+    fn deliver_pending(&self) {
         let raised = self.edu.registers().get(lazaret_edu::regs::IRQ_STATUS) != 0;
         let Some((enabled, address, data)) = self.guest_msi() else {
             return;
@@ -299,17 +323,6 @@ impl<'a> Platform for Fake<'a> {
         }
     }
 
-    fn handler_record(&self) -> HandlerRecord {
-        self.record.get()
-    }
-
-    fn interrupt_stamp(&self, tsc: u64, vector: u8) -> u64 {
-        self.stamps.borrow_mut().push((tsc, vector));
-        self.stamp_result
-    }
-}
-
-impl Fake<'_> {
     fn selected(&self) -> Option<(Sbdf, u16)> {
         let a = self.address.get();
         if a & (1 << 31) == 0 {
@@ -479,6 +492,7 @@ fn fake<'a>(
         handlers: Cell::new(None),
         record: Cell::new(HandlerRecord::default()),
         halts: Cell::new(0),
+        windows: Cell::new(0),
         halt_ticks: 1_000_000,
         quiet_halts: Cell::new(0),
         timer_in_hlt: true,

@@ -6,7 +6,7 @@ use lazaret_edu::{regs::BAR0_SIZE, DmaDirection, Edu, EduError};
 use lazaret_guest_abi::hypercall::HC_OK;
 use lazaret_guest_abi::interrupts::{DMA_DONE_VECTOR, MSI_ADDRESS};
 use lazaret_guest_abi::layout::{DMA_LIMIT, PAGE_SIZE};
-use lazaret_guest_abi::{BootInfo, GuestArgs, GuestExit};
+use lazaret_guest_abi::{BootInfo, GuestArgs, GuestExit, Wait};
 
 use crate::irq;
 use crate::paging::{self, PagePool};
@@ -25,6 +25,8 @@ struct Tally {
     taken: u32,
     /// HLTs over all waits.
     halts: u32,
+    /// Interrupt windows opened over all waits (`wait=window`).
+    windows: u32,
     /// Waits that gave up.
     missed: u32,
     stamps_refused: u32,
@@ -125,10 +127,20 @@ impl<P: Platform> Guest<'_, P> {
         let before = self.p.handler_record().dma_done;
         edu.start_dma(dir, iova, 0, DMA_LEN)?;
         if let Some(t) = tally {
-            match irq::wait_for_dma_interrupt(self.p, before) {
-                Ok(halts) => {
+            let waited = match self.args.wait {
+                Wait::Hlt => irq::wait_for_dma_interrupt(self.p, before).map(|n| (n, 0)),
+                // Interrupts off while the device works: its interrupt arrives when the
+                // guest cannot take it, and must still be there when the window opens.
+                Wait::Window => {
+                    edu.wait_dma(self.deadline())?;
+                    irq::take_dma_interrupt_in_window(self.p, before).map(|n| (0, n))
+                }
+            };
+            match waited {
+                Ok((halts, windows)) => {
                     t.taken += 1;
                     t.halts += halts;
+                    t.windows += windows;
                     let tsc = self.p.handler_record().last_tsc;
                     if self.p.interrupt_stamp(tsc, DMA_DONE_VECTOR) != HC_OK {
                         t.stamps_refused += 1;
@@ -154,11 +166,19 @@ impl<P: Platform> Guest<'_, P> {
             return false;
         };
         let r = self.p.handler_record();
-        let _ = writeln!(
-            self.con,
-            "DMA completion interrupts: {} on vector {DMA_DONE_VECTOR:#x}, waited in HLT {} times",
-            r.dma_done, t.halts
-        );
+        match self.args.wait {
+            Wait::Hlt => writeln!(
+                self.con,
+                "DMA completion interrupts: {} on vector {DMA_DONE_VECTOR:#x}, waited in HLT {} times",
+                r.dma_done, t.halts
+            ),
+            Wait::Window => writeln!(
+                self.con,
+                "DMA completion interrupts: {} on vector {DMA_DONE_VECTOR:#x}, polled with IF=0, taken in {} window(s)",
+                r.dma_done, t.windows
+            ),
+        }
+        .ok();
         let held = [
             self.check(
                 t.missed == 0,

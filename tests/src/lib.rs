@@ -125,7 +125,7 @@ impl Config {
         let mut c = Config::default()
             .with_cmdline("scenario=demo log=warn")
             .with_guest("alpha", "memory=4M variant=good")
-            .with_guest("beta", "memory=4M variant=good")
+            .with_guest("beta", "memory=4M variant=good wait=window")
             .with_guest("mallory", "memory=4M variant=rogue-dma");
         c.extra_args = vec!["-icount".into(), "shift=10,sleep=off".into()];
         c

@@ -1,5 +1,6 @@
 //! The guest command line (guest contract): space-separated `key=value` pairs,
-//! `variant=good|rogue-dma|rogue-mmio|crash|dma-storm|rogue-irq` (default good), `other=0xHPA`, `iommu=0xHPA`.
+//! `variant=good|rogue-dma|rogue-mmio|crash|dma-storm|rogue-irq` (default good), `other=0xHPA`, `iommu=0xHPA`,
+//! `wait=hlt|window` (default hlt).
 //! Unknown keys, repeated keys and bad values are errors the guest reports rather than
 //! guesses past. (The module string that names a guest image is the kernel's:
 //! `kernel/src/guest/spec.rs`.)
@@ -54,10 +55,39 @@ impl Variant {
     }
 }
 
+/// How the good guest waits for a DMA's completion interrupt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Wait {
+    /// Asleep in `sti; hlt`: the interrupt is injected as soon as it arrives.
+    #[default]
+    Hlt,
+    /// Polling the device with interrupts off, then opening a window (`sti; nop; cli`): the
+    /// interrupt arrived while the guest could not take it, so Lazaret must hold it and inject
+    /// it when the window opens (SVM: V_IRQ and the VINTR intercept).
+    Window,
+}
+
+impl Wait {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Wait::Hlt => "hlt",
+            Wait::Window => "window",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Wait> {
+        [Wait::Hlt, Wait::Window]
+            .into_iter()
+            .find(|w| w.name() == s)
+    }
+}
+
 /// The parsed command line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuestArgs {
     pub variant: Variant,
+    /// `wait=`: how the good guest waits for its DMAs' interrupts.
+    pub wait: Wait,
     /// `other=`: another guest's host-physical address (rogue-dma uses it as an IOVA).
     pub other: Option<u64>,
     /// `iommu=`: the IOMMU's register base (rogue-mmio reads it).
@@ -94,6 +124,7 @@ impl GuestArgs {
     pub fn parse(line: &str) -> Result<GuestArgs, ArgsError<'_>> {
         let mut args = GuestArgs::default();
         let mut seen_variant = false;
+        let mut seen_wait = false;
         for word in line.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
                 return Err(ArgsError::NotKeyValue(word));
@@ -105,6 +136,13 @@ impl GuestArgs {
                         return Err(ArgsError::Repeated(key));
                     }
                     args.variant = Variant::parse(value).ok_or(bad)?;
+                    continue;
+                }
+                "wait" => {
+                    if core::mem::replace(&mut seen_wait, true) {
+                        return Err(ArgsError::Repeated(key));
+                    }
+                    args.wait = Wait::parse(value).ok_or(bad)?;
                     continue;
                 }
                 "other" => &mut args.other,
@@ -133,6 +171,27 @@ fn parse_address(s: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_is_hlt_unless_a_window_is_asked_for_once() {
+        assert_eq!(GuestArgs::parse("").map(|a| a.wait), Ok(Wait::Hlt));
+        assert_eq!(GuestArgs::parse("wait=hlt").map(|a| a.wait), Ok(Wait::Hlt));
+        assert_eq!(
+            GuestArgs::parse("variant=good wait=window").map(|a| a.wait),
+            Ok(Wait::Window)
+        );
+        assert_eq!(
+            GuestArgs::parse("wait=window wait=hlt"),
+            Err(ArgsError::Repeated("wait"))
+        );
+        assert_eq!(
+            GuestArgs::parse("wait=spin"),
+            Err(ArgsError::BadValue {
+                key: "wait",
+                value: "spin"
+            })
+        );
+    }
 
     #[test]
     fn defaults_to_good_with_no_addresses() {

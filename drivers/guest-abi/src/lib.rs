@@ -25,6 +25,6 @@ pub mod interrupts;
 pub mod layout;
 
 pub use boot_info::{BootInfo, BootInfoError, BOOT_INFO_MAGIC, BOOT_INFO_SIZE, BOOT_INFO_VERSION};
-pub use cmdline::{ArgsError, GuestArgs, Variant};
+pub use cmdline::{ArgsError, GuestArgs, Variant, Wait};
 pub use hypercall::{GuestExit, HypercallError};
 pub use image::{load, GuestWriter, ImageError, LoadedImage};

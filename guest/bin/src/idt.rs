@@ -85,6 +85,15 @@ pub fn wait_for_interrupt() {
     unsafe { asm!("sti", "hlt", "cli") };
 }
 
+/// `sti; nop; cli`: one instruction with interrupts on (STI's shadow covers the NOP, so a
+/// pending interrupt is taken after it), in a function of its own like [`wait_for_interrupt`].
+#[inline(never)]
+pub fn interrupt_window() {
+    // SAFETY: as in `wait_for_interrupt`: the IDT is loaded, the handlers preserve every
+    // register, and an interrupt pushes its frame on this stack.
+    unsafe { asm!("sti", "nop", "cli") };
+}
+
 pub fn record() -> HandlerRecord {
     HandlerRecord {
         dma_done: DMA_DONE_COUNT.load(Ordering::SeqCst),

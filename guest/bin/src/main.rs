@@ -173,6 +173,10 @@ impl Platform for Machine {
         idt::wait_for_interrupt();
     }
 
+    fn interrupt_window(&self) {
+        idt::interrupt_window();
+    }
+
     fn handler_record(&self) -> HandlerRecord {
         idt::record()
     }

@@ -335,3 +335,50 @@ fn interrupt_gates_follow_the_sdm_layout() {
     assert_eq!(low >> 48, 0x9abc, "offset 31:16");
     assert_eq!(high, 0x1234_5678, "offset 63:32, reserved 0");
 }
+
+/// `variant=good wait=window` with `setup`: the guest polls each DMA with interrupts off, then
+/// opens windows for its interrupt.
+fn run_window<T>(
+    setup: impl FnOnce(&mut Fake<'_>),
+    check: impl FnOnce(GuestExit, &Fake<'_>) -> T,
+) -> T {
+    let ram = boot_ram("variant=good wait=window");
+    let edu = SimEdu::new(&ram, guest_iommu);
+    let mut f = fake(&ram, &edu, vec![(at(0, 0), edu_function())]);
+    setup(&mut f);
+    let exit = run(&f, env());
+    check(exit, &f)
+}
+
+#[test]
+fn with_wait_window_each_interrupt_is_taken_in_a_window_after_polling_never_in_hlt() {
+    run_window(
+        |f| f.timer_in_hlt = false,
+        |exit, f| {
+            let text = expect(exit, GuestExit::Pass, f);
+            assert_eq!(f.halts.get(), 0, "never asleep: {text}");
+            assert_eq!(f.windows.get(), 2, "one window per DMA: {text}");
+            assert_eq!(f.stamps.borrow().len(), 2);
+            let line = "DMA completion interrupts: 2 on vector 0x50, polled with IF=0, taken in 2 window(s)";
+            assert!(text.contains(line), "{text}");
+        },
+    );
+}
+
+#[test]
+fn with_wait_window_a_held_interrupt_that_never_comes_fails_after_the_bound() {
+    let lost = |f: &mut Fake<'_>| {
+        f.delivery = Delivery::Lost;
+        f.tsc_step = 0;
+        f.halt_ticks = 0;
+    };
+    run_window(lost, |exit, f| {
+        let text = expect(exit, GuestExit::CheckFailed, f);
+        assert_eq!(f.windows.get(), 2 * crate::irq::MAX_HALTS, "{text}");
+        assert_eq!(f.halts.get(), 0);
+        assert!(
+            text.contains("FAIL: 2 DMAs ended without their interrupt"),
+            "{text}"
+        );
+    });
+}

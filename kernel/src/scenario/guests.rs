@@ -149,7 +149,9 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
     for g in &running {
         check_good(hv, g, checks);
         guest_interrupts::check_woken(g, checks);
-        latency.add(&g.irq.latency);
+        if guest_interrupts::latency_is_lazarets(g) {
+            latency.add(&g.irq.latency);
+        }
     }
     check_apart(hv, &running, checks);
 
@@ -239,7 +241,10 @@ pub fn run<V: Inspect>(hv: &mut Hypervisor<V>, checks: &mut Checks) {
         f.row(&[&"owner switches", &st.owner_switches]);
         f.row(&[&"timed-out invalidation waits", &st.switch_timeouts]);
         if let Some(l) = guest_interrupts::latency_figure(&latency) {
-            f.row(&[&"interrupt latency, host entry to guest handler", &l]);
+            f.row(&[
+                &"interrupt latency, host entry to a sleeping guest's handler",
+                &l,
+            ]);
         }
         f.print();
     }
