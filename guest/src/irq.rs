@@ -52,6 +52,8 @@ pub fn enable_x2apic<P: Platform>(p: &P) {
 /// Why a wait for the DMA-completion interrupt gave up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NoInterrupt {
+    /// "halts" or "windows": what the wait opened the CPU with.
+    pub what: &'static str,
     pub halts: u32,
     pub ticks: u64,
 }
@@ -65,8 +67,8 @@ impl fmt::Display for NoInterrupt {
         };
         write!(
             f,
-            "no interrupt after {} halts and {} TSC ticks ({bound})",
-            self.halts, self.ticks
+            "no interrupt after {} {} and {} TSC ticks ({bound})",
+            self.halts, self.what, self.ticks
         )
     }
 }
@@ -91,9 +93,14 @@ pub fn wait_for_any_interrupt<P: Platform>(
 
 /// With interrupts off so far (the device polled to its end), opens `sti; nop; cli` windows
 /// until the DMA-completion handler has run since its count was `before`; returns the
-/// windows it took (reported as `halts` when it gives up, under the same bounds).
+/// windows it took (under the same bounds as a wait in HLT).
 pub fn take_dma_interrupt_in_window<P: Platform>(p: &P, before: u64) -> Result<u32, NoInterrupt> {
-    bounded(p, |r| r.dma_done != before, || p.interrupt_window())
+    bounded(
+        p,
+        "windows",
+        |r| r.dma_done != before,
+        || p.interrupt_window(),
+    )
 }
 
 /// The bounded wait both use: `moved` is checked with interrupts off before every halt, and
@@ -102,13 +109,14 @@ fn wait_until<P: Platform>(
     p: &P,
     moved: impl Fn(&HandlerRecord) -> bool,
 ) -> Result<u32, NoInterrupt> {
-    bounded(p, moved, || p.wait_for_interrupt())
+    bounded(p, "halts", moved, || p.wait_for_interrupt())
 }
 
 /// Checks `moved`, then `open`s the CPU to an interrupt, until it moved or the bounds
 /// ([`MAX_HALTS`] openings, [`DMA_TIMEOUT_TICKS`]) are reached.
 fn bounded<P: Platform>(
     p: &P,
+    what: &'static str,
     moved: impl Fn(&HandlerRecord) -> bool,
     open: impl Fn(),
 ) -> Result<u32, NoInterrupt> {
@@ -120,7 +128,7 @@ fn bounded<P: Platform>(
         }
         let ticks = p.rdtsc().wrapping_sub(start);
         if halts >= MAX_HALTS || ticks >= DMA_TIMEOUT_TICKS {
-            return Err(NoInterrupt { halts, ticks });
+            return Err(NoInterrupt { what, halts, ticks });
         }
         open();
         halts += 1;

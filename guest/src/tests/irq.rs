@@ -375,6 +375,7 @@ fn with_wait_window_a_held_interrupt_that_never_comes_fails_after_the_bound() {
     run_window(lost, |exit, f| {
         let text = expect(exit, GuestExit::CheckFailed, f);
         assert_eq!(f.windows.get(), 2 * crate::irq::MAX_HALTS, "{text}");
+        assert!(text.contains("no interrupt after 1000 windows"), "{text}");
         assert_eq!(f.halts.get(), 0);
         assert!(
             text.contains("FAIL: 2 DMAs ended without their interrupt"),
