@@ -190,98 +190,102 @@ fn routable(request: &GuestMsi) -> Result<Option<u8>, &'static str> {
     Ok(Some(request.vector))
 }
 
-/// Applies the MSI requests the guest made since the last call (after an exit that wrote its
-/// configuration space).
-pub fn sync<V: Vendor>(
-    g: &mut DevicesGuard<'_, V>,
-    config: &ConfigAccess,
-    vectors: &mut HostVectors,
-    domain: DomainId,
-    bus: &VirtualBus,
-    changed: impl Iterator<Item = Sbdf>,
-    irq: &mut GuestInterrupts,
-) {
-    for sbdf in changed {
-        let Some(request) = bus.msi_request(sbdf) else {
-            continue;
-        };
-        let want = match routable(&request) {
-            Ok(w) => w,
-            Err(why) => {
-                irq.refused += 1;
-                log::warn!(
-                    "{sbdf}: the guest's MSI (vector {:#x}, destination {}, address {:#x}) is refused: {why}",
-                    request.vector,
-                    request.destination,
-                    request.address
-                );
-                None
-            }
-        };
-        if let Err(why) = apply(g, config, vectors, domain, bus, sbdf, want, irq) {
-            irq.refused += 1;
-            log::warn!("{sbdf}: MSI not routed: {why}");
-            // Whatever failed, the device is left unable to signal: entry blocked, MSI off.
-            let _ = apply(g, config, vectors, domain, bus, sbdf, None, irq);
-        }
-    }
+/// What acting on a guest's MSI requests needs: the device lock, the configuration spaces,
+/// the host vectors, and the guest's domain and bus.
+pub struct Routing<'a, 'l, V: Vendor> {
+    pub g: &'a mut DevicesGuard<'l, V>,
+    pub config: &'a ConfigAccess,
+    pub vectors: &'a mut HostVectors,
+    pub domain: DomainId,
+    pub bus: &'a VirtualBus,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn apply<V: Vendor>(
-    g: &mut DevicesGuard<'_, V>,
-    config: &ConfigAccess,
-    vectors: &mut HostVectors,
-    domain: DomainId,
-    bus: &VirtualBus,
-    sbdf: Sbdf,
-    want: Option<u8>,
-    irq: &mut GuestInterrupts,
-) -> Result<(), alloc::string::String> {
-    let cfg = config
-        .segment(sbdf.segment)
-        .ok_or_else(|| alloc::format!("no configuration space for segment {}", sbdf.segment))?;
-    let at = match irq.routes.iter().position(|r| r.sbdf == sbdf) {
-        Some(i) => i,
-        None if want.is_none() => return Ok(()),
-        None => {
-            let host_vector = vectors.alloc().ok_or("no host vector left")?;
-            irq.routes.push(MsiRoute {
-                sbdf,
-                host_vector,
-                guest_vector: None,
-                message: None,
-                seen: interrupts_taken(host_vector),
-                taken_at: 0,
-            });
-            irq.routes.len() - 1
-        }
-    };
-    let route = &mut irq.routes[at];
-    match want {
-        Some(guest_vector) => {
-            let target = InterruptTarget {
-                vector: route.host_vector,
-                apic_id: this_apic_id(),
+impl<V: Vendor> Routing<'_, '_, V> {
+    /// Applies the MSI requests the guest made since the last call (after an exit that wrote
+    /// its configuration space).
+    pub fn sync(&mut self, changed: impl Iterator<Item = Sbdf>, irq: &mut GuestInterrupts) {
+        for sbdf in changed {
+            let Some(request) = self.bus.msi_request(sbdf) else {
+                continue;
             };
-            let m = passthrough::program_interrupt(g, domain, sbdf, ENTRY, target)
-                .map_err(|e| alloc::format!("{e}"))?;
-            bus.program_host_msi(cfg, sbdf, m.address, m.data, true)
-                .map_err(|e| alloc::format!("{e}"))?;
-            route.message = Some(m);
-            route.guest_vector = Some(guest_vector);
-        }
-        None => {
-            route.guest_vector = None;
-            if let Some(m) = route.message {
-                bus.program_host_msi(cfg, sbdf, m.address, m.data, false)
-                    .map_err(|e| alloc::format!("{e}"))?;
+            let want = match routable(&request) {
+                Ok(w) => w,
+                Err(why) => {
+                    irq.refused += 1;
+                    log::warn!(
+                        "{sbdf}: the guest's MSI (vector {:#x}, destination {}, address {:#x}) is refused: {why}",
+                        request.vector,
+                        request.destination,
+                        request.address
+                    );
+                    None
+                }
+            };
+            if let Err(why) = self.apply(sbdf, want, irq) {
+                irq.refused += 1;
+                log::warn!("{sbdf}: MSI not routed: {why}");
+                // Whatever failed, the device is left unable to signal: entry blocked, MSI off.
+                let _ = self.apply(sbdf, None, irq);
             }
-            passthrough::block_interrupt(g, domain, sbdf, ENTRY)
-                .map_err(|e| alloc::format!("{e}"))?;
         }
     }
-    Ok(())
+
+    /// `sbdf`'s entry → a host vector of its own standing for guest vector `want` (MSI on),
+    /// or blocked (MSI off) for `None`.
+    fn apply(
+        &mut self,
+        sbdf: Sbdf,
+        want: Option<u8>,
+        irq: &mut GuestInterrupts,
+    ) -> Result<(), alloc::string::String> {
+        let cfg = self
+            .config
+            .segment(sbdf.segment)
+            .ok_or_else(|| alloc::format!("no configuration space for segment {}", sbdf.segment))?;
+        let at = match irq.routes.iter().position(|r| r.sbdf == sbdf) {
+            Some(i) => i,
+            None if want.is_none() => return Ok(()),
+            None => {
+                let host_vector = self.vectors.alloc().ok_or("no host vector left")?;
+                irq.routes.push(MsiRoute {
+                    sbdf,
+                    host_vector,
+                    guest_vector: None,
+                    message: None,
+                    seen: interrupts_taken(host_vector),
+                    taken_at: 0,
+                });
+                irq.routes.len() - 1
+            }
+        };
+        let route = &mut irq.routes[at];
+        match want {
+            Some(guest_vector) => {
+                let target = InterruptTarget {
+                    vector: route.host_vector,
+                    apic_id: this_apic_id(),
+                };
+                let m = passthrough::program_interrupt(self.g, self.domain, sbdf, ENTRY, target)
+                    .map_err(|e| alloc::format!("{e}"))?;
+                self.bus
+                    .program_host_msi(cfg, sbdf, m.address, m.data, true)
+                    .map_err(|e| alloc::format!("{e}"))?;
+                route.message = Some(m);
+                route.guest_vector = Some(guest_vector);
+            }
+            None => {
+                route.guest_vector = None;
+                if let Some(m) = route.message {
+                    self.bus
+                        .program_host_msi(cfg, sbdf, m.address, m.data, false)
+                        .map_err(|e| alloc::format!("{e}"))?;
+                }
+                passthrough::block_interrupt(self.g, self.domain, sbdf, ENTRY)
+                    .map_err(|e| alloc::format!("{e}"))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The devices' MSIs turned off before the guest's devices go back to quarantine (where

@@ -174,15 +174,14 @@ fn sync_msi<V: Vendor, C: Vcpu>(hv: &mut Hypervisor<V>, guest: &mut Guest<C>) {
         return;
     };
     let mut g = lock.lock();
-    interrupts::sync(
-        &mut g,
-        &hv.config,
-        &mut hv.host_vectors,
-        guest.domain,
-        &guest.bus,
-        changed,
-        &mut guest.irq,
-    );
+    let mut routing = interrupts::Routing {
+        g: &mut g,
+        config: &hv.config,
+        vectors: &mut hv.host_vectors,
+        domain: guest.domain,
+        bus: &guest.bus,
+    };
+    routing.sync(changed, &mut guest.irq);
 }
 
 /// Takes whatever the local APIC holds and raises it in the guests it is routed to.
