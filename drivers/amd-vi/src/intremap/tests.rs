@@ -641,3 +641,83 @@ fn every_change_is_one_16_byte_exchange_and_32_bit_neighbours_survive() {
         }
     }
 }
+
+/// §2.2.5: a 32-bit IRTE's Destination is 8 bits (15:8), so APIC ID 255 still fits and 256
+/// is the first that must be refused rather than truncated.
+#[test]
+fn a_32_bit_entry_takes_every_8_bit_apic_id_and_no_wider() {
+    let top = Irte {
+        vector: 0x41,
+        destination: 0xff,
+    };
+    let e = spec_irte(top.encode(IrteFormat::Legacy32).unwrap(), false);
+    assert_eq!((e.remap_en, e.vector, e.destination), (1, 0x41, 0xff));
+    assert_eq!(
+        Irte {
+            destination: 0x100,
+            ..top
+        }
+        .encode(IrteFormat::Legacy32),
+        Err(IntRemapError::DestinationTooWide { apic_id: 0x100 })
+    );
+    // The 128-bit entry takes both, destination split at bit 24 (§2.2.5.2).
+    let wide = Irte {
+        destination: 0x100,
+        ..top
+    };
+    let e = spec_irte(wide.encode(IrteFormat::Ga128).unwrap(), true);
+    assert_eq!(e.destination, 0x100);
+}
+
+#[test]
+fn a_freed_table_gives_its_frame_back() {
+    let mem = SimMemory::new();
+    let mut a = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 8);
+    let before = a.frames_in_use();
+    let t = InterruptTable::new(&mem, &mut a, IrteFormat::Ga128, 8).unwrap();
+    assert_eq!(a.frames_in_use(), before + 1);
+    t.free(&mut a);
+    assert_eq!(a.frames_in_use(), before);
+}
+
+/// The errors end up in the log: each says what failed, with its numbers.
+#[test]
+fn errors_name_what_failed() {
+    for (e, words) in [
+        (IntRemapError::OutOfFrames, &["out of frames"][..]),
+        (
+            IntRemapError::TooManyEntries {
+                requested: 513,
+                max: 512,
+            },
+            &["513", "512"][..],
+        ),
+        (
+            IntRemapError::IndexOutOfRange {
+                index: 9,
+                entries: 8,
+            },
+            &["index 9", "8"][..],
+        ),
+        (
+            IntRemapError::DestinationTooWide { apic_id: 300 },
+            &["APIC ID 300"][..],
+        ),
+        (
+            IntRemapError::ConcurrentUpdate { index: 7 },
+            &["entry 7", "changed"][..],
+        ),
+        (
+            IntRemapError::from(DeviceTableError::BeyondTable {
+                requester_id: 0x100,
+                entries: 256,
+            }),
+            &["0x0100", "256"][..],
+        ),
+    ] {
+        let text = format!("{e}");
+        for w in words {
+            assert!(text.contains(w), "{text:?} lacks {w:?}");
+        }
+    }
+}
