@@ -519,3 +519,96 @@ fn irte_changes_are_single_16_byte_exchanges() {
     assert_eq!(table.read(tm, 7), Ok(e.encode()));
     assert!(!spec_decode(table.read(tm, 6).unwrap()).present);
 }
+
+#[test]
+fn a_small_x2apic_id_in_an_xapic_table_lands_in_dst_15_8() {
+    // §9.10: with IRTA.EIME = 0 the destination is an 8-bit xAPIC ID in DST[15:8]; an x2APIC
+    // ID that fits a byte is that same xAPIC ID, not DST[7:0] (which would reach APIC 0).
+    let sim = SimVtd::new();
+    let mut alloc = SimFrameAllocator::new(&sim.mem, PhysAddr(0x100_0000), 64);
+    let (mut unit, table) = remapping(&sim, &mut alloc, 4);
+    let tm = TableMemory::coherent(&*sim.mem);
+    let small = Irte {
+        vector: 0x46,
+        destination: Destination::X2apic(3),
+        source: SourceCheck::RequesterId(DEV),
+    };
+    table.program(tm, 1, small).unwrap();
+    let d = spec_decode(table.read(tm, 1).unwrap());
+    assert_eq!((d.present, d.vector, d.dst), (true, 0x46, 3 << 8));
+    invalidate(&mut unit, &sim, 1);
+    assert_eq!(msi(&sim, DEV, 1), delivered(0x46, 3, 1));
+}
+
+#[test]
+fn a_freed_table_gives_its_frame_back() {
+    let mem = SimMemory::new();
+    let mut alloc = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 1);
+    let tm = TableMemory::coherent(&mem);
+    let first = InterruptTable::new(tm, &mut alloc, 4, false).unwrap();
+    let base = first.base();
+    assert_eq!(alloc.frames_in_use(), 1);
+    first.free(&mut alloc);
+    assert_eq!(alloc.frames_in_use(), 0);
+    let again = InterruptTable::new(tm, &mut alloc, 4, false).unwrap();
+    assert_eq!(again.base(), base, "the one frame, reused");
+}
+
+#[test]
+fn a_range_may_take_the_whole_table_and_never_more() {
+    let mem = SimMemory::new();
+    let mut alloc = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 2);
+    let tm = TableMemory::coherent(&mem);
+    let mut t = InterruptTable::new(tm, &mut alloc, 4, false).unwrap();
+    assert_eq!(t.reserve(5), None, "8 entries asked of a table of 4");
+    assert_eq!(t.reserve(8), None);
+    let all = t.reserve(4).unwrap();
+    assert_eq!((all.first(), all.len(), all.is_empty()), (0, 4, false));
+    assert_eq!(all.index(3), Some(3));
+    assert_eq!(t.reserve(1), None, "full");
+}
+
+#[test]
+fn releasing_a_range_frees_exactly_its_entries() {
+    let mem = SimMemory::new();
+    let mut alloc = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 2);
+    let tm = TableMemory::coherent(&mem);
+    let mut t = InterruptTable::new(tm, &mut alloc, 16, false).unwrap();
+    let ranges = [(); 3].map(|_| t.reserve(4).unwrap());
+    assert_eq!(ranges.map(|r| r.first()), [0, 4, 8]);
+    t.release(ranges[1]);
+    // Only 4..8 came back: the neighbour at 8..12 is still owned, so the next two go to 4
+    // and 12.
+    assert_eq!(t.reserve(4).map(|r| r.first()), Some(4));
+    assert_eq!(t.reserve(4).map(|r| r.first()), Some(12));
+    assert_eq!(t.reserve(1), None, "full");
+}
+
+#[test]
+fn errors_say_what_and_which() {
+    let cases = [
+        (IntRemapError::OutOfFrames, "out of frames"),
+        (
+            IntRemapError::TooManyEntries { requested: 300 },
+            "300 interrupt entries exceed the 256",
+        ),
+        (
+            IntRemapError::IndexOutOfRange {
+                index: 17,
+                entries: 16,
+            },
+            "index 17 beyond a table of 16",
+        ),
+        (
+            IntRemapError::DestinationNeedsX2apic { apic_id: 0x100 },
+            "APIC ID 256 needs x2APIC",
+        ),
+        (
+            IntRemapError::ConcurrentUpdate { index: 9 },
+            "entry 9 changed",
+        ),
+    ];
+    for (e, text) in cases {
+        assert!(e.to_string().contains(text), "{e:?}: {e}");
+    }
+}
