@@ -612,3 +612,24 @@ fn errors_say_what_and_which() {
         assert!(e.to_string().contains(text), "{e:?}: {e}");
     }
 }
+
+#[test]
+fn redoing_an_unconfirmed_batch_drops_stale_interrupt_entries() {
+    let sim = SimVtd::new();
+    let mut alloc = SimFrameAllocator::new(&sim.mem, PhysAddr(0x100_0000), 64);
+    let (mut unit, table) = remapping(&sim, &mut alloc, 4);
+    let tm = TableMemory::coherent(&*sim.mem);
+    table
+        .program(tm, 2, irte(0x41, 3, SourceCheck::RequesterId(DEV)))
+        .unwrap();
+    invalidate(&mut unit, &sim, 2);
+    assert_eq!(msi(&sim, DEV, 2), delivered(0x41, 3, 2));
+    // Quarantined, but the batch carrying the IEC descriptor was not confirmed: the redo
+    // must reach the interrupt entry cache as well.
+    table.block(tm, 2).unwrap();
+    let mut redo = crate::invalidation::SwitchBatch::new();
+    redo.invalidate_everything(true);
+    unit.flush(&*sim.mem, &redo, &StepClock::default()).unwrap();
+    assert_eq!(msi(&sim, DEV, 2), refused(DEV, Some(2), 0x22));
+    assert_eq!(sim.cached_interrupt_entries(), 0);
+}
