@@ -633,3 +633,50 @@ fn redoing_an_unconfirmed_batch_drops_stale_interrupt_entries() {
     assert_eq!(msi(&sim, DEV, 2), refused(DEV, Some(2), 0x22));
     assert_eq!(sim.cached_interrupt_entries(), 0);
 }
+
+#[test]
+fn broadcast_destinations_are_refused() {
+    // A physical destination of all ones is the broadcast ID — 0xFF in xAPIC format, which an
+    // xAPIC-mode IRTE carries in DST[15:8] (§9.10), 0xFFFF_FFFF in x2APIC format (Intel SDM
+    // Vol. 3A, physical destination mode) — so such an IRTE interrupts every CPU, never one.
+    let mem = SimMemory::new();
+    let mut alloc = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 4);
+    let tm = TableMemory::coherent(&mem);
+    let xapic = InterruptTable::new(tm, &mut alloc, 4, false).unwrap();
+    let x2apic = InterruptTable::new(tm, &mut alloc, 4, true).unwrap();
+    let to = |destination| Irte {
+        vector: 0x47,
+        destination,
+        source: SourceCheck::RequesterId(DEV),
+    };
+    for (table, destination) in [
+        (&xapic, Destination::Xapic(0xff)),
+        (&xapic, Destination::X2apic(0xff)),
+        (&x2apic, Destination::X2apic(u32::MAX)),
+    ] {
+        assert_eq!(
+            table.program(tm, 0, to(destination)),
+            Err(IntRemapError::BroadcastDestination {
+                apic_id: match destination {
+                    Destination::Xapic(id) => u32::from(id),
+                    Destination::X2apic(id) => id,
+                }
+            }),
+            "{destination:?}"
+        );
+        assert!(!spec_decode(table.read(tm, 0).unwrap()).present);
+    }
+    // The IDs just below are single CPUs, and 0xFF is one in x2APIC format.
+    xapic.program(tm, 1, to(Destination::Xapic(0xfe))).unwrap();
+    assert_eq!(spec_decode(xapic.read(tm, 1).unwrap()).dst, 0xfe << 8);
+    xapic.program(tm, 2, to(Destination::X2apic(0xfe))).unwrap();
+    assert_eq!(spec_decode(xapic.read(tm, 2).unwrap()).dst, 0xfe << 8);
+    x2apic
+        .program(tm, 1, to(Destination::X2apic(0xff)))
+        .unwrap();
+    assert_eq!(spec_decode(x2apic.read(tm, 1).unwrap()).dst, 0xff);
+    x2apic
+        .program(tm, 2, to(Destination::X2apic(u32::MAX - 1)))
+        .unwrap();
+    assert_eq!(spec_decode(x2apic.read(tm, 2).unwrap()).dst, u32::MAX - 1);
+}
