@@ -607,6 +607,10 @@ fn errors_say_what_and_which() {
             IntRemapError::ConcurrentUpdate { index: 9 },
             "entry 9 changed",
         ),
+        (
+            IntRemapError::BroadcastDestination { apic_id: 0xff },
+            "APIC ID 0xff is the broadcast",
+        ),
     ];
     for (e, text) in cases {
         assert!(e.to_string().contains(text), "{e:?}: {e}");
