@@ -117,6 +117,21 @@ fn invalidate(unit: &mut VtdUnit<SimRef<'_>>, sim: &SimVtd, index: u16) {
         .unwrap();
 }
 
+/// Entry `index` → DEV's vector 0x41 on APIC 3, invalidated, and seen to deliver.
+fn deliver_through(
+    unit: &mut VtdUnit<SimRef<'_>>,
+    sim: &SimVtd,
+    table: &InterruptTable,
+    index: u16,
+) {
+    let tm = TableMemory::coherent(&*sim.mem);
+    table
+        .program(tm, index, irte(0x41, 3, SourceCheck::RequesterId(DEV)))
+        .unwrap();
+    invalidate(unit, sim, index);
+    assert_eq!(msi(sim, DEV, index), delivered(0x41, 3, index));
+}
+
 #[test]
 fn table_size_comes_from_the_count_and_irta_encodes_it() {
     let mem = SimMemory::new();
@@ -225,12 +240,7 @@ fn a_device_reaches_only_its_programmed_vector_and_destination() {
     let sim = SimVtd::new();
     let mut alloc = SimFrameAllocator::new(&sim.mem, PhysAddr(0x100_0000), 64);
     let (mut unit, table) = remapping(&sim, &mut alloc, 16);
-    let tm = TableMemory::coherent(&*sim.mem);
-    table
-        .program(tm, 5, irte(0x41, 3, SourceCheck::RequesterId(DEV)))
-        .unwrap();
-    invalidate(&mut unit, &sim, 5);
-    assert_eq!(msi(&sim, DEV, 5), delivered(0x41, 3, 5));
+    deliver_through(&mut unit, &sim, &table, 5);
     // The neighbour forging DEV's handle is refused and attributed to itself.
     assert_eq!(msi(&sim, OTHER, 5), refused(OTHER, Some(5), 0x26));
     // DEV's other indices stay blocked.
@@ -384,10 +394,7 @@ fn a_new_table_pointer_drops_every_cached_entry() {
     let mut alloc = SimFrameAllocator::new(&sim.mem, PhysAddr(0x100_0000), 64);
     let (mut unit, old) = remapping(&sim, &mut alloc, 4);
     let tm = TableMemory::coherent(&*sim.mem);
-    old.program(tm, 1, irte(0x41, 3, SourceCheck::RequesterId(DEV)))
-        .unwrap();
-    invalidate(&mut unit, &sim, 1);
-    assert_eq!(msi(&sim, DEV, 1), delivered(0x41, 3, 1));
+    deliver_through(&mut unit, &sim, &old, 1);
     let new = InterruptTable::new(tm, &mut alloc, 4, false).unwrap();
     unit.enable_interrupt_remapping(&*sim.mem, &new, &StepClock::default())
         .unwrap();
@@ -622,15 +629,10 @@ fn redoing_an_unconfirmed_batch_drops_stale_interrupt_entries() {
     let sim = SimVtd::new();
     let mut alloc = SimFrameAllocator::new(&sim.mem, PhysAddr(0x100_0000), 64);
     let (mut unit, table) = remapping(&sim, &mut alloc, 4);
-    let tm = TableMemory::coherent(&*sim.mem);
-    table
-        .program(tm, 2, irte(0x41, 3, SourceCheck::RequesterId(DEV)))
-        .unwrap();
-    invalidate(&mut unit, &sim, 2);
-    assert_eq!(msi(&sim, DEV, 2), delivered(0x41, 3, 2));
+    deliver_through(&mut unit, &sim, &table, 2);
     // Quarantined, but the batch carrying the IEC descriptor was not confirmed: the redo
     // must reach the interrupt entry cache as well.
-    table.block(tm, 2).unwrap();
+    table.block(TableMemory::coherent(&*sim.mem), 2).unwrap();
     let mut redo = crate::invalidation::SwitchBatch::new();
     redo.invalidate_everything(true);
     unit.flush(&*sim.mem, &redo, &StepClock::default()).unwrap();
