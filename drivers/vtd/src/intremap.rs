@@ -40,6 +40,10 @@ const SVT_BUS_RANGE: u128 = 0b10;
 
 /// IRTA.EIME (bit 11): destinations are 32-bit x2APIC IDs.
 const IRTA_EIME: u64 = 1 << 11;
+/// Physical destination IDs that mean "every CPU" (Intel SDM Vol. 3A, physical destination
+/// mode): 0xFF in xAPIC format (an xAPIC-mode IRTE's DST[15:8]), all ones in x2APIC format.
+const XAPIC_BROADCAST: u32 = 0xff;
+const X2APIC_BROADCAST: u32 = u32::MAX;
 
 /// Whom an interrupt may come from (§9.10 SVT / SQ / SID).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +134,10 @@ pub enum IntRemapError {
     ConcurrentUpdate {
         index: u16,
     },
+    /// The broadcast ID of the table's destination format: it would interrupt every CPU.
+    BroadcastDestination {
+        apic_id: u32,
+    },
 }
 
 impl fmt::Display for IntRemapError {
@@ -148,6 +156,9 @@ impl fmt::Display for IntRemapError {
             }
             IntRemapError::ConcurrentUpdate { index } => {
                 write!(f, "interrupt entry {index} changed during its atomic update")
+            }
+            IntRemapError::BroadcastDestination { apic_id } => {
+                write!(f, "APIC ID {apic_id:#x} is the broadcast destination")
             }
         }
     }
@@ -225,7 +236,8 @@ impl InterruptTable {
         Ok(tm.read_u128(self.slot(index)?))
     }
 
-    /// Entry `index` → `irte`, atomically. The caller then invalidates the entry.
+    /// Entry `index` → `irte`, atomically. The caller then invalidates the entry. A broadcast
+    /// destination is refused: the entry is one CPU's.
     pub fn program<M, F>(
         &self,
         tm: TableMemory<'_, M, F>,
@@ -240,6 +252,14 @@ impl InterruptTable {
             if !self.extended && id > 0xff {
                 return Err(IntRemapError::DestinationNeedsX2apic { apic_id: id });
             }
+        }
+        let (apic_id, broadcast) = match irte.destination {
+            Destination::Xapic(id) => (u32::from(id), XAPIC_BROADCAST),
+            Destination::X2apic(id) if self.extended => (id, X2APIC_BROADCAST),
+            Destination::X2apic(id) => (id, XAPIC_BROADCAST),
+        };
+        if apic_id == broadcast {
+            return Err(IntRemapError::BroadcastDestination { apic_id });
         }
         let irte = match irte.destination {
             Destination::X2apic(id) if !self.extended => Irte {

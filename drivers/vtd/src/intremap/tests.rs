@@ -117,6 +117,21 @@ fn invalidate(unit: &mut VtdUnit<SimRef<'_>>, sim: &SimVtd, index: u16) {
         .unwrap();
 }
 
+/// Entry `index` → DEV's vector 0x41 on APIC 3, invalidated, and seen to deliver.
+fn deliver_through(
+    unit: &mut VtdUnit<SimRef<'_>>,
+    sim: &SimVtd,
+    table: &InterruptTable,
+    index: u16,
+) {
+    let tm = TableMemory::coherent(&*sim.mem);
+    table
+        .program(tm, index, irte(0x41, 3, SourceCheck::RequesterId(DEV)))
+        .unwrap();
+    invalidate(unit, sim, index);
+    assert_eq!(msi(sim, DEV, index), delivered(0x41, 3, index));
+}
+
 #[test]
 fn table_size_comes_from_the_count_and_irta_encodes_it() {
     let mem = SimMemory::new();
@@ -225,12 +240,7 @@ fn a_device_reaches_only_its_programmed_vector_and_destination() {
     let sim = SimVtd::new();
     let mut alloc = SimFrameAllocator::new(&sim.mem, PhysAddr(0x100_0000), 64);
     let (mut unit, table) = remapping(&sim, &mut alloc, 16);
-    let tm = TableMemory::coherent(&*sim.mem);
-    table
-        .program(tm, 5, irte(0x41, 3, SourceCheck::RequesterId(DEV)))
-        .unwrap();
-    invalidate(&mut unit, &sim, 5);
-    assert_eq!(msi(&sim, DEV, 5), delivered(0x41, 3, 5));
+    deliver_through(&mut unit, &sim, &table, 5);
     // The neighbour forging DEV's handle is refused and attributed to itself.
     assert_eq!(msi(&sim, OTHER, 5), refused(OTHER, Some(5), 0x26));
     // DEV's other indices stay blocked.
@@ -384,10 +394,7 @@ fn a_new_table_pointer_drops_every_cached_entry() {
     let mut alloc = SimFrameAllocator::new(&sim.mem, PhysAddr(0x100_0000), 64);
     let (mut unit, old) = remapping(&sim, &mut alloc, 4);
     let tm = TableMemory::coherent(&*sim.mem);
-    old.program(tm, 1, irte(0x41, 3, SourceCheck::RequesterId(DEV)))
-        .unwrap();
-    invalidate(&mut unit, &sim, 1);
-    assert_eq!(msi(&sim, DEV, 1), delivered(0x41, 3, 1));
+    deliver_through(&mut unit, &sim, &old, 1);
     let new = InterruptTable::new(tm, &mut alloc, 4, false).unwrap();
     unit.enable_interrupt_remapping(&*sim.mem, &new, &StepClock::default())
         .unwrap();
@@ -518,4 +525,164 @@ fn irte_changes_are_single_16_byte_exchanges() {
     assert_eq!(atomic.exchanges(), 3);
     assert_eq!(table.read(tm, 7), Ok(e.encode()));
     assert!(!spec_decode(table.read(tm, 6).unwrap()).present);
+}
+
+#[test]
+fn a_small_x2apic_id_in_an_xapic_table_lands_in_dst_15_8() {
+    // §9.10: with IRTA.EIME = 0 the destination is an 8-bit xAPIC ID in DST[15:8]; an x2APIC
+    // ID that fits a byte is that same xAPIC ID, not DST[7:0] (which would reach APIC 0).
+    let sim = SimVtd::new();
+    let mut alloc = SimFrameAllocator::new(&sim.mem, PhysAddr(0x100_0000), 64);
+    let (mut unit, table) = remapping(&sim, &mut alloc, 4);
+    let tm = TableMemory::coherent(&*sim.mem);
+    let small = Irte {
+        vector: 0x46,
+        destination: Destination::X2apic(3),
+        source: SourceCheck::RequesterId(DEV),
+    };
+    table.program(tm, 1, small).unwrap();
+    let d = spec_decode(table.read(tm, 1).unwrap());
+    assert_eq!((d.present, d.vector, d.dst), (true, 0x46, 3 << 8));
+    invalidate(&mut unit, &sim, 1);
+    assert_eq!(msi(&sim, DEV, 1), delivered(0x46, 3, 1));
+}
+
+#[test]
+fn a_freed_table_gives_its_frame_back() {
+    let mem = SimMemory::new();
+    let mut alloc = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 1);
+    let tm = TableMemory::coherent(&mem);
+    let first = InterruptTable::new(tm, &mut alloc, 4, false).unwrap();
+    let base = first.base();
+    assert_eq!(alloc.frames_in_use(), 1);
+    first.free(&mut alloc);
+    assert_eq!(alloc.frames_in_use(), 0);
+    let again = InterruptTable::new(tm, &mut alloc, 4, false).unwrap();
+    assert_eq!(again.base(), base, "the one frame, reused");
+}
+
+#[test]
+fn a_range_may_take_the_whole_table_and_never_more() {
+    let mem = SimMemory::new();
+    let mut alloc = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 2);
+    let tm = TableMemory::coherent(&mem);
+    let mut t = InterruptTable::new(tm, &mut alloc, 4, false).unwrap();
+    assert_eq!(t.reserve(5), None, "8 entries asked of a table of 4");
+    assert_eq!(t.reserve(8), None);
+    let all = t.reserve(4).unwrap();
+    assert_eq!((all.first(), all.len(), all.is_empty()), (0, 4, false));
+    assert_eq!(all.index(3), Some(3));
+    assert_eq!(t.reserve(1), None, "full");
+}
+
+#[test]
+fn releasing_a_range_frees_exactly_its_entries() {
+    let mem = SimMemory::new();
+    let mut alloc = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 2);
+    let tm = TableMemory::coherent(&mem);
+    let mut t = InterruptTable::new(tm, &mut alloc, 16, false).unwrap();
+    let ranges = [(); 3].map(|_| t.reserve(4).unwrap());
+    assert_eq!(ranges.map(|r| r.first()), [0, 4, 8]);
+    t.release(ranges[1]);
+    // Only 4..8 came back: the neighbour at 8..12 is still owned, so the next two go to 4
+    // and 12.
+    assert_eq!(t.reserve(4).map(|r| r.first()), Some(4));
+    assert_eq!(t.reserve(4).map(|r| r.first()), Some(12));
+    assert_eq!(t.reserve(1), None, "full");
+}
+
+#[test]
+fn errors_say_what_and_which() {
+    let cases = [
+        (IntRemapError::OutOfFrames, "out of frames"),
+        (
+            IntRemapError::TooManyEntries { requested: 300 },
+            "300 interrupt entries exceed the 256",
+        ),
+        (
+            IntRemapError::IndexOutOfRange {
+                index: 17,
+                entries: 16,
+            },
+            "index 17 beyond a table of 16",
+        ),
+        (
+            IntRemapError::DestinationNeedsX2apic { apic_id: 0x100 },
+            "APIC ID 256 needs x2APIC",
+        ),
+        (
+            IntRemapError::ConcurrentUpdate { index: 9 },
+            "entry 9 changed",
+        ),
+        (
+            IntRemapError::BroadcastDestination { apic_id: 0xff },
+            "APIC ID 0xff is the broadcast",
+        ),
+    ];
+    for (e, text) in cases {
+        assert!(e.to_string().contains(text), "{e:?}: {e}");
+    }
+}
+
+#[test]
+fn redoing_an_unconfirmed_batch_drops_stale_interrupt_entries() {
+    let sim = SimVtd::new();
+    let mut alloc = SimFrameAllocator::new(&sim.mem, PhysAddr(0x100_0000), 64);
+    let (mut unit, table) = remapping(&sim, &mut alloc, 4);
+    deliver_through(&mut unit, &sim, &table, 2);
+    // Quarantined, but the batch carrying the IEC descriptor was not confirmed: the redo
+    // must reach the interrupt entry cache as well.
+    table.block(TableMemory::coherent(&*sim.mem), 2).unwrap();
+    let mut redo = crate::invalidation::SwitchBatch::new();
+    redo.invalidate_everything(true);
+    unit.flush(&*sim.mem, &redo, &StepClock::default()).unwrap();
+    assert_eq!(msi(&sim, DEV, 2), refused(DEV, Some(2), 0x22));
+    assert_eq!(sim.cached_interrupt_entries(), 0);
+}
+
+#[test]
+fn broadcast_destinations_are_refused() {
+    // A physical destination of all ones is the broadcast ID — 0xFF in xAPIC format, which an
+    // xAPIC-mode IRTE carries in DST[15:8] (§9.10), 0xFFFF_FFFF in x2APIC format (Intel SDM
+    // Vol. 3A, physical destination mode) — so such an IRTE interrupts every CPU, never one.
+    let mem = SimMemory::new();
+    let mut alloc = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 4);
+    let tm = TableMemory::coherent(&mem);
+    let xapic = InterruptTable::new(tm, &mut alloc, 4, false).unwrap();
+    let x2apic = InterruptTable::new(tm, &mut alloc, 4, true).unwrap();
+    let to = |destination| Irte {
+        vector: 0x47,
+        destination,
+        source: SourceCheck::RequesterId(DEV),
+    };
+    for (table, destination) in [
+        (&xapic, Destination::Xapic(0xff)),
+        (&xapic, Destination::X2apic(0xff)),
+        (&x2apic, Destination::X2apic(u32::MAX)),
+    ] {
+        assert_eq!(
+            table.program(tm, 0, to(destination)),
+            Err(IntRemapError::BroadcastDestination {
+                apic_id: match destination {
+                    Destination::Xapic(id) => u32::from(id),
+                    Destination::X2apic(id) => id,
+                }
+            }),
+            "{destination:?}"
+        );
+        assert!(!spec_decode(table.read(tm, 0).unwrap()).present);
+    }
+    // The IDs just below are single CPUs, and 0xFF is one in x2APIC format.
+    xapic.program(tm, 1, to(Destination::Xapic(0xfe))).unwrap();
+    assert_eq!(spec_decode(xapic.read(tm, 1).unwrap()).dst, 0xfe << 8);
+    xapic.program(tm, 2, to(Destination::X2apic(0xfe))).unwrap();
+    assert_eq!(spec_decode(xapic.read(tm, 2).unwrap()).dst, 0xfe << 8);
+    x2apic
+        .program(tm, 1, to(Destination::X2apic(0xff)))
+        .unwrap();
+    assert_eq!(spec_decode(x2apic.read(tm, 1).unwrap()).dst, 0xff);
+    x2apic
+        .program(tm, 2, to(Destination::X2apic(u32::MAX - 1)))
+        .unwrap();
+    assert_eq!(spec_decode(x2apic.read(tm, 2).unwrap()).dst, u32::MAX - 1);
 }

@@ -1,6 +1,6 @@
 use super::*;
 use crate::poll::StepClock;
-use crate::regs::{global, CCMD, GSTS, IQT};
+use crate::regs::{global, Capabilities, CCMD, GSTS, IQT};
 use crate::sim_device::{SimRef, SimVtd, DEAD_QUEUE, DEAD_REGISTERS, IOTLB_OFFSET};
 use lazaret_types::sim::{RegAccess, SimFrameAllocator};
 use lazaret_types::Bdf;
@@ -187,4 +187,48 @@ fn register_based_time_out_stops_the_batch() {
         })
     ));
     assert_eq!(mmio.writes(), 1, "the IOTLB command was not issued");
+}
+
+/// `batch`'s context-cache segment and its late (IOTLB, then interrupt entry cache) segment.
+fn segments(batch: &SwitchBatch, cap: Capabilities) -> (Vec<Invalidation>, Vec<Invalidation>) {
+    let filler = Invalidation::Context(ContextScope::Global);
+    let mut contexts = [filler; MAX_CONTEXT_INVALIDATIONS];
+    let mut late = [filler; MAX_LATE_INVALIDATIONS];
+    let nc = batch.context_invalidations(&mut contexts);
+    let nl = batch.late_invalidations(cap, &mut late);
+    (contexts[..nc].to_vec(), late[..nl].to_vec())
+}
+
+#[test]
+fn an_unconfirmed_batch_is_redone_globally_including_the_interrupt_entry_cache() {
+    // §6.5.2.10: after a queue error the unit may have skipped any descriptor of the batch,
+    // so every cache it uses is invalidated globally — the IEC too when it remaps interrupts.
+    let cap = Capabilities(0);
+    let context = vec![Invalidation::Context(ContextScope::Global)];
+    let iotlb = iotlb_drained(cap, IotlbScope::Global);
+    let iec = Invalidation::InterruptEntry(InterruptScope::Global);
+
+    let mut dma_only = SwitchBatch::new();
+    dma_only.invalidate_everything(false);
+    assert!(!dma_only.is_empty());
+    assert_eq!(segments(&dma_only, cap), (context.clone(), vec![iotlb]));
+
+    let mut remapping = SwitchBatch::new();
+    remapping.interrupt_entries_changed(InterruptScope::Entries {
+        index: 4,
+        index_mask: 2,
+    });
+    remapping.invalidate_everything(true);
+    assert_eq!(
+        segments(&remapping, cap),
+        (context.clone(), vec![iotlb, iec])
+    );
+
+    // A global IEC already owed stays owed when the redo itself asks for none.
+    let mut owed = SwitchBatch::new();
+    owed.interrupt_entries_changed(InterruptScope::Global);
+    assert!(!owed.is_empty(), "a global IEC alone is work");
+    assert_eq!(segments(&owed, cap), (vec![], vec![iec]));
+    owed.invalidate_everything(false);
+    assert_eq!(segments(&owed, cap), (context, vec![iotlb, iec]));
 }
