@@ -261,9 +261,15 @@ impl InterruptTable {
         if apic_id == broadcast {
             return Err(IntRemapError::BroadcastDestination { apic_id });
         }
+        // The table's format decides the field (§9.10): an xAPIC ID in an extended table is the
+        // same CPU's x2APIC ID in DST[31:0], never id << 8 (x2APIC ID id·256, another CPU).
         let irte = match irte.destination {
             Destination::X2apic(id) if !self.extended => Irte {
                 destination: Destination::Xapic(id as u8),
+                ..irte
+            },
+            Destination::Xapic(id) if self.extended => Irte {
+                destination: Destination::X2apic(u32::from(id)),
                 ..irte
             },
             _ => irte,

@@ -548,6 +548,23 @@ fn a_small_x2apic_id_in_an_xapic_table_lands_in_dst_15_8() {
 }
 
 #[test]
+fn an_xapic_id_in_an_extended_table_lands_in_dst_31_0() {
+    // §9.10: with IRTA.EIME = 1 the destination is the 32-bit x2APIC ID in DST[31:0].
+    let mem = SimMemory::new();
+    let mut alloc = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 4);
+    let tm = TableMemory::coherent(&mem);
+    let table = InterruptTable::new(tm, &mut alloc, 4, true).unwrap();
+    let irte = Irte {
+        vector: 0x46,
+        destination: Destination::Xapic(3),
+        source: SourceCheck::RequesterId(DEV),
+    };
+    table.program(tm, 1, irte).unwrap();
+    let d = spec_decode(table.read(tm, 1).unwrap());
+    assert_eq!((d.present, d.vector, d.dst), (true, 0x46, 3));
+}
+
+#[test]
 fn a_freed_table_gives_its_frame_back() {
     let mem = SimMemory::new();
     let mut alloc = SimFrameAllocator::new(&mem, PhysAddr(0x100_0000), 1);
