@@ -31,12 +31,17 @@ pub fn ticks_per_ms() -> u64 {
     TICKS_PER_MS.load(Ordering::Relaxed)
 }
 
-/// Microseconds between `from` and `to` TSC values.
-pub fn ticks_to_micros(ticks: u64) -> u64 {
+/// Nanoseconds in `ticks` (0 before calibration).
+pub fn ticks_to_nanos(ticks: u64) -> u128 {
     match ticks_per_ms() {
         0 => 0,
-        t => ((ticks as u128) * 1000 / t as u128) as u64,
+        t => u128::from(ticks) * 1_000_000 / u128::from(t),
     }
+}
+
+/// Microseconds in `ticks` (0 before calibration).
+pub fn ticks_to_micros(ticks: u64) -> u64 {
+    (ticks_to_nanos(ticks) / 1000) as u64
 }
 
 pub fn micros_since_entry() -> u64 {

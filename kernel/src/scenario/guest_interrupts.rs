@@ -77,20 +77,16 @@ pub fn latency_is_lazarets<C: Vcpu>(g: &Guest<C>) -> bool {
     wait_of(g) == Wait::Hlt
 }
 
-fn nanos(ticks: u64) -> u128 {
-    u128::from(ticks) * 1_000_000 / u128::from(tsc::ticks_per_ms().max(1))
-}
-
 /// "12.3 µs" from TSC ticks.
 fn micros(ticks: u64) -> alloc::string::String {
-    let ns = nanos(ticks);
+    let ns = tsc::ticks_to_nanos(ticks);
     alloc::format!("{}.{} µs", ns / 1000, (ns % 1000) / 100)
 }
 
 /// `FIGURE guest-interrupt-latency <mean> us`, when there was a sample.
 pub fn print_latency_figure(l: &Latency) {
     if let Some(mean) = l.mean() {
-        let ns = nanos(mean);
+        let ns = tsc::ticks_to_nanos(mean);
         crate::console::figure(
             "guest-interrupt-latency",
             format_args!("{}.{:03}", ns / 1000, ns % 1000),
