@@ -151,10 +151,27 @@ pub fn interrupts_taken(vector: u8) -> u64 {
     TAKEN[usize::from(vector)].load(Ordering::SeqCst)
 }
 
-/// Interrupts taken on every vector since boot, by vector: compare two to see what arrived
-/// in between.
-pub fn taken_snapshot() -> [u64; 256] {
+/// Interrupts taken on every vector since boot, by vector.
+pub type TakenCounts = [u64; 256];
+
+/// [`TakenCounts`] now: compare two with [`taken_between`] to see what arrived in between.
+pub fn taken_snapshot() -> TakenCounts {
     core::array::from_fn(|v| TAKEN[v].load(Ordering::SeqCst))
+}
+
+/// The device vectors (32–255, the spurious vector aside: it is no delivery) that took
+/// interrupts from `before` to `after`, with how many.
+pub fn taken_between<'a>(
+    before: &'a TakenCounts,
+    after: &'a TakenCounts,
+) -> impl Iterator<Item = (u8, u64)> + 'a {
+    (32..=255u8)
+        .filter(|v| *v != super::lapic::SPURIOUS)
+        .map(|v| {
+            let i = usize::from(v);
+            (v, after[i].wrapping_sub(before[i]))
+        })
+        .filter(|(_, n)| *n > 0)
 }
 
 /// The TSC at which `vector` was last taken (0: never).

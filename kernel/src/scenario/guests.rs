@@ -463,7 +463,7 @@ fn rogue_guest<V: Inspect>(
     let Some(mut g) = start(hv, svm, p, checks) else {
         return;
     };
-    let irq_before = rogue_irq::before_run();
+    let irq_before = crate::arch::idt::taken_snapshot();
     let report = run_all(hv, core::slice::from_mut(&mut g));
     let ending = g.ending.clone();
     let name = String::from(g.spec.name.as_str());

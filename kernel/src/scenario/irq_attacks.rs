@@ -19,7 +19,7 @@ use lazaret_types::{PhysMem, Sbdf};
 
 use super::checks::{Checks, YesNo};
 use super::edu::{self, EduDevice};
-use crate::arch::idt::{take_pending_interrupts, taken_snapshot};
+use crate::arch::idt::{take_pending_interrupts, taken_between, taken_snapshot, TakenCounts};
 use crate::arch::lapic::SPURIOUS;
 use crate::arch::mmio::MmioRegion;
 use crate::arch::percpu::this_apic_id;
@@ -502,15 +502,14 @@ fn dma_into_window(d: &EduDevice, target: u64) -> (bool, u64) {
     (done, delta(before, SPURIOUS).1)
 }
 
-type Counts = [u64; 256];
-
-/// (new interrupts on `vector`, new interrupts on the other device vectors but spurious).
-fn delta(before: Counts, vector: u8) -> (u64, u64) {
+/// Interrupts on `vector` since `before`, and on every other device vector.
+fn delta(before: TakenCounts, vector: u8) -> (u64, u64) {
     let now = taken_snapshot();
-    let new = |v: usize| now[v] - before[v];
-    let others = (32..256)
-        .filter(|&v| v != usize::from(vector) && v != usize::from(SPURIOUS))
-        .map(new)
-        .sum();
-    (new(usize::from(vector)), others)
+    taken_between(&before, &now).fold((0, 0), |(on, others), (v, n)| {
+        if v == vector {
+            (on + n, others)
+        } else {
+            (on, others + n)
+        }
+    })
 }

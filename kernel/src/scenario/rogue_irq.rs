@@ -17,8 +17,7 @@ use core::fmt::Write as _;
 use lazaret_guest_abi::GuestExit;
 
 use super::checks::Checks;
-use crate::arch::idt::{take_pending_interrupts, taken_snapshot};
-use crate::arch::lapic::SPURIOUS;
+use crate::arch::idt::{take_pending_interrupts, taken_between, taken_snapshot, TakenCounts};
 use crate::guest::exits::Ending;
 use crate::guest::lifecycle::Guest;
 use crate::vcpu::svm::SvmVcpu;
@@ -30,14 +29,6 @@ const LEGAL_RAISES: u64 = 2;
 /// The data its edu writes into the interrupt window, and how many writes it makes.
 const WINDOW_VECTOR: u8 = 0x30;
 const WINDOW_WRITES: u64 = 2;
-
-/// Per-vector interrupt counts of the host IDT ([`taken_snapshot`]).
-pub type Counts = [u64; 256];
-
-/// The counts before the guest runs.
-pub fn before_run() -> Counts {
-    taken_snapshot()
-}
 
 /// What the host saw of one rogue-irq run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -80,22 +71,15 @@ impl Seen {
     }
 }
 
-/// Vectors 32–255 but the spurious one and `own` that took interrupts between two snapshots.
-fn foreign(before: &Counts, after: &Counts, own: &[u8]) -> Vec<(u8, u64)> {
-    (32..=255u8)
-        .filter(|v| *v != SPURIOUS && !own.contains(v))
-        .map(|v| {
-            (
-                v,
-                after[usize::from(v)].wrapping_sub(before[usize::from(v)]),
-            )
-        })
-        .filter(|(_, n)| *n > 0)
+/// Device vectors but `own` that took interrupts between two snapshots.
+fn foreign(before: &TakenCounts, after: &TakenCounts, own: &[u8]) -> Vec<(u8, u64)> {
+    taken_between(before, after)
+        .filter(|(v, _)| !own.contains(v))
         .collect()
 }
 
 /// The check, RESULT `rogue-irq-stopped`. `amd` picks which QEMU defect the sentence names.
-pub fn check(g: &Guest<SvmVcpu>, before: &Counts, amd: bool, checks: &mut Checks) -> bool {
+pub fn check(g: &Guest<SvmVcpu>, before: &TakenCounts, amd: bool, checks: &mut Checks) -> bool {
     // An interrupt still pending at the local APIC arrived during the run too.
     take_pending_interrupts();
     let after = taken_snapshot();
