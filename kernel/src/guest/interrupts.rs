@@ -163,10 +163,14 @@ impl GuestInterrupts {
         }
     }
 
-    /// Host vectors back to `vectors` (the guest is gone; its devices' entries are blocked by
-    /// the move to quarantine).
-    pub fn release(&mut self, vectors: &mut HostVectors) {
+    /// The guest is going: its devices' MSIs off (their entries are blocked anyway by the
+    /// move to quarantine: a politeness to the next owner, not a safety step) and its host
+    /// vectors back to `vectors`.
+    pub fn retire(&mut self, config: &ConfigAccess, bus: &VirtualBus, vectors: &mut HostVectors) {
         for r in self.routes.drain(..) {
+            if let (Some(m), Some(cfg)) = (r.message, config.segment(r.sbdf.segment)) {
+                let _ = bus.program_host_msi(cfg, r.sbdf, m.address, m.data, false);
+            }
             vectors.free(r.host_vector);
         }
     }
@@ -285,16 +289,6 @@ impl<V: Vendor> Routing<'_, '_, V> {
             }
         }
         Ok(())
-    }
-}
-
-/// The devices' MSIs turned off before the guest's devices go back to quarantine (where
-/// their entries are blocked anyway): a politeness to the next owner, not a safety step.
-pub fn disable_all(config: &ConfigAccess, bus: &VirtualBus, irq: &GuestInterrupts) {
-    for r in &irq.routes {
-        if let (Some(m), Some(cfg)) = (r.message, config.segment(r.sbdf.segment)) {
-            let _ = bus.program_host_msi(cfg, r.sbdf, m.address, m.data, false);
-        }
     }
 }
 

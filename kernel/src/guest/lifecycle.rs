@@ -14,7 +14,7 @@ use lazaret_types::{PhysAddr, Sbdf, PAGE_SIZE};
 use super::console::GuestConsole;
 use super::exits::Ending;
 use super::image::{self, PrepareError};
-use super::interrupts::{self, GuestInterrupts};
+use super::interrupts::GuestInterrupts;
 use super::spec::GuestSpec;
 use crate::domain::{build_nested_tables, DomainId, MmioMapping};
 use crate::hypervisor::Hypervisor;
@@ -201,8 +201,9 @@ pub fn destroy<V: Vendor, X: Virtualization>(
     if let Some(t) = guest.npt.take() {
         t.free(&mut hv.frames);
     }
-    interrupts::disable_all(&hv.config, &guest.bus, &guest.irq);
-    guest.irq.release(&mut hv.host_vectors);
+    guest
+        .irq
+        .retire(&hv.config, &guest.bus, &mut hv.host_vectors);
     let mut out = Destroyed {
         clean: true,
         ..Destroyed::default()

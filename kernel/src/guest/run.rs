@@ -184,9 +184,8 @@ fn sync_msi<V: Vendor, C: Vcpu>(hv: &mut Hypervisor<V>, guest: &mut Guest<C>) {
     routing.sync(changed, &mut guest.irq);
 }
 
-/// Takes whatever the local APIC holds and raises it in the guests it is routed to.
+/// Raises the host interrupts taken so far in the guests they are routed to.
 fn collect_interrupts<C: Vcpu>(guests: &mut [Guest<C>]) {
-    take_pending_interrupts();
     for g in guests.iter_mut().filter(|g| g.ending.is_none()) {
         g.irq.collect();
     }
@@ -206,6 +205,7 @@ fn wait_for_interrupt<V: Vendor, C: Vcpu>(
     };
     loop {
         // The woken guest runs first; the round after it drains the fault log.
+        take_pending_interrupts();
         collect_interrupts(guests);
         if woken(guests) {
             return;
@@ -255,9 +255,7 @@ pub fn run_all<V: Vendor, C: Vcpu>(hv: &mut Hypervisor<V>, guests: &mut [Guest<C
                 guest.ending = Some(ending);
             }
         }
-        for g in guests.iter_mut().filter(|g| g.ending.is_none()) {
-            g.irq.collect();
-        }
+        collect_interrupts(guests);
         // After every round: QEMU's VT-d (like a unit with one fault-recording register)
         // records a new fault only once the last is cleared, so a storming device is
         // stopped within a threshold's worth of its exits.
